@@ -1,0 +1,220 @@
+"""Find the images, drop what cannot be used (saying so), split, and fingerprint.
+
+Produces sorted file lists and labels, never pixels: simpsons/pipeline.py reads the pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from operator import attrgetter
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+from sklearn.model_selection import train_test_split
+
+from simpsons import demo_data, pipeline
+from simpsons.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+FLAT_NAME = re.compile(r"^(?P<label>.+)_(?P<index>\d+)\.[^.]+$")
+TEST_LAYOUTS = ("folders", "flat")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images of one split: absolute paths, integer labels, and names relative to their root."""
+
+    paths: list[str]
+    labels: np.ndarray
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: str
+    reason: str
+
+
+@dataclass
+class DataSet:
+    class_names: list[str]
+    train: Split
+    val: Split
+    test: Split | None
+    fingerprint: str
+    skipped: list[SkippedFile] = field(default_factory=list)
+    dropped_classes: dict[str, int] = field(default_factory=dict)
+    unknown_test_classes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _File:
+    path: Path
+    label: str
+    name: str
+
+
+def load_dataset(cfg: DictConfig) -> DataSet:
+    """Discover, validate and split the data set that `cfg` (the `data` config group) describes."""
+    if cfg.get("generate"):
+        demo_data.ensure_demo_data(Path(cfg.dir), cfg.generate)
+    root = _existing_root(cfg.root, "data.root", missing_hint=_missing_root_hint(cfg))
+    pool = discover_folders(root)
+    test = []
+    if cfg.test_root is not None:
+        test_root = _existing_root(
+            cfg.test_root, "data.test_root", missing_hint="set data.test_root=null to train without a test set"
+        )
+        test = discover_test(test_root, cfg.test_layout)
+
+    skipped = [SkippedFile(str(f.path), reason) for f, reason in _unlabelled(pool + test)]
+    digests, undecodable = scan([f.path for f in pool + test if f.label])
+    skipped += [SkippedFile(str(path), f"not a decodable image ({pipeline.IMAGE_FORMATS})") for path in undecodable]
+    usable = [f for f in pool if f.label and f.path not in undecodable]
+    usable_test = [f for f in test if f.label and f.path not in undecodable]
+
+    class_names, dropped = _select_classes(pool, usable, cfg.min_images_per_class, root)
+    known = set(class_names)
+    usable = [f for f in usable if f.label in known]
+    unknown_test = _count_labels(f for f in usable_test if f.label not in known)
+    usable_test = [f for f in usable_test if f.label in known]
+    if cfg.test_root is not None and not usable_test:
+        raise DataError(f"data.test_root={str(cfg.test_root)!r} has no usable images of the training classes")
+
+    train, val = _stratified_split(usable, class_names, cfg.val_split, cfg.split_seed)
+    return DataSet(
+        class_names=class_names,
+        train=train,
+        val=val,
+        test=_to_split(usable_test, class_names) if cfg.test_root is not None else None,
+        fingerprint=_fingerprint(usable, usable_test, digests),
+        skipped=skipped,
+        dropped_classes=dropped,
+        unknown_test_classes=unknown_test,
+    )
+
+
+def discover_folders(root: Path) -> list[_File]:
+    """Every file under root/<class>/ (sorted); files directly in root get no label."""
+    files = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = path.relative_to(root)
+        label = relative.parts[0] if len(relative.parts) > 1 else ""
+        files.append(_File(path, label, relative.as_posix()))
+    return files
+
+
+def discover_test(root: Path, layout: str) -> list[_File]:
+    if layout == "folders":
+        return discover_folders(root)
+    if layout != "flat":
+        raise ConfigError(f"data.test_layout={layout!r} is unknown; use one of: {', '.join(TEST_LAYOUTS)}")
+    files = []
+    for path in sorted(p for p in root.iterdir() if p.is_file()):
+        match = FLAT_NAME.match(path.name)
+        files.append(_File(path, match["label"] if match else "", path.name))
+    return files
+
+
+def scan(paths: list[Path]) -> tuple[dict[Path, str], set[Path]]:
+    """SHA-256 of every file, and the files the training pipeline's decoder cannot read."""
+    with ThreadPoolExecutor() as pool:
+        digests = dict(zip(paths, pool.map(_sha256, paths), strict=True))
+    undecodable = pipeline.find_undecodable([str(p) for p in paths])
+    return digests, {Path(p) for p in undecodable}
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def _existing_root(value: str | None, key: str, missing_hint: str) -> Path:
+    if value is None:
+        raise ConfigError(f"{key} is not set; {missing_hint}")
+    root = Path(value).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"{key}={str(value)!r} is not a folder; {missing_hint}")
+    nested = root / root.name
+    if nested.is_dir() and [p.name for p in root.iterdir() if not p.name.startswith(".")] == [root.name]:
+        root = nested  # Kaggle's archive nests simpsons_dataset/simpsons_dataset/
+    return root
+
+
+def _missing_root_hint(cfg: DictConfig) -> str:
+    if cfg.name == "simpsons":
+        return (
+            "download the Kaggle data set alexattia/the-simpsons-characters-dataset and unzip it "
+            f"into {cfg.dir} (see README), or run the offline demo: python -m simpsons.train experiment=demo"
+        )
+    return "point data.root at a folder of <class>/<image> files"
+
+
+def _unlabelled(files: Iterable[_File]) -> list[tuple[_File, str]]:
+    return [(f, "not in a class folder / not named <class>_<n>.<ext>") for f in files if not f.label]
+
+
+def _count_labels(files: Iterable[_File]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for f in files:
+        counts[f.label] = counts.get(f.label, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _select_classes(
+    pool: list[_File], usable: list[_File], min_images: int, root: Path
+) -> tuple[list[str], dict[str, int]]:
+    """Classes with enough usable images; a class folder with none at all is an error."""
+    found = sorted({f.label for f in pool if f.label})
+    if not found:
+        raise DataError(f"data.root={str(root)!r} has no class folders with images in them")
+    counts = _count_labels(usable)
+    empty = [label for label in found if label not in counts]
+    if empty:
+        raise DataError(f"class {empty[0]!r} in {str(root)!r} has no usable images (see the skipped files)")
+    dropped = {label: n for label, n in counts.items() if n < min_images}
+    kept = [label for label in found if label not in dropped]
+    if len(kept) < 2:
+        raise DataError(
+            f"{len(kept)} class(es) have >= data.min_images_per_class={min_images} images; at least 2 are needed"
+        )
+    return kept, dropped
+
+
+def _stratified_split(files: list[_File], class_names: list[str], val_split: float, seed: int) -> tuple[Split, Split]:
+    labels = [f.label for f in files]
+    try:
+        train, val = train_test_split(files, test_size=val_split, stratify=labels, random_state=seed)
+    except ValueError as error:
+        raise DataError(
+            f"data.val_split={val_split} cannot split {len(files)} images of {len(class_names)} classes "
+            f"({error}); change data.val_split or data.min_images_per_class"
+        ) from error
+    by_name = attrgetter("name")
+    return _to_split(sorted(train, key=by_name), class_names), _to_split(sorted(val, key=by_name), class_names)
+
+
+def _to_split(files: list[_File], class_names: list[str]) -> Split:
+    index = {name: i for i, name in enumerate(class_names)}
+    return Split(
+        paths=[str(f.path) for f in files],
+        labels=np.array([index[f.label] for f in files], dtype=np.int32),
+        names=[f.name for f in files],
+    )
+
+
+def _fingerprint(train_pool: list[_File], test: list[_File], digests: dict[Path, str]) -> str:
+    """Content hash of the usable images with their labels and names; independent of where they lie."""
+    lines = [f"train\t{f.label}\t{f.name}\t{digests[f.path]}" for f in train_pool]
+    lines += [f"test\t{f.label}\t{f.name}\t{digests[f.path]}" for f in test]
+    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()

@@ -1,0 +1,86 @@
+"""Scoring a trained model on a split: softmax outputs, loss, accuracy, macro F1, and their plots."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, classification_report, f1_score
+
+from simpsons.data import Split
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    split: str
+    names: list[str]
+    labels: np.ndarray
+    probabilities: np.ndarray
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+    def metrics(self) -> dict[str, float]:
+        loss = keras.losses.sparse_categorical_crossentropy(self.labels, self.probabilities)
+        return {
+            f"{self.split}_loss": float(np.mean(keras.ops.convert_to_numpy(loss))),
+            f"{self.split}_accuracy": float(accuracy_score(self.labels, self.predicted)),
+            f"{self.split}_macro_f1": float(f1_score(self.labels, self.predicted, average="macro", zero_division=0)),
+        }
+
+
+def evaluate(model: keras.Model, dataset: tf.data.Dataset, split: Split, name: str) -> Evaluation:
+    """Softmax outputs of `model` on `dataset`, which must yield `split` in order, unshuffled."""
+    probabilities = model.predict(dataset, verbose=0)
+    return Evaluation(name, split.names, split.labels, probabilities.astype(np.float32))
+
+
+def predictions_csv(evaluation: Evaluation, class_names: list[str]) -> str:
+    """One row per image: file, true label, then the probability of each class (float32-exact)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["file", "label", *class_names])
+    for name, label, row in zip(evaluation.names, evaluation.labels, evaluation.probabilities, strict=True):
+        writer.writerow([name, class_names[label], *(format(p, ".9g") for p in row)])
+    return buffer.getvalue()
+
+
+def read_predictions_csv(text: str) -> tuple[list[str], list[str], np.ndarray]:
+    """(file names, true labels, probabilities) from predictions_csv's output."""
+    rows = list(csv.reader(io.StringIO(text)))[1:]
+    probabilities = np.array([[float(p) for p in row[2:]] for row in rows], dtype=np.float32)
+    return [row[0] for row in rows], [row[1] for row in rows], probabilities
+
+
+def report_text(evaluation: Evaluation, class_names: list[str]) -> str:
+    return classification_report(
+        evaluation.labels,
+        evaluation.predicted,
+        labels=range(len(class_names)),
+        target_names=class_names,
+        digits=4,
+        zero_division=0,
+    )
+
+
+def confusion_matrix_figure(evaluation: Evaluation, class_names: list[str]) -> Figure:
+    side = max(5.0, 0.45 * len(class_names) + 2.5)
+    figure = Figure(figsize=(side, side), layout="constrained")
+    axes = figure.subplots()
+    ConfusionMatrixDisplay.from_predictions(
+        evaluation.labels,
+        evaluation.predicted,
+        labels=list(range(len(class_names))),
+        display_labels=class_names,
+        xticks_rotation="vertical",
+        colorbar=False,
+        ax=axes,
+    )
+    axes.set_title(f"{evaluation.split} confusion matrix")
+    return figure

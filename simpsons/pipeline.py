@@ -1,0 +1,63 @@
+"""tf.data input pipelines: files are read, decoded and resized in parallel, batch by batch.
+
+Pixels are never held in memory as one array; only the file lists are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+IMAGE_FORMATS = "JPEG, PNG, GIF or BMP"  # what tf.io.decode_image reads
+
+
+def decode_rgb(contents: tf.Tensor) -> tf.Tensor:
+    """Any of IMAGE_FORMATS as uint8 RGB (grayscale, RGBA and palette images converted)."""
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
+    """float32 RGB in 0-255, resized like keras.layers.Resizing (bilinear, no antialiasing)."""
+    image = decode_rgb(tf.io.read_file(path))
+    return tf.image.resize(image, [image_size, image_size], method="bilinear")
+
+
+def image_dataset(
+    paths: Sequence[str],
+    labels: np.ndarray,
+    image_size: int,
+    batch_size: int,
+    shuffle_seed: int | None = None,
+) -> tf.data.Dataset:
+    """Batches of (images, labels); reshuffled every epoch when shuffle_seed is given."""
+    dataset = tf.data.Dataset.from_tensor_slices((list(paths), labels))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+    dataset = dataset.map(
+        lambda path, label: (load_image(path, image_size), label),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def find_undecodable(paths: Sequence[str]) -> list[str]:
+    """The paths decode_rgb fails on, found with the same decoder the training pipeline uses."""
+    if not paths:
+        return []
+    dataset = tf.data.Dataset.from_tensor_slices(list(paths)).enumerate()
+    dataset = dataset.map(
+        lambda index, path: (index, tf.shape(decode_rgb(tf.io.read_file(path)))),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    ).ignore_errors()
+    decoded = {
+        int(index)
+        for index, _ in tqdm(
+            dataset.as_numpy_iterator(), total=len(paths), desc="checking images", unit="img", disable=None
+        )
+    }
+    return [path for i, path in enumerate(paths) if i not in decoded]
