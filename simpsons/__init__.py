@@ -2,6 +2,7 @@
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter (no GPU found, ...)
+# TensorFlow's C++ start-up chatter; without an NVIDIA device also its failed CUDA probe ("cuInit").
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if os.path.exists("/dev/nvidiactl") else "3")
 
 __version__ = "0.1.0"

@@ -33,17 +33,30 @@ def check_choice(group: str, choice: str) -> None:
         raise ConfigError(f"unknown {group} {choice!r}; choose one of: {', '.join(options)}")
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+TRAINING_KEY_CHECKS = [  # key, test, what is accepted
+    ("dropout", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("image_size", lambda v: _whole(v) and v > 0, "a positive integer"),
+    ("epochs", lambda v: _whole(v) and v >= 1, "an integer >= 1"),
+    ("batch_size", lambda v: _whole(v) and v >= 1, "an integer >= 1"),
+    ("seed", _whole, "an integer"),
+    ("deterministic", lambda v: v in ("auto", True, False), "auto, true or false"),
+    ("data.val_split", lambda v: _number(v) and 0 < v < 1, "a fraction in (0, 1)"),
+    ("data.split_seed", _whole, "an integer"),
+    ("data.min_images_per_class", lambda v: _whole(v) and v >= 2, "an integer >= 2"),
+]
+
+
 def check_training_keys(cfg: DictConfig) -> None:
-    """Range checks on the plain keys of conf/train.yaml, before any data is read."""
-    checks = [
-        ("dropout", 0 <= cfg.dropout < 1, "a number in [0, 1)"),
-        ("image_size", isinstance(cfg.image_size, int) and cfg.image_size > 0, "a positive integer"),
-        ("epochs", isinstance(cfg.epochs, int) and cfg.epochs >= 1, "an integer >= 1"),
-        ("batch_size", isinstance(cfg.batch_size, int) and cfg.batch_size >= 1, "an integer >= 1"),
-        ("data.val_split", 0 < cfg.data.val_split < 1, "a fraction in (0, 1)"),
-        ("data.min_images_per_class", cfg.data.min_images_per_class >= 2, "an integer >= 2"),
-        ("deterministic", cfg.deterministic in ("auto", True, False), "auto, true or false"),
-    ]
-    for key, ok, accepted in checks:
-        if not ok:
-            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r} is invalid; expected {accepted}")
+    """Type and range checks on the plain keys of conf/train.yaml, before any data is read."""
+    for key, is_valid, accepted in TRAINING_KEY_CHECKS:
+        value = OmegaConf.select(cfg, key)
+        if not is_valid(value):
+            raise ConfigError(f"{key}={value!r} is invalid; expected {accepted}")

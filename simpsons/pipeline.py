@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-IMAGE_FORMATS = "JPEG, PNG, GIF or BMP"  # what tf.io.decode_image reads
+IMAGE_FORMATS = "JPEG, PNG, GIF, BMP or WebP"  # what tf.io.decode_image reads
 
 
 def decode_rgb(contents: tf.Tensor) -> tf.Tensor:

@@ -1,0 +1,70 @@
+"""Shared fixtures: real JPEG folders, a private SQLite MLflow store, and the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from simpsons.config import CONF_DIR, PROJECT_ROOT, register_resolvers
+from simpsons.demo_data import write_demo_data
+
+SHARED = PROJECT_ROOT.parent / "shared"
+SIMPSONS_MINI = SHARED / "data" / "simpsons-mini"
+MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
+
+# Random weights and small batches; with TINY_MODEL's choices, the smallest real model there is:
+# MobileNet v1 at width 0.25 and 32 px.
+TINY = ["backbone.weights=null", "batch_size=16", "optimizer.lr=1e-3"]
+TINY_MODEL = ["backbone=mobilenet", "backbone.kwargs.alpha=0.25", "image_size=32", *TINY]
+
+register_resolvers()
+
+
+@pytest.fixture(scope="session")
+def image_folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """<dir>/train/<class>/*.jpg (12 per class) and <dir>/test/<class>/*.jpg (4 per class)."""
+    directory = tmp_path_factory.mktemp("images") / "shapes"
+    write_demo_data(directory, train_per_class=12, test_per_class=4, size=48, seed=1)
+    return directory
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path) -> str:
+    """A fresh SQLite store for this test, also made this process's MLflow tracking URI."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def folder_data(images: Path) -> list[str]:
+    return ["data=folder", f"data.root={images / 'train'}", f"data.test_root={images / 'test'}"]
+
+
+def compose_train(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    """`python -m simpsons.train ARGS` in `cwd`, as a user would type it."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run(
+        [sys.executable, "-m", "simpsons.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+def requires(path: Path) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent (shared data of this workplace)")

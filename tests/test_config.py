@@ -1,0 +1,135 @@
+"""Every config option composes, every backbone builds, and the registries reject bad values."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from conftest import compose_train
+from omegaconf import OmegaConf
+
+from simpsons.backbones import BackboneSpec
+from simpsons.config import check_choice, check_training_keys, group_options
+from simpsons.errors import ConfigError
+from simpsons.model import build_classifier
+from simpsons.optimizers import build_optimizer
+
+BACKBONES = group_options("backbone")
+SEED_STUDY = {  # backbone: (optimizer, dropout, epochs), as the seed study reported them
+    "densenet201": ("rmsprop", 0.2, 30),
+    "xception": ("adam", 0.4, 30),
+    "resnet152v2": ("adam", 0.5, 30),
+    "resnet50v2": ("adam", 0.4, 50),
+    "inception_resnet_v2": ("adam", 0.4, 30),
+    "vgg19": ("rmsprop", 0.2, 30),
+    "vgg16": ("rmsprop", 0.2, 30),
+    "inceptionv3": ("adam", 0.4, 10),
+    "mobilenetv2": ("adam", 0.4, 10),
+}
+
+
+def test_the_required_options_exist():
+    assert set(BACKBONES) >= {*SEED_STUDY, "mobilenet", "efficientnetv2b0", "convnext_tiny"}
+    assert set(group_options("optimizer")) >= {"adam", "rmsprop", "sgd", "adamw"}
+    assert set(group_options("data")) >= {"simpsons", "folder", "demo"}
+
+
+@pytest.mark.parametrize(
+    "group,option",
+    [(group, option) for group in ("backbone", "optimizer", "data", "experiment") for option in group_options(group)],
+)
+def test_every_option_composes_and_resolves(group, option):
+    cfg = compose_train([f"{group}={option}", "data.root=/some/images"])
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["tracking"]["uri"]
+    if group in ("backbone", "optimizer", "data"):
+        assert resolved[group]["name"] == option
+
+
+def test_defaults_follow_the_seed_study_common_setting():
+    cfg = compose_train([])
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.dropout, cfg.image_size, cfg.batch_size) == (
+        "adam",
+        1e-4,
+        0.4,
+        150,
+        32,
+    )
+    assert cfg.backbone.weights == "imagenet"
+    assert cfg.tracking.experiment == "simpsons"
+
+
+@pytest.mark.parametrize("backbone", sorted(SEED_STUDY))
+def test_seed_study_presets_match_the_reported_settings(backbone):
+    cfg = compose_train([f"experiment=seed_{backbone}"])
+    optimizer, dropout, epochs = SEED_STUDY[backbone]
+    assert (cfg.backbone.name, cfg.optimizer.name, cfg.dropout, cfg.epochs) == (backbone, optimizer, dropout, epochs)
+    assert (cfg.image_size, cfg.batch_size, cfg.optimizer.lr) == (150, 32, 1e-4)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_backbone_builds_at_its_minimum_size_and_takes_raw_images_of_any_size(name):
+    spec = BackboneSpec.from_config(compose_train([f"backbone={name}", "backbone.weights=null"]).backbone)
+    model = build_classifier(spec, spec.min_image_size, num_classes=3, dropout=0.2)
+    raw = np.random.default_rng(0).uniform(0, 255, (2, 50, 41, 3)).astype("float32")
+    probabilities = model.predict(raw, verbose=0)
+    assert probabilities.shape == (2, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert not any(layer.trainable_weights for layer in model.layers if isinstance(layer, keras.Model))
+    with pytest.raises(ConfigError, match=rf"image_size={spec.min_image_size - 1} .*>= {spec.min_image_size}"):
+        spec.check_image_size(spec.min_image_size - 1)
+    keras.backend.clear_session()
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_baked_in_preprocessing_equals_the_backbones_preprocess_input(name):
+    spec = BackboneSpec.from_config(compose_train([f"backbone={name}", "backbone.weights=null"]).backbone)
+    images = np.random.default_rng(1).uniform(0, 255, (3, 8, 8, 3)).astype("float32")
+    expected = np.asarray(spec.preprocess_input()(images.copy()))
+    actual = keras.ops.convert_to_numpy(spec.preprocessing_layer()(images))
+    np.testing.assert_allclose(actual, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", group_options("optimizer"))
+def test_optimizer_builds_with_its_learning_rate(name):
+    cfg = compose_train([f"optimizer={name}", "optimizer.lr=3e-4"]).optimizer
+    optimizer = build_optimizer(cfg)
+    assert type(optimizer).__name__ == cfg.keras_class
+    assert float(optimizer.learning_rate) == pytest.approx(3e-4)
+
+
+def test_unknown_choice_names_the_value_and_the_options():
+    with pytest.raises(ConfigError, match=r"unknown backbone 'resnet9000'; choose one of: .*densenet201.*xception"):
+        check_choice("backbone", "resnet9000")
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    missing = tmp_path / "nope.h5"
+    cfg = compose_train(["backbone=mobilenet", f"backbone.weights={missing}"])
+    with pytest.raises(ConfigError, match=r"backbone.weights='.*nope.h5' is not a file; use imagenet, null"):
+        BackboneSpec.from_config(cfg.backbone)
+
+
+def test_keras_class_that_does_not_exist_is_a_clear_error():
+    cfg = compose_train(["optimizer.keras_class=Adamax9"])
+    with pytest.raises(ConfigError, match="optimizer.keras_class='Adamax9' is not a keras.optimizers class"):
+        build_optimizer(cfg.optimizer)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("dropout=1.5", r"dropout=1.5 is invalid; expected a number in \[0, 1\)"),
+        ("epochs=0", r"epochs=0 is invalid"),
+        ("data.val_split=0", r"data.val_split=0 is invalid; expected a fraction"),
+        ("deterministic=maybe", r"deterministic='maybe' is invalid; expected auto, true or false"),
+    ],
+)
+def test_out_of_range_keys_are_rejected(override, message):
+    with pytest.raises(ConfigError, match=message):
+        check_training_keys(compose_train([override]))
+
+
+def test_wrong_types_are_rejected_not_crashed_on():
+    with pytest.raises(ConfigError, match=r"dropout='high' is invalid"):
+        check_training_keys(compose_train(["dropout=high"]))

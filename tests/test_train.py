@@ -1,0 +1,196 @@
+"""End to end: the CLI trains, logs everything to a real SQLite MLflow store, and sweeps grids."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import TINY, TINY_MODEL, compose_train, folder_data, run_cli
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+from PIL import Image
+
+from simpsons.config import PROJECT_ROOT
+from simpsons.evaluation import read_predictions_csv
+from simpsons.tracking import flatten
+from simpsons.train import JobContext, train
+from simpsons.training import EPOCH_METRICS
+
+
+def runs_of(uri: str, experiment: str) -> list:
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"experiment {experiment!r} was not created"
+    return client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
+    paths = set()
+    for item in client.list_artifacts(run_id, path):
+        paths |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return paths
+
+
+def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_softmax(
+    image_folders, tracking_uri, tmp_path
+):
+    args = [*TINY_MODEL, *folder_data(image_folders), "epochs=2", f"tracking.uri={tracking_uri}"]
+    args.append("tracking.experiment=e2e")
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    [run] = runs_of(tracking_uri, "e2e")
+    client = MlflowClient(tracking_uri)
+    run_id = run.info.run_id
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name.startswith("mobilenet-adam")
+
+    expected_params = {k: str(v) for k, v in flatten(OmegaConf.to_container(compose_train(args), resolve=True)).items()}
+    assert expected_params.items() <= run.data.params.items()
+    assert run.data.params["data.train_images"] == "38" and run.data.params["data.val_images"] == "10"
+
+    for name in EPOCH_METRICS:
+        assert [m.step for m in client.get_metric_history(run_id, name)] == [0, 1], name
+    val_history = [m.value for m in client.get_metric_history(run_id, "val_accuracy")]
+    assert run.data.metrics["best_val_accuracy"] == max(val_history)
+    assert {"test_loss", "test_accuracy", "test_macro_f1"} <= run.data.metrics.keys()
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout
+    assert run.data.tags["git.commit"] == (commit.strip() or "unknown")
+    assert run.data.tags["git.dirty"] in ("true", "false", "unknown")
+    assert "epochs=2" in run.data.tags["hydra.overrides"]
+    assert len(run.data.tags["data.fingerprint"]) == 64
+    classes = json.loads(run.data.tags["class_names"])
+    assert classes == ["blue_square", "green_triangle", "red_circle", "yellow_diamond"]
+
+    artifacts = artifact_paths(client, run_id)
+    assert {
+        "hydra/config.yaml",
+        "hydra/hydra.yaml",
+        "hydra/overrides.yaml",
+        "class_names.json",
+        "predictions/val.csv",
+        "predictions/test.csv",
+        "evaluation/val_report.txt",
+        "evaluation/test_report.txt",
+        "evaluation/val_confusion_matrix.png",
+        "evaluation/test_confusion_matrix.png",
+    } <= artifacts
+    matrix = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation/test_confusion_matrix.png")
+    assert Image.open(matrix).format == "PNG"
+
+    test_csv = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions/test.csv"))
+    names, labels, recorded = read_predictions_csv(test_csv.read_text())
+    assert len(names) == 16 and recorded.shape == (16, 4)
+    accuracy = np.mean(recorded.argmax(axis=1) == [classes.index(label) for label in labels])
+    assert run.data.metrics["test_accuracy"] == pytest.approx(accuracy)
+
+    [logged_model] = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    assert logged_model.source_run_id == run_id
+    info = mlflow.models.get_model_info(logged_model.model_uri)
+    assert info.signature.inputs.inputs[0].shape == (-1, -1, -1, 3)
+    assert info.saved_input_example_info is not None
+    model = mlflow.pyfunc.load_model(logged_model.model_uri)
+    raw = np.stack([np.asarray(Image.open(image_folders / "test" / n), dtype=np.float32) for n in names])
+    np.testing.assert_allclose(model.predict(raw), recorded, atol=1e-5)
+
+
+def test_a_2x2_multirun_gives_one_parent_and_four_finished_children(image_folders, tracking_uri, tmp_path):
+    args = ["-m", "backbone=mobilenet,mobilenetv2", "dropout=0.2,0.4", "image_size=32", *TINY]
+    args += ["++backbone.kwargs.alpha=0.35"]  # ++: the composed default backbone has no alpha
+    args += [*folder_data(image_folders), "epochs=1", f"tracking.uri={tracking_uri}"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    runs = runs_of(tracking_uri, "simpsons")
+    [parent] = [r for r in runs if r.data.tags["simpsons.run_type"] == "sweep"]
+    children = [r for r in runs if r.data.tags["simpsons.run_type"] == "train"]
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 4
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    grid = {(c.data.params["backbone.name"], c.data.params["dropout"]) for c in children}
+    assert grid == {(b, d) for b in ("mobilenet", "mobilenetv2") for d in ("0.2", "0.4")}
+    assert len({c.info.run_name for c in children}) == 4
+
+
+def test_a_failing_job_is_failed_with_its_error_and_the_sweep_goes_on(image_folders, tracking_uri, tmp_path):
+    args = ["-m", "image_size=16,32", *TINY_MODEL[:2], *TINY, *folder_data(image_folders), "epochs=1"]
+    result = run_cli([*args, f"tracking.uri={tracking_uri}"], cwd=tmp_path)
+    assert result.returncode != 0
+
+    runs = runs_of(tracking_uri, "simpsons")
+    statuses = {r.data.params.get("image_size", "sweep"): r.info.status for r in runs}
+    assert statuses == {"sweep": "FAILED", "16": "FAILED", "32": "FINISHED"}
+    [failed] = [r for r in runs if r.data.params.get("image_size") == "16"]
+    assert "image_size=16 is below the minimum of backbone 'mobilenet'" in failed.data.tags["error"]
+    assert "error.txt" in artifact_paths(MlflowClient(tracking_uri), failed.info.run_id)
+
+
+def test_ctrl_c_marks_the_run_killed_and_keeps_what_was_logged(image_folders, tracking_uri, tmp_path):
+    args = [*TINY_MODEL, *folder_data(image_folders), "epochs=500", f"tracking.uri={tracking_uri}"]
+    process = subprocess.Popen([sys.executable, "-m", "simpsons.train", *args], cwd=tmp_path, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    client = MlflowClient(tracking_uri)
+    while time.monotonic() < deadline and process.poll() is None:
+        experiment = client.get_experiment_by_name("simpsons")
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 2:
+            break
+        time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail(f"training never started: {process.stderr.read().decode()[-2000:]}")
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=120)
+
+    [run] = runs_of(tracking_uri, "simpsons")
+    assert run.info.status == "KILLED"
+    assert run.data.tags["error"] == "interrupted"
+    assert len(client.get_metric_history(run.info.run_id, "loss")) >= 2
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("backbone=resnet9000", "error: unknown backbone 'resnet9000'; choose one of: convnext_tiny, densenet201"),
+        ("optimizer=adamax", "error: unknown optimizer 'adamax'; choose one of: adam, adamw, rmsprop, sgd"),
+        ("image_size=16", "error: image_size=16 is below the minimum of backbone 'mobilenet'; use image_size >= 32"),
+        ("data=simpsons", "error: data.root="),
+    ],
+)
+def test_bad_input_fails_before_training_with_one_line(override, message, tmp_path, image_folders, tracking_uri):
+    data = [f"data.dir={tmp_path / 'no-kaggle-here'}"] if override == "data=simpsons" else folder_data(image_folders)
+    args = [*TINY_MODEL, *data, f"tracking.uri={tracking_uri}", override]
+    result = run_cli(args, cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    lines = [line for line in output.splitlines() if "error: " in line]
+    assert len(lines) == 1, output[-3000:]
+    [line] = lines
+    assert message in line
+    assert "Traceback" not in output
+    assert "Epoch 1" not in output
+    if override == "data=simpsons":
+        assert "experiment=demo" in line
+
+
+def test_the_same_config_twice_gives_identical_metrics(image_folders, tracking_uri):
+    cfg = compose_train([*TINY_MODEL, *folder_data(image_folders), "epochs=2", f"tracking.uri={tracking_uri}"])
+    first, second = train(cfg, JobContext(overrides=[])), train(cfg, JobContext(overrides=[]))
+    client = MlflowClient(tracking_uri)
+    for name in [*EPOCH_METRICS, "test_accuracy", "test_loss"]:
+        history = [[m.value for m in client.get_metric_history(run, name)] for run in (first, second)]
+        assert history[0] == history[1], name
+    csvs = [
+        Path(mlflow.artifacts.download_artifacts(run_id=r, artifact_path="predictions/val.csv"))
+        for r in (first, second)
+    ]
+    assert csvs[0].read_text() == csvs[1].read_text()
