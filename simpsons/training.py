@@ -38,4 +38,6 @@ def fit(
     epochs: int,
 ) -> keras.callbacks.History:
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    return model.fit(train, validation_data=val, epochs=epochs, callbacks=[MlflowEpochMetrics()], verbose=2)
+    return model.fit(
+        train, validation_data=val, epochs=epochs, shuffle=False, callbacks=[MlflowEpochMetrics()], verbose=2
+    )

@@ -63,7 +63,7 @@ def test_odd_formats_become_rgb_and_bad_files_are_skipped_and_counted(tmp_path):
     images, labels = batches[0]
     assert images.shape == (len(data.train), 24, 24, 3)
     assert images.dtype.name == "float32"
-    assert 0 <= float(images.numpy().min()) and float(images.numpy().max()) <= 255
+    assert float(images.numpy().min()) >= 0 and float(images.numpy().max()) <= 255
     np.testing.assert_array_equal(labels.numpy(), data.train.labels)
 
 

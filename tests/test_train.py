@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import TINY, TINY_MODEL, compose_train, folder_data, run_cli
+from conftest import TINY, TINY_MODEL, compose_train, folder_data, get_json, mlflow_ui, run_cli
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from PIL import Image
@@ -119,6 +119,21 @@ def test_a_2x2_multirun_gives_one_parent_and_four_finished_children(image_folder
     grid = {(c.data.params["backbone.name"], c.data.params["dropout"]) for c in children}
     assert grid == {(b, d) for b in ("mobilenet", "mobilenetv2") for d in ("0.2", "0.4")}
     assert len({c.info.run_name for c in children}) == 4
+
+    with mlflow_ui(cwd=tmp_path) as url:  # the store sits in tmp_path, as mlflow.db does at the project root
+        api = f"{url}/api/2.0/mlflow"
+        [experiment] = [
+            e
+            for e in get_json(f"{api}/experiments/search", {"max_results": 10})["experiments"]
+            if e["name"] == "simpsons"
+        ]
+        listed = get_json(f"{api}/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+        assert {r["info"]["run_id"] for r in listed} == {r.info.run_id for r in runs}
+        child = children[0].info.run_id
+        history = get_json(f"{api}/metrics/get-history?run_id={child}&metric_key=val_accuracy")["metrics"]
+        assert [m["step"] for m in history] == [0]
+        files = {f["path"] for f in get_json(f"{api}/artifacts/list?run_id={child}&path=predictions")["files"]}
+        assert files == {"predictions/val.csv", "predictions/test.csv"}
 
 
 def test_a_failing_job_is_failed_with_its_error_and_the_sweep_goes_on(image_folders, tracking_uri, tmp_path):

@@ -1,0 +1,34 @@
+"""Runs on the real Simpsons images in ../shared (skipped, with the reason, where it is absent)."""
+
+from __future__ import annotations
+
+from conftest import MOBILENET_WEIGHTS, SIMPSONS_MINI, TINY_MODEL, compose_train, requires
+from mlflow.tracking import MlflowClient
+
+from simpsons.train import JobContext, train
+
+KAGGLE_MINI = ["data=simpsons", f"data.dir={SIMPSONS_MINI}"]
+
+
+@requires(SIMPSONS_MINI)
+def test_kaggle_layout_with_a_filename_labelled_test_set(tracking_uri):
+    run_id = train(
+        compose_train([*TINY_MODEL, *KAGGLE_MINI, "epochs=1", f"tracking.uri={tracking_uri}"]), JobContext([])
+    )
+    run = MlflowClient(tracking_uri).get_run(run_id)
+    params = run.data.params
+    assert params["data.num_classes"] == "20"
+    assert int(params["data.train_images"]) + int(params["data.val_images"]) == 800
+    assert params["data.test_images"] == "200"
+    assert params["data.skipped_files"] == "0"
+    assert 0 <= run.data.metrics["test_accuracy"] <= 1
+
+
+@requires(SIMPSONS_MINI)
+@requires(MOBILENET_WEIGHTS)
+def test_pretrained_imagenet_weights_beat_chance_on_the_kaggle_test_set(tracking_uri):
+    overrides = ["backbone=mobilenet", "backbone.kwargs.alpha=0.25", f"backbone.weights={MOBILENET_WEIGHTS}"]
+    overrides += ["image_size=128", "epochs=15", "optimizer.lr=3e-3", *KAGGLE_MINI, f"tracking.uri={tracking_uri}"]
+    run = MlflowClient(tracking_uri).get_run(train(compose_train(overrides), JobContext([])))
+    chance = 1 / 20
+    assert run.data.metrics["test_accuracy"] > 3 * chance, run.data.metrics
