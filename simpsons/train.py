@@ -15,6 +15,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -139,6 +140,8 @@ def check_group_overrides(args: list[str]) -> None:
         group = override.key_or_group
         if group not in CHECKED_GROUPS or override.is_delete():
             continue
+        if isinstance(override.value(), Glob):
+            continue  # glob(...) matches existing options only
         choices = override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]
         for choice in choices:
             if isinstance(choice, str) and "glob(" not in choice:

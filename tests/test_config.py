@@ -13,6 +13,7 @@ from simpsons.config import check_choice, check_training_keys, group_options
 from simpsons.errors import ConfigError
 from simpsons.model import build_classifier
 from simpsons.optimizers import build_optimizer
+from simpsons.train import check_group_overrides
 
 BACKBONES = group_options("backbone")
 SEED_STUDY = {  # backbone: (optimizer, dropout, epochs), as the seed study reported them
@@ -133,3 +134,11 @@ def test_out_of_range_keys_are_rejected(override, message):
 def test_wrong_types_are_rejected_not_crashed_on():
     with pytest.raises(ConfigError, match=r"dropout='high' is invalid"):
         check_training_keys(compose_train(["dropout=high"]))
+
+
+def test_command_line_group_choices_are_checked_before_composing():
+    check_group_overrides(["-m", "backbone=densenet201,xception", "dropout=0.2,0.4", "experiment=glob(seed_*)"])
+    with pytest.raises(ConfigError, match=r"unknown backbone 'resnet9000'; choose one of: convnext_tiny, densenet201"):
+        check_group_overrides(["-m", "backbone=densenet201,resnet9000"])
+    with pytest.raises(ConfigError, match=r"unknown data 'kaggle'; choose one of: demo, folder, simpsons"):
+        check_group_overrides(["data=kaggle"])
