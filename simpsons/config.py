@@ -46,16 +46,19 @@ TRAINING_KEY_CHECKS = [  # key, test, what is accepted
     ("image_size", lambda v: _whole(v) and v > 0, "a positive integer"),
     ("epochs", lambda v: _whole(v) and v >= 1, "an integer >= 1"),
     ("batch_size", lambda v: _whole(v) and v >= 1, "an integer >= 1"),
-    ("seed", _whole, "an integer"),
+    ("seed", lambda v: _whole(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
     ("deterministic", lambda v: v in ("auto", True, False), "auto, true or false"),
     ("data.val_split", lambda v: _number(v) and 0 < v < 1, "a fraction in (0, 1)"),
-    ("data.split_seed", _whole, "an integer"),
+    ("data.split_seed", lambda v: _whole(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
     ("data.min_images_per_class", lambda v: _whole(v) and v >= 2, "an integer >= 2"),
 ]
 
 
 def check_training_keys(cfg: DictConfig) -> None:
-    """Type and range checks on the plain keys of conf/train.yaml, before any data is read."""
+    """Required values are set, and the plain keys of conf/train.yaml are in range."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]} is required (it is ???); set it on the command line, e.g. {missing[0]}=...")
     for key, is_valid, accepted in TRAINING_KEY_CHECKS:
         value = OmegaConf.select(cfg, key)
         if not is_valid(value):

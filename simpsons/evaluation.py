@@ -26,12 +26,23 @@ class Evaluation:
     def predicted(self) -> np.ndarray:
         return self.probabilities.argmax(axis=1)
 
+    @property
+    def scored_classes(self) -> np.ndarray:
+        """Classes that occur in the split or its predictions: the ones macro averages run over.
+
+        A test set may hold fewer classes than training (Kaggle's does); classes absent from
+        both would add meaningless zeros.
+        """
+        return np.union1d(self.labels, self.predicted)
+
     def metrics(self) -> dict[str, float]:
         loss = keras.losses.sparse_categorical_crossentropy(self.labels, self.probabilities)
         return {
             f"{self.split}_loss": float(np.mean(keras.ops.convert_to_numpy(loss))),
             f"{self.split}_accuracy": float(accuracy_score(self.labels, self.predicted)),
-            f"{self.split}_macro_f1": float(f1_score(self.labels, self.predicted, average="macro", zero_division=0)),
+            f"{self.split}_macro_f1": float(
+                f1_score(self.labels, self.predicted, labels=self.scored_classes, average="macro", zero_division=0)
+            ),
         }
 
 
@@ -62,8 +73,8 @@ def report_text(evaluation: Evaluation, class_names: list[str]) -> str:
     return classification_report(
         evaluation.labels,
         evaluation.predicted,
-        labels=range(len(class_names)),
-        target_names=class_names,
+        labels=evaluation.scored_classes,
+        target_names=[class_names[i] for i in evaluation.scored_classes],
         digits=4,
         zero_division=0,
     )

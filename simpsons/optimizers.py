@@ -9,13 +9,13 @@ from simpsons.config import check_choice
 from simpsons.errors import ConfigError
 
 
-def build_optimizer(cfg: DictConfig, learning_rate: float | None = None) -> keras.optimizers.Optimizer:
-    """keras.optimizers.<keras_class>(learning_rate=lr, **kwargs); learning_rate overrides lr."""
+def build_optimizer(cfg: DictConfig) -> keras.optimizers.Optimizer:
+    """keras.optimizers.<keras_class>(learning_rate=lr, **kwargs)."""
     check_choice("optimizer", cfg.name)
     optimizer_class = getattr(keras.optimizers, cfg.keras_class, None)
     if not isinstance(optimizer_class, type) or not issubclass(optimizer_class, keras.optimizers.Optimizer):
         raise ConfigError(f"optimizer.keras_class={cfg.keras_class!r} is not a keras.optimizers class")
-    lr = cfg.lr if learning_rate is None else learning_rate
+    lr = cfg.lr
     if not isinstance(lr, (int, float)) or lr <= 0:
         raise ConfigError(f"optimizer.lr={lr!r} is invalid; expected a positive number")
     kwargs = OmegaConf.to_container(cfg.kwargs, resolve=True) if cfg.kwargs else {}

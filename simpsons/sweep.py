@@ -49,20 +49,33 @@ class MlflowSweepCallback(Callback):
         log.info("MLflow sweep run %s in experiment %r", self.parent_run_id, config.tracking.experiment)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._end_parent(RunStatus.FINISHED)
+        self._end_parent(RunStatus.FINISHED)  # FAILED instead if a child did not finish
 
-    def _end_parent(self, status: int) -> None:
+    def _end_parent(self, status: RunStatus) -> None:
+        """End the parent (once), and any child still RUNNING, e.g. after a worker was killed."""
         if self.client is None or self.parent_run_id is None:
             return
-        if self.client.get_run(self.parent_run_id).info.status != "RUNNING":
+        parent = self.client.get_run(self.parent_run_id)
+        if parent.info.status != "RUNNING":
             return
         children = self.client.search_runs(
-            [self.client.get_run(self.parent_run_id).info.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
+            [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'"
         )
-        child_statuses = {child.info.status for child in children}
-        if "KILLED" in child_statuses:
+        for child in children:
+            if child.info.status == "RUNNING":
+                self.client.set_terminated(child.info.run_id, "KILLED" if _interrupted else "FAILED")
+        statuses = {self.client.get_run(child.info.run_id).info.status for child in children}
+        if _interrupted or "KILLED" in statuses:
             status = RunStatus.KILLED
-        elif child_statuses - {"FINISHED"}:
+        elif statuses - {"FINISHED"}:
             status = RunStatus.FAILED
         self.client.set_terminated(self.parent_run_id, RunStatus.to_string(status))
+
+
+_interrupted = False
+
+
+def note_interrupted() -> None:
+    """Called by the app on Ctrl-C, so that the exit hook ends the sweep KILLED, not FAILED."""
+    global _interrupted
+    _interrupted = True

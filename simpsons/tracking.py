@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import keras
 import mlflow
@@ -29,11 +30,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from simpsons.config import PROJECT_ROOT
 from simpsons.data import DataSet
+from simpsons.errors import ConfigError
 from simpsons.evaluation import Evaluation, confusion_matrix_figure, predictions_csv, report_text
 
 log = logging.getLogger(__name__)
 
-RUN_TYPE = "simpsons.run_type"  # "train" or "sweep" (later: "ensemble")
+RUN_TYPE = "simpsons.run_type"  # "train" or "sweep"
 SWEEP_DIR = "simpsons.sweep_dir"
 SQLITE_PREFIX = "sqlite:///"
 
@@ -54,6 +56,11 @@ def ensure_experiment(uri: str, name: str) -> str:
     """
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise ConfigError(
+            f"tracking.experiment={name!r} is deleted in {redact_uri(uri)}; restore it "
+            f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) or choose another name"
+        )
     if experiment is not None:
         return experiment.experiment_id
     location = None
@@ -102,41 +109,73 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def git_tags() -> dict[str, str]:
     """The project's git commit and whether tracked files differ from it ('unknown' outside git)."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout
-
-    try:
-        commit = git("rev-parse", "HEAD").strip()
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
-    except (OSError, subprocess.CalledProcessError):
+    commit = _git("rev-parse", "HEAD").strip()
+    if not commit:
         return {"git.commit": "unknown", "git.dirty": "unknown"}
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no").strip())
     return {"git.commit": commit, "git.dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
+
+
+def _git(*args: str) -> str:
+    """git's output in the project folder; empty where git or the repository is missing."""
+    try:
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return ""
 
 
 @contextmanager
 def tracked_run(experiment_id: str, name: str, parent_run_id: str | None, tags: dict[str, str]) -> Iterator[Run]:
     """An active MLflow run that ends FINISHED, FAILED (with the error logged) or KILLED (Ctrl-C)."""
     run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id, tags=tags)
+    status = RunStatus.FINISHED
     try:
         yield run
     except KeyboardInterrupt:
-        mlflow.set_tag("error", "interrupted")
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        status = RunStatus.KILLED
+        _record_error("interrupted", None)
         raise
     except BaseException as error:
-        mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
-        mlflow.log_text("".join(traceback.format_exception(error)), "error.txt")
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        status = RunStatus.FAILED
+        _record_error(f"{type(error).__name__}: {error}", error)
         raise
-    mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+    finally:
+        mlflow.end_run(RunStatus.to_string(status))
+
+
+def _record_error(message: str, error: BaseException | None) -> None:
+    """Best effort: the run must still be ended if the store cannot take the error."""
+    try:
+        mlflow.set_tag("error", message[:5000])
+        if error is not None:
+            mlflow.log_text("".join(traceback.format_exception(error)), "error.txt")
+    except Exception:
+        log.exception("could not log the error to MLflow")
 
 
 def log_config(cfg: DictConfig, hydra_dir: Path | None) -> None:
-    """The flattened resolved config as params, and Hydra's own .hydra/*.yaml files."""
-    mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    """The flattened resolved config as params and as config.yaml, and Hydra's .hydra/*.yaml files.
+
+    With uncommitted changes to tracked files, their diff too (git_diff.patch), so that the
+    commit tag plus the diff reproduce the code.
+    """
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["tracking"]["uri"] = redact_uri(resolved["tracking"]["uri"])
+    mlflow.log_params(flatten(resolved))
+    mlflow.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
     if hydra_dir is not None and hydra_dir.is_dir():
         mlflow.log_artifacts(str(hydra_dir), "hydra")
+    diff = _git("diff", "HEAD")
+    if diff:
+        mlflow.log_text(diff, "git_diff.patch")
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without a password (postgresql://user:secret@host -> postgresql://user:***@host)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
 
 
 def log_data(data: DataSet) -> None:
@@ -160,7 +199,7 @@ def log_data(data: DataSet) -> None:
 
 
 def log_evaluation(evaluation: Evaluation, class_names: list[str]) -> None:
-    """Final metrics, the softmax outputs per file (the ensemble job averages these), and plots."""
+    """Final metrics, each file's softmax outputs, the per-class report and the confusion matrix."""
     split = evaluation.split
     if split != "val":
         mlflow.log_metrics(evaluation.metrics())

@@ -9,7 +9,7 @@ from conftest import compose_train
 from omegaconf import OmegaConf
 
 from simpsons.backbones import BackboneSpec
-from simpsons.config import check_choice, check_training_keys, group_options
+from simpsons.config import PROJECT_ROOT, check_choice, check_training_keys, group_options
 from simpsons.errors import ConfigError
 from simpsons.model import build_classifier
 from simpsons.optimizers import build_optimizer
@@ -142,3 +142,21 @@ def test_command_line_group_choices_are_checked_before_composing():
         check_group_overrides(["-m", "backbone=densenet201,resnet9000"])
     with pytest.raises(ConfigError, match=r"unknown data 'kaggle'; choose one of: demo, folder, simpsons"):
         check_group_overrides(["data=kaggle"])
+
+
+def test_a_required_value_left_unset_is_named():
+    with pytest.raises(ConfigError, match=r"data.root is required .* data.root=\.\.\."):
+        check_training_keys(compose_train(["data=folder"]))
+
+
+def test_seeds_must_fit_numpy():
+    with pytest.raises(ConfigError, match=r"seed=-1 is invalid; expected an integer in \[0, 2\*\*32\)"):
+        check_training_keys(compose_train(["seed=-1"]))
+
+
+def test_default_store_is_sqlite_at_the_project_root_and_the_environment_overrides_it(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert compose_train([]).tracking.uri == f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert compose_train([]).tracking.uri == "http://127.0.0.1:5000"
+    assert compose_train(["tracking.uri=sqlite:///elsewhere.db"]).tracking.uri == "sqlite:///elsewhere.db"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from conftest import MOBILENET_WEIGHTS, SIMPSONS_MINI, TINY_MODEL, compose_train, requires
 from mlflow.tracking import MlflowClient
 
-from simpsons.train import JobContext, train
+from simpsons.job import JobContext, train
 
 KAGGLE_MINI = ["data=simpsons", f"data.dir={SIMPSONS_MINI}"]
 

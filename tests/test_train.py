@@ -19,8 +19,8 @@ from PIL import Image
 
 from simpsons.config import PROJECT_ROOT
 from simpsons.evaluation import read_predictions_csv
+from simpsons.job import JobContext, train
 from simpsons.tracking import flatten
-from simpsons.train import JobContext, train
 from simpsons.training import EPOCH_METRICS
 
 
@@ -72,6 +72,7 @@ def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_sof
 
     artifacts = artifact_paths(client, run_id)
     assert {
+        "config.yaml",
         "hydra/config.yaml",
         "hydra/hydra.yaml",
         "hydra/overrides.yaml",
@@ -149,14 +150,19 @@ def test_a_failing_job_is_failed_with_its_error_and_the_sweep_goes_on(image_fold
     assert "error.txt" in artifact_paths(MlflowClient(tracking_uri), failed.info.run_id)
 
 
-def test_ctrl_c_marks_the_run_killed_and_keeps_what_was_logged(image_folders, tracking_uri, tmp_path):
-    args = [*TINY_MODEL, *folder_data(image_folders), "epochs=500", f"tracking.uri={tracking_uri}"]
-    process = subprocess.Popen([sys.executable, "-m", "simpsons.train", *args], cwd=tmp_path, stderr=subprocess.PIPE)
+def test_ctrl_c_in_a_sweep_marks_the_run_and_the_sweep_killed_and_keeps_what_was_logged(
+    image_folders, tracking_uri, tmp_path
+):
+    args = ["-m", "dropout=0.2,0.4", *TINY_MODEL, *folder_data(image_folders), "epochs=500"]
+    command = [sys.executable, "-m", "simpsons.train", *args, f"tracking.uri={tracking_uri}"]
+    process = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
     client = MlflowClient(tracking_uri)
     while time.monotonic() < deadline and process.poll() is None:
         experiment = client.get_experiment_by_name("simpsons")
-        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        runs = (
+            client.search_runs([experiment.experiment_id], "tags.`simpsons.run_type` = 'train'") if experiment else []
+        )
         if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 2:
             break
         time.sleep(0.5)
@@ -166,10 +172,11 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_what_was_logged(image_folders, tr
     process.send_signal(signal.SIGINT)
     process.wait(timeout=120)
 
-    [run] = runs_of(tracking_uri, "simpsons")
-    assert run.info.status == "KILLED"
-    assert run.data.tags["error"] == "interrupted"
-    assert len(client.get_metric_history(run.info.run_id, "loss")) >= 2
+    runs = runs_of(tracking_uri, "simpsons")
+    assert {r.data.tags["simpsons.run_type"]: r.info.status for r in runs} == {"sweep": "KILLED", "train": "KILLED"}
+    [job] = [r for r in runs if r.data.tags["simpsons.run_type"] == "train"]
+    assert job.data.tags["error"] == "interrupted"
+    assert len(client.get_metric_history(job.info.run_id, "loss")) >= 2
 
 
 @pytest.mark.parametrize(
