@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -15,6 +16,11 @@ CONF_DIR = PROJECT_ROOT / "conf"
 def default_tracking_uri() -> str:
     """SQLite store at the project root: the one a plain `mlflow ui` there opens."""
     return f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+def tracking_uri_from_environment() -> str:
+    """What conf/tracking/default.yaml resolves to: MLFLOW_TRACKING_URI, else the default store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
 def register_resolvers() -> None:

@@ -69,7 +69,8 @@ def train(cfg: DictConfig, job: JobContext) -> str:
         mlflow.log_metric("best_val_accuracy", max(history.history["val_accuracy"]))
 
         _evaluate_and_log(model, data, cfg)
-        tracking.log_model(model, input_example=load_image(data.val.paths[0], cfg.image_size).numpy()[None])
+        example = load_image(data.val.paths[0], cfg.image_size).numpy()[None]
+        tracking.log_model(model, example, data.class_names)
         return run.info.run_id
 
 

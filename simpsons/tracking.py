@@ -208,21 +208,25 @@ def log_evaluation(evaluation: Evaluation, class_names: list[str]) -> None:
     mlflow.log_figure(confusion_matrix_figure(evaluation, class_names), f"evaluation/{split}_confusion_matrix.png")
 
 
-def log_model(model: keras.Model, input_example: np.ndarray) -> None:
+def log_model(model: keras.Model, input_example: np.ndarray, class_names: list[str]) -> None:
     """The Keras model, taking raw RGB images of any size, loadable with mlflow.pyfunc.load_model."""
-    num_classes = model.output_shape[-1]
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, 3))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes))]),
-    )
     Model.log(  # what mlflow.keras.log_model does, through the flavor shim below
         artifact_path=None,
         name="model",
         flavor=_KerasFlavor,
         model=model,
-        signature=signature,
+        signature=image_signature(len(class_names)),
         input_example=input_example,
+        metadata={"class_names": class_names},
         pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
+    )
+
+
+def image_signature(num_classes: int) -> ModelSignature:
+    """Batches of float32 RGB images of any size in, one probability per class out."""
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, 3))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes))]),
     )
 
 

@@ -72,34 +72,45 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 600, **kwargs) -> subpr
     )
 
 
-@contextmanager
-def mlflow_ui(cwd: Path) -> Iterator[str]:
-    """A real `mlflow ui`, started with no flags in `cwd` as the README says; yields its URL."""
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "ui", "--port", str(port)],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def serving(command: list[str], url: str, cwd: Path, env: dict[str, str], timeout: float = 120) -> Iterator[str]:
+    """Run a server on 127.0.0.1 until the block ends; yields `url` once it answers."""
+    log = cwd / "server.log"
+    with log.open("w") as output:
+        server = subprocess.Popen(command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + timeout
+        while True:
             try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
+                urllib.request.urlopen(url, timeout=2)
                 break
             except OSError:
-                assert server.poll() is None, "mlflow ui exited"
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"{command[:3]} did not answer at {url}: {log.read_text()[-3000:]}")
                 time.sleep(0.5)
         yield url
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def mlflow_cli() -> str:
+    return str(Path(sys.executable).with_name("mlflow"))
+
+
+@contextmanager
+def mlflow_ui(cwd: Path) -> Iterator[str]:
+    """A real `mlflow ui`, started with no flags in `cwd` as the README says; yields its URL."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    with serving([mlflow_cli(), "ui", "--port", str(port)], f"http://127.0.0.1:{port}/health", cwd, env):
+        yield f"http://127.0.0.1:{port}"
 
 
 def get_json(url: str, body: dict | None = None) -> dict:

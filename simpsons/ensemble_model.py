@@ -1,0 +1,30 @@
+"""The servable ensemble: a weighted mean of its members' softmax outputs.
+
+Logged as an MLflow "model from code": MLflow stores this file with the model and runs it at
+load time, so loading or serving the ensemble needs Keras and MLflow, not this package. Each
+member is a logged Keras model that resizes and preprocesses raw RGB images itself, so the
+ensemble takes images of any size.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+from mlflow.pyfunc import PythonModel, PythonModelContext
+
+
+class SoftmaxAverage(PythonModel):
+    """model_config: {"members": [artifact names], "member_weights": [floats], "class_names": [...]}."""
+
+    def load_context(self, context: PythonModelContext) -> None:
+        config = context.model_config
+        self.weights = np.asarray(config["member_weights"], dtype=np.float64)
+        self.members = [mlflow.keras.load_model(context.artifacts[name]) for name in config["members"]]
+
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
+        images = np.asarray(model_input, dtype=np.float32)
+        outputs = [member.predict(images, verbose=0).astype(np.float64) for member in self.members]
+        return np.tensordot(self.weights, np.stack(outputs), axes=1).astype(np.float32)
+
+
+mlflow.models.set_model(SoftmaxAverage())

@@ -1,0 +1,165 @@
+"""`python -m simpsons.report`: the results table of an experiment or sweep, straight from MLflow.
+
+    python -m simpsons.report [--sweep latest|<parent run id>] [--metric best_val_accuracy]
+                              [--format table|markdown|csv] [--output DIR]
+
+One row per finished training run, sorted by the metric; ensembles in their own section. With
+--output, also writes results.md, results.csv and results.png (a bar chart) there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from simpsons import runs, tracking
+from simpsons.config import tracking_uri_from_environment
+from simpsons.errors import SimpsonsError
+
+TRAINING_COLUMNS = {  # header: (source, key)
+    "run": ("name", ""),
+    "backbone": ("param", "backbone.name"),
+    "image_size": ("param", "image_size"),
+    "dropout": ("param", "dropout"),
+    "batch_size": ("param", "batch_size"),
+    "epochs": ("param", "epochs"),
+    "optimizer": ("param", "optimizer.name"),
+    "lr": ("param", "optimizer.lr"),
+    "val_accuracy": ("metric", "val_accuracy"),
+    "best_val_accuracy": ("metric", "best_val_accuracy"),
+    "val_loss": ("metric", "val_loss"),
+    "test_accuracy": ("metric", "test_accuracy"),
+}
+ENSEMBLE_COLUMNS = {
+    "run": ("name", ""),
+    "method": ("param", "method"),
+    "weights": ("param", "weights"),
+    "members": ("param", "num_members"),
+    "val_accuracy": ("metric", "val_accuracy"),
+    "test_accuracy": ("metric", "test_accuracy"),
+    "test_gain": ("metric", "test_accuracy_gain"),
+}
+
+
+def cell(run: Run, source: str, key: str) -> str:
+    if source == "name":
+        return run.info.run_name
+    if source == "param":
+        return run.data.params.get(key, "")
+    value = run.data.metrics.get(key)
+    return "" if value is None else f"{value:.4f}"
+
+
+def rows(found: list[Run], columns: dict[str, tuple[str, str]]) -> list[list[str]]:
+    return [[cell(run, *spec) for spec in columns.values()] for run in found]
+
+
+def results(client: MlflowClient, experiment: str, sweep: str | None, metric: str) -> tuple[list[Run], list[Run]]:
+    """Finished training runs sorted by `metric` (best first, losses ascending), and ensembles."""
+    found = [run for run in runs.search(client, experiment) if run.info.status == "FINISHED"]
+    training = [r for r in found if runs.run_type(r) == "train" and (not sweep or _parent(r) == sweep)]
+    ensembles = [r for r in found if runs.run_type(r) == "ensemble" and (not sweep or _sweep_of(r) == sweep)]
+    descending = "loss" not in metric
+    missing = float("-inf") if descending else float("inf")
+    training.sort(key=lambda r: r.data.metrics.get(metric, missing), reverse=descending)
+    ensembles.sort(key=ensemble_accuracy, reverse=True)
+    return training, ensembles
+
+
+def ensemble_accuracy(run: Run) -> float:
+    """Test accuracy where the ensemble had a test set, else validation accuracy."""
+    return run.data.metrics.get("test_accuracy", run.data.metrics.get("val_accuracy", 0.0))
+
+
+def _parent(run: Run) -> str | None:
+    return run.data.tags.get("mlflow.parentRunId")
+
+
+def _sweep_of(run: Run) -> str | None:
+    return run.data.tags.get("simpsons.sweep")
+
+
+def markdown(headers: list[str], table: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in table])
+
+
+def plain(headers: list[str], table: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(headers)]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, table)])
+
+
+def comma_separated(headers: list[str], table: list[list[str]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows([headers, *table])
+    return buffer.getvalue()
+
+
+def chart(training: list[Run], ensembles: list[Run], metric: str) -> Figure:
+    names = [r.info.run_name for r in training] + [r.info.run_name for r in ensembles]
+    values = [r.data.metrics.get(metric, 0) for r in training]
+    values += [ensemble_accuracy(r) for r in ensembles]
+    figure = Figure(figsize=(9, 0.4 * len(names) + 1.5), layout="constrained")
+    axes = figure.subplots()
+    bars = axes.barh(names, values, color=["tab:blue"] * len(training) + ["tab:orange"] * len(ensembles))
+    axes.bar_label(bars, fmt="%.4f")
+    axes.invert_yaxis()
+    axes.set_xlabel(f"{metric} (training runs, blue); test accuracy (ensembles, orange)")
+    return figure
+
+
+def render(training: list[Run], ensembles: list[Run], style: str) -> str:
+    formatter = {"table": plain, "markdown": markdown, "csv": comma_separated}[style]
+    sections = []
+    for title, found, columns in (
+        ("Training runs", training, TRAINING_COLUMNS),
+        ("Ensembles", ensembles, ENSEMBLE_COLUMNS),
+    ):
+        if found:
+            body = formatter(list(columns), rows(found, columns))
+            sections.append(body if style == "csv" else f"{'## ' if style == 'markdown' else ''}{title}\n\n{body}")
+    return "\n\n".join(sections)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m simpsons.report", description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", default="simpsons", help="MLflow experiment (simpsons)")
+    parser.add_argument("--sweep", help="latest, or a sweep's parent run id: only that sweep and its ensembles")
+    parser.add_argument("--metric", default="best_val_accuracy", help="sort key (best_val_accuracy)")
+    parser.add_argument("--format", choices=("table", "markdown", "csv"), default="table")
+    parser.add_argument("--output", type=Path, help="also write results.md, results.csv and results.png here")
+    parser.add_argument("--tracking-uri", default=tracking_uri_from_environment(), help="MLflow store")
+    args = parser.parse_args(argv)
+    client = MlflowClient(tracking.configure(args.tracking_uri))
+    try:
+        experiment = runs.experiment_id(client, args.experiment)
+        sweep = runs.resolve_sweep(client, experiment, args.sweep)
+    except SimpsonsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    training, ensembles = results(client, experiment, sweep, args.metric)
+    if not training and not ensembles:
+        print("error: no finished runs to report", file=sys.stderr)
+        return 1
+    print(render(training, ensembles, args.format))
+    if args.output:
+        args.output.mkdir(parents=True, exist_ok=True)
+        (args.output / "results.md").write_text(render(training, ensembles, "markdown") + "\n")
+        (args.output / "results.csv").write_text(render(training, ensembles, "csv") + "\n")
+        chart(training, ensembles, args.metric).savefig(args.output / "results.png", dpi=120)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
