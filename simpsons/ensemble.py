@@ -124,8 +124,7 @@ def member_weights(members: list[Member], cfg: DictConfig, val_labels: np.ndarra
 def ensemble(cfg: DictConfig) -> str:
     """Select, combine, score and log; returns the ensemble's MLflow run id."""
     check_options(cfg)
-    uri = tracking.configure(cfg.tracking.uri)
-    client = MlflowClient(uri)
+    client = MlflowClient(tracking.configure(cfg.tracking.uri))
     experiment = runs.experiment_id(client, cfg.tracking.experiment)
     sweep = runs.resolve_sweep(client, experiment, cfg.sweep)
     members, left_out = select_members(runs.search(client, experiment, sweep, cfg.filter), cfg)
@@ -133,8 +132,39 @@ def ensemble(cfg: DictConfig) -> str:
         log.info("left out %s", line)
     if len(members) < cfg.top_n:
         log.warning("only %d eligible run(s) for top_n=%d: using %d", len(members), cfg.top_n, len(members))
-
     class_names = runs.class_names(members[0].run)
+    weights, combined, scores = combine(members, cfg, class_names)
+
+    first = members[0].run
+    tags = {
+        tracking.RUN_TYPE: "ensemble",
+        "simpsons.sweep": sweep or "",
+        "class_names": first.data.tags.get("class_names", "[]"),
+        "data.fingerprint": first.data.tags.get("data.fingerprint", ""),
+        "members": ",".join(m.run.info.run_id for m in members),
+        **tracking.git_tags(),
+    }
+    name = f"ensemble {cfg.method} of {np.count_nonzero(weights)}"
+    with tracking.tracked_run(experiment, name, parent_run_id=None, tags=tags) as run:
+        _log_params(cfg, members, weights, sweep)
+        for split, evaluation in combined.items():
+            tracking.log_evaluation(evaluation, class_names)
+            gain = evaluation.metrics()[f"{split}_accuracy"] - max(scores[split])
+            mlflow.log_metric(f"{split}_accuracy_gain", gain)
+        mlflow.log_dict(_member_table(members, weights, scores), "members.json")
+        mlflow.log_figure(_comparison_figure(members, scores, combined), "evaluation/members_vs_ensemble.png")
+        _log_model(members, weights, class_names)
+        _print_summary(members, weights, scores, combined, cfg)
+        return run.info.run_id
+
+
+def combine(
+    members: list[Member], cfg: DictConfig, class_names: list[str]
+) -> tuple[np.ndarray, dict[str, Evaluation], dict[str, list[float]]]:
+    """Member weights, the ensemble's evaluation per split, and each member's accuracy per split.
+
+    Test is scored only when every member logged test outputs.
+    """
     splits = ["val"] + (["test"] if all(m.test for m in members) else [])
     labels = {split: _label_indices(getattr(members[0], split), class_names) for split in splits}
     weights = member_weights(members, cfg, labels["val"])
@@ -149,28 +179,7 @@ def ensemble(cfg: DictConfig) -> str:
         for split in splits
     }
     scores = {split: _member_accuracies(members, split, labels[split]) for split in splits}
-
-    tags = {
-        tracking.RUN_TYPE: "ensemble",
-        "simpsons.sweep": sweep or "",
-        "class_names": members[0].run.data.tags.get("class_names", "[]"),
-        "data.fingerprint": members[0].run.data.tags.get("data.fingerprint", ""),
-        "members": ",".join(m.run.info.run_id for m in members),
-        **tracking.git_tags(),
-    }
-    name = f"ensemble {cfg.method} of {len(members)}"
-    with tracking.tracked_run(experiment, name, parent_run_id=None, tags=tags) as run:
-        _log_params(cfg, members, weights, sweep)
-        for split, evaluation in combined.items():
-            metrics = evaluation.metrics()
-            mlflow.log_metrics(metrics)
-            mlflow.log_metric(f"{split}_accuracy_gain", metrics[f"{split}_accuracy"] - max(scores[split]))
-            tracking.log_evaluation(evaluation, class_names)
-        mlflow.log_dict(_member_table(members, weights, scores), "members.json")
-        mlflow.log_figure(_comparison_figure(members, scores, combined), "evaluation/members_vs_ensemble.png")
-        _log_model(members, weights, class_names)
-        _print_summary(members, weights, scores, combined, cfg)
-        return run.info.run_id
+    return weights, combined, scores
 
 
 def _label_indices(outputs: runs.Outputs, class_names: list[str]) -> np.ndarray:
@@ -185,9 +194,15 @@ def _member_accuracies(members: list[Member], split: str, labels: np.ndarray) ->
 def _log_params(cfg: DictConfig, members: list[Member], weights: np.ndarray, sweep: str | None) -> None:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["tracking"]["uri"] = tracking.redact_uri(resolved["tracking"]["uri"])
-    mlflow.log_params(tracking.flatten(resolved) | {"sweep": sweep, "num_members": len(members)})
-    mlflow.log_params({f"member_{i}": f"{m.run.info.run_id} {m.backbone} w={w:.4f}" for i, (m, w) in
-                       enumerate(zip(members, weights, strict=True))})  # fmt: skip
+    used = int(np.count_nonzero(weights))
+    mlflow.log_params(
+        tracking.flatten(resolved) | {"sweep": sweep, "num_candidates": len(members), "num_members": used}
+    )
+    for i, (member, weight) in enumerate(zip(members, weights, strict=True)):
+        value = member.run.data.metrics[cfg.metric]
+        mlflow.log_param(
+            f"member_{i}", f"{member.run.info.run_id} {member.backbone} {cfg.metric}={value:.4f} w={weight:.4f}"
+        )
 
 
 def _member_table(members: list[Member], weights: np.ndarray, scores: dict[str, list[float]]) -> list[dict]:
@@ -242,14 +257,17 @@ def _keras_requirements() -> list[str]:
     return [f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"]
 
 
-def _print_summary(members: list[Member], weights, scores, combined, cfg: DictConfig) -> None:
+def _print_summary(
+    members: list[Member], weights: np.ndarray, scores: dict[str, list[float]], combined: dict, cfg: DictConfig
+) -> None:
+    labels = [m.label for m in members] + [f"ensemble ({cfg.method})"]
+    width = max(map(len, labels))
     splits = list(scores)
-    header = f"{'member':<60} {'weight':>7} " + " ".join(f"{s + '_acc':>9}" for s in splits)
+    header = f"{'member':<{width}}  {'weight':>6}  " + "  ".join(f"{s + '_accuracy':>13}" for s in splits)
     lines = [header, "-" * len(header)]
-    for i, (m, w) in enumerate(zip(members, weights, strict=True)):
-        lines.append(f"{m.label[:60]:<60} {w:>7.3f} " + " ".join(f"{scores[s][i]:>9.4f}" for s in splits))
-    ensemble_scores = " ".join(f"{combined[s].metrics()[f'{s}_accuracy']:>9.4f}" for s in splits)
-    lines.append(f"{'ensemble (' + cfg.method + ')':<60} {1:>7.3f} " + ensemble_scores)
+    for i, (label, weight) in enumerate(zip(labels, [*weights, 1.0], strict=True)):
+        values = [scores[s][i] if i < len(members) else combined[s].metrics()[f"{s}_accuracy"] for s in splits]
+        lines.append(f"{label:<{width}}  {weight:>6.3f}  " + "  ".join(f"{v:>13.4f}" for v in values))
     print("\n".join(lines))
 
 

@@ -8,9 +8,14 @@ ensemble takes images of any size.
 
 from __future__ import annotations
 
+import warnings
+
 import mlflow
 import numpy as np
 from mlflow.pyfunc import PythonModel, PythonModelContext
+
+# The input is a 4-D image tensor, described by the logged signature, not by type hints.
+warnings.filterwarnings("ignore", message=".*type hints to the `predict` method", category=UserWarning)
 
 
 class SoftmaxAverage(PythonModel):

@@ -101,7 +101,7 @@ def _evaluate_and_log(model: keras.Model, data: DataSet, cfg: DictConfig) -> Non
         if split is None:
             continue
         evaluation = evaluate(model, _batches(split, cfg), split, name)
-        tracking.log_evaluation(evaluation, data.class_names)
+        tracking.log_evaluation(evaluation, data.class_names, with_metrics=name != "val")  # val: the curves
         log.info("%s: %s", name, {k: round(v, 4) for k, v in evaluation.metrics().items()})
 
 

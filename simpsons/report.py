@@ -13,6 +13,7 @@ import argparse
 import csv
 import io
 import sys
+import textwrap
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -39,8 +40,7 @@ TRAINING_COLUMNS = {  # header: (source, key)
 }
 ENSEMBLE_COLUMNS = {
     "run": ("name", ""),
-    "method": ("param", "method"),
-    "weights": ("param", "weights"),
+    "method": ("method", ""),
     "members": ("param", "num_members"),
     "val_accuracy": ("metric", "val_accuracy"),
     "test_accuracy": ("metric", "test_accuracy"),
@@ -51,6 +51,9 @@ ENSEMBLE_COLUMNS = {
 def cell(run: Run, source: str, key: str) -> str:
     if source == "name":
         return run.info.run_name
+    if source == "method":  # an ensemble's: greedy, mean, or mean weighted by validation accuracy
+        method, weights = run.data.params.get("method", ""), run.data.params.get("weights")
+        return f"{method} ({weights})" if method == "mean" and weights != "equal" else method
     if source == "param":
         return run.data.params.get(key, "")
     value = run.data.metrics.get(key)
@@ -69,12 +72,12 @@ def results(client: MlflowClient, experiment: str, sweep: str | None, metric: st
     descending = "loss" not in metric
     missing = float("-inf") if descending else float("inf")
     training.sort(key=lambda r: r.data.metrics.get(metric, missing), reverse=descending)
-    ensembles.sort(key=ensemble_accuracy, reverse=True)
+    ensembles.sort(key=headline_accuracy, reverse=True)
     return training, ensembles
 
 
-def ensemble_accuracy(run: Run) -> float:
-    """Test accuracy where the ensemble had a test set, else validation accuracy."""
+def headline_accuracy(run: Run) -> float:
+    """Test accuracy where the run had a test set, else validation accuracy."""
     return run.data.metrics.get("test_accuracy", run.data.metrics.get("val_accuracy", 0.0))
 
 
@@ -106,16 +109,21 @@ def comma_separated(headers: list[str], table: list[list[str]]) -> str:
     return buffer.getvalue()
 
 
-def chart(training: list[Run], ensembles: list[Run], metric: str) -> Figure:
-    names = [r.info.run_name for r in training] + [r.info.run_name for r in ensembles]
-    values = [r.data.metrics.get(metric, 0) for r in training]
-    values += [ensemble_accuracy(r) for r in ensembles]
-    figure = Figure(figsize=(9, 0.4 * len(names) + 1.5), layout="constrained")
+def chart(training: list[Run], ensembles: list[Run]) -> Figure:
+    """Test accuracy (validation where there is no test set) of every run, ensembles in orange."""
+    found = training + ensembles
+    names = [textwrap.fill(r.info.run_name, 40) for r in found]
+    figure = Figure(figsize=(10, 0.6 * len(found) + 1.5), layout="constrained")
     axes = figure.subplots()
-    bars = axes.barh(names, values, color=["tab:blue"] * len(training) + ["tab:orange"] * len(ensembles))
-    axes.bar_label(bars, fmt="%.4f")
+    bars = axes.barh(
+        names,
+        [headline_accuracy(r) for r in found],
+        color=["tab:blue"] * len(training) + ["tab:orange"] * len(ensembles),
+    )
+    axes.bar_label(bars, fmt="%.4f", padding=3)
     axes.invert_yaxis()
-    axes.set_xlabel(f"{metric} (training runs, blue); test accuracy (ensembles, orange)")
+    axes.set_xlim(0, 1.1)
+    axes.set_xlabel("test accuracy (validation accuracy where there is no test set)")
     return figure
 
 
@@ -157,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         args.output.mkdir(parents=True, exist_ok=True)
         (args.output / "results.md").write_text(render(training, ensembles, "markdown") + "\n")
         (args.output / "results.csv").write_text(render(training, ensembles, "csv") + "\n")
-        chart(training, ensembles, args.metric).savefig(args.output / "results.png", dpi=120)
+        chart(training, ensembles).savefig(args.output / "results.png", dpi=120)
     return 0
 
 

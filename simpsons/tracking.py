@@ -198,10 +198,13 @@ def log_data(data: DataSet) -> None:
         mlflow.log_dict(data.unknown_test_classes, "data/unknown_test_classes.json")
 
 
-def log_evaluation(evaluation: Evaluation, class_names: list[str]) -> None:
-    """Final metrics, each file's softmax outputs, the per-class report and the confusion matrix."""
+def log_evaluation(evaluation: Evaluation, class_names: list[str], with_metrics: bool = True) -> None:
+    """The split's metrics, each file's softmax outputs, the per-class report and the confusion matrix.
+
+    with_metrics=False where the metrics are logged already (a training run's val_* curves).
+    """
     split = evaluation.split
-    if split != "val":
+    if with_metrics:
         mlflow.log_metrics(evaluation.metrics())
     mlflow.log_text(predictions_csv(evaluation, class_names), f"predictions/{split}.csv")
     mlflow.log_text(report_text(evaluation, class_names), f"evaluation/{split}_report.txt")

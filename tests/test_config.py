@@ -6,10 +6,11 @@ import keras
 import numpy as np
 import pytest
 from conftest import compose_train
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from simpsons.backbones import BackboneSpec
-from simpsons.config import PROJECT_ROOT, check_choice, check_training_keys, group_options
+from simpsons.config import CONF_DIR, PROJECT_ROOT, check_choice, check_training_keys, group_options
 from simpsons.errors import ConfigError
 from simpsons.model import build_classifier
 from simpsons.optimizers import build_optimizer
@@ -37,7 +38,11 @@ def test_the_required_options_exist():
 
 @pytest.mark.parametrize(
     "group,option",
-    [(group, option) for group in ("backbone", "optimizer", "data", "experiment") for option in group_options(group)],
+    [
+        (group, option)
+        for group in ("backbone", "optimizer", "data", "tracking", "experiment")
+        for option in group_options(group)
+    ],
 )
 def test_every_option_composes_and_resolves(group, option):
     cfg = compose_train([f"{group}={option}", "data.root=/some/images"])
@@ -160,3 +165,16 @@ def test_default_store_is_sqlite_at_the_project_root_and_the_environment_overrid
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert compose_train([]).tracking.uri == "http://127.0.0.1:5000"
     assert compose_train(["tracking.uri=sqlite:///elsewhere.db"]).tracking.uri == "sqlite:///elsewhere.db"
+
+
+def test_the_ensemble_config_composes_with_the_same_tracking_as_training():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="ensemble", overrides=["method=greedy", "sweep=latest"])
+    assert (cfg.top_n, cfg.metric, cfg.direction, cfg.method, cfg.sweep) == (
+        5,
+        "best_val_accuracy",
+        "max",
+        "greedy",
+        "latest",
+    )
+    assert cfg.tracking == compose_train([]).tracking
