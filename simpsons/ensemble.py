@@ -7,6 +7,7 @@ to score; the logged ensemble model bundles the members' models for prediction a
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,8 @@ CHOICES = {"method": ("mean", "greedy"), "weights": ("equal", "val_accuracy"), "
 @dataclass(frozen=True)
 class Member:
     run: Run
-    val: runs.Outputs
-    test: runs.Outputs | None
+    outputs: dict[str, runs.Outputs]  # "val", and "test" where the run had a test set
+    model_uri: str
 
     @property
     def backbone(self) -> str:
@@ -49,50 +50,58 @@ def check_options(cfg: DictConfig) -> None:
     for key, accepted in CHOICES.items():
         if cfg[key] not in accepted:
             raise ConfigError(f"{key}={cfg[key]!r} is unknown; use one of: {', '.join(accepted)}")
-    if not isinstance(cfg.top_n, int) or cfg.top_n < 1:
+    if not isinstance(cfg.top_n, int) or isinstance(cfg.top_n, bool) or cfg.top_n < 1:
         raise ConfigError(f"top_n={cfg.top_n!r} is invalid; expected an integer >= 1")
 
 
-def select_members(candidates: list[Run], cfg: DictConfig) -> tuple[list[Member], list[str]]:
-    """The best top_n runs that can be averaged together, and a line for each run left out."""
-    ranked, left_out = _rank(candidates, cfg.metric, cfg.direction)
+def select_members(candidates: list[Run], cfg: DictConfig) -> list[Member]:
+    """The best top_n runs that can be averaged together; logs why each other run is left out.
+
+    The best-ranked run sets what the others must share with it: class names, data fingerprint,
+    validation split, and the same validation and test files.
+    """
     members: list[Member] = []
-    for run in ranked:
-        if len(members) == cfg.top_n:
+    for run, reason in _ranked(candidates, cfg):
+        if reason is None and len(members) == cfg.top_n:
             break
-        reason = _mismatch(run, members, cfg.one_per_backbone)
-        val = None if reason else runs.outputs(run.info.run_id, "val")
-        if reason is None and val is None:
-            reason = "logged no validation outputs"
-        if reason is None and members and val.names != members[0].val.names:
-            reason = "its validation files differ"
-        if reason:
-            left_out.append(f"{run.info.run_name} ({run.info.run_id[:8]}): {reason}")
-            continue
-        members.append(Member(run, val, runs.outputs(run.info.run_id, "test")))
+        if reason is None:
+            reason = _mismatch(run, members, cfg.one_per_backbone)
+        if reason is None:
+            member, reason = _load_member(run, members)
+            if member is not None:
+                members.append(member)
+                continue
+        log.info("left out %s (%s): %s", run.info.run_name, run.info.run_id[:8], reason)
     if not members:
         raise ConfigError(f"no finished training run with {cfg.metric} to ensemble (see the lines above)")
-    return members, left_out
+    return members
 
 
-def _rank(candidates: list[Run], metric: str, direction: str) -> tuple[list[Run], list[str]]:
-    eligible, left_out = [], []
-    for run in candidates:
-        kind = runs.run_type(run)
-        reason = (
-            "a sweep's parent run" if kind == "sweep"
-            else "an ensemble run" if kind == "ensemble"
-            else "not a training run" if kind != "train"
-            else f"status {run.info.status}" if run.info.status != "FINISHED"
-            else f"has no metric {metric}" if metric not in run.data.metrics
-            else None
-        )  # fmt: skip
-        if reason:
-            left_out.append(f"{run.info.run_name} ({run.info.run_id[:8]}): {reason}")
-        else:
-            eligible.append(run)
-    sign = -1 if direction == "max" else 1
-    return sorted(eligible, key=lambda run: sign * run.data.metrics[metric]), left_out
+def _ranked(candidates: list[Run], cfg: DictConfig) -> list[tuple[Run, str | None]]:
+    """Runs that cannot be members, with the reason, then the others best first (reason None)."""
+    judged = [(run, _ineligible(run, cfg)) for run in candidates]
+    sign = -1 if cfg.direction == "max" else 1
+    eligible = [run for run, reason in judged if reason is None]
+    eligible.sort(key=lambda run: sign * run.data.metrics[cfg.metric])
+    return [(run, reason) for run, reason in judged if reason] + [(run, None) for run in eligible]
+
+
+def _ineligible(run: Run, cfg: DictConfig) -> str | None:
+    kind = runs.run_type(run)
+    if kind == "sweep":
+        return "a sweep's parent run"
+    if kind == "ensemble":
+        return "an ensemble run"
+    if kind != "train":
+        return "not a training run"
+    if run.info.status != "FINISHED":
+        return f"status {run.info.status}"
+    value = run.data.metrics.get(cfg.metric)
+    if value is None or not math.isfinite(value):
+        return f"no finite {cfg.metric}"
+    if cfg.weights == "val_accuracy" and cfg.method == "mean" and not run.data.metrics.get("val_accuracy"):
+        return "no val_accuracy to weight by"
+    return None
 
 
 def _mismatch(run: Run, members: list[Member], one_per_backbone: bool) -> str | None:
@@ -113,12 +122,32 @@ def _mismatch(run: Run, members: list[Member], one_per_backbone: bool) -> str | 
     return None
 
 
+def _load_member(run: Run, members: list[Member]) -> tuple[Member | None, str | None]:
+    """The run's logged outputs and model, or why they do not fit the members so far."""
+    outputs = {split: found for split in ("val", "test") if (found := runs.outputs(run.info.run_id, split))}
+    if "val" not in outputs:
+        return None, "logged no validation outputs"
+    if members and outputs.keys() != members[0].outputs.keys():
+        return None, "it has a test set where the best run has none, or the reverse"
+    for split, found in outputs.items():
+        if members and found.names != members[0].outputs[split].names:
+            return None, f"its {split} files differ"
+    try:
+        model_uri = runs.model_uri(run)
+    except ConfigError:
+        return None, "logged no model"
+    return Member(run, outputs, model_uri), None
+
+
 def member_weights(members: list[Member], cfg: DictConfig, val_labels: np.ndarray) -> np.ndarray:
+    """Weights summing to 1: greedy selection counts, validation accuracies, or equal."""
     if cfg.method == "greedy":
-        return greedy_weights([m.val.probabilities for m in members], val_labels)
-    if cfg.weights == "val_accuracy":
-        return np.array([m.run.data.metrics["val_accuracy"] for m in members])
-    return np.ones(len(members))
+        weights = greedy_weights([m.outputs["val"].probabilities for m in members], val_labels)
+    elif cfg.weights == "val_accuracy":
+        weights = np.array([m.run.data.metrics["val_accuracy"] for m in members])
+    else:
+        weights = np.ones(len(members))
+    return weights / weights.sum()
 
 
 def ensemble(cfg: DictConfig) -> str:
@@ -127,9 +156,7 @@ def ensemble(cfg: DictConfig) -> str:
     client = MlflowClient(tracking.configure(cfg.tracking.uri))
     experiment = runs.experiment_id(client, cfg.tracking.experiment)
     sweep = runs.resolve_sweep(client, experiment, cfg.sweep)
-    members, left_out = select_members(runs.search(client, experiment, sweep, cfg.filter), cfg)
-    for line in left_out:
-        log.info("left out %s", line)
+    members = select_members(runs.search(client, experiment, sweep, cfg.filter), cfg)
     if len(members) < cfg.top_n:
         log.warning("only %d eligible run(s) for top_n=%d: using %d", len(members), cfg.top_n, len(members))
     class_names = runs.class_names(members[0].run)
@@ -161,24 +188,22 @@ def ensemble(cfg: DictConfig) -> str:
 def combine(
     members: list[Member], cfg: DictConfig, class_names: list[str]
 ) -> tuple[np.ndarray, dict[str, Evaluation], dict[str, list[float]]]:
-    """Member weights, the ensemble's evaluation per split, and each member's accuracy per split.
-
-    Test is scored only when every member logged test outputs.
-    """
-    splits = ["val"] + (["test"] if all(m.test for m in members) else [])
-    labels = {split: _label_indices(getattr(members[0], split), class_names) for split in splits}
+    """Member weights, the ensemble's evaluation per split, and each member's accuracy per split."""
+    first = members[0].outputs
+    if "test" not in first:
+        log.warning("the members have no test set: the ensemble is scored on validation only")
+    labels = {split: _label_indices(outputs, class_names) for split, outputs in first.items()}
     weights = member_weights(members, cfg, labels["val"])
-    weights = weights / weights.sum()
     combined = {
         split: Evaluation(
             split,
-            getattr(members[0], split).names,
+            outputs.names,
             labels[split],
-            weighted_mean([getattr(m, split).probabilities for m in members], weights),
+            weighted_mean([m.outputs[split].probabilities for m in members], weights),
         )
-        for split in splits
+        for split, outputs in first.items()
     }
-    scores = {split: _member_accuracies(members, split, labels[split]) for split in splits}
+    scores = {split: _member_accuracies(members, split, labels[split]) for split in first}
     return weights, combined, scores
 
 
@@ -188,7 +213,7 @@ def _label_indices(outputs: runs.Outputs, class_names: list[str]) -> np.ndarray:
 
 
 def _member_accuracies(members: list[Member], split: str, labels: np.ndarray) -> list[float]:
-    return [float(np.mean(getattr(m, split).probabilities.argmax(axis=1) == labels)) for m in members]
+    return [float(np.mean(m.outputs[split].probabilities.argmax(axis=1) == labels)) for m in members]
 
 
 def _log_params(cfg: DictConfig, members: list[Member], weights: np.ndarray, sweep: str | None) -> None:
@@ -237,7 +262,7 @@ def _log_model(members: list[Member], weights: np.ndarray, class_names: list[str
     mlflow.pyfunc.log_model(
         name="model",
         python_model=str(Path(ensemble_model.__file__)),
-        artifacts={name: runs.model_uri(m.run) for name, m, _ in kept},
+        artifacts={name: m.model_uri for name, m, _ in kept},
         model_config={
             "members": [name for name, _, _ in kept],
             "member_weights": [float(w) for _, _, w in kept],

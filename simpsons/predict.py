@@ -35,29 +35,28 @@ class Prediction:
     error: str | None = None
 
 
-def expand(paths: list[str]) -> list[Path]:
-    """Files as given, and every file under a folder (sorted)."""
-    files = []
+def expand(paths: list[str]) -> list[tuple[Path, str | None]]:
+    """Files as given and every file under a folder (sorted), each with an error if it has one."""
+    files: list[tuple[Path, str | None]] = []
     for path in map(Path, paths):
-        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        if not path.is_dir():
+            files.append((path, None if path.is_file() else "no such file"))
+            continue
+        found = sorted(p for p in path.rglob("*") if p.is_file())
+        files += [(p, None) for p in found] or [(path, "a folder with no files")]
     return files
 
 
-def classify(
-    model: mlflow.pyfunc.PyFuncModel, class_names: list[str], files: list[Path], top_k: int
-) -> list[Prediction]:
-    predictions = []
-    for path in files:
-        try:
-            image = decode_rgb(tf.io.read_file(str(path))).numpy().astype(np.float32)
-        except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as error:
-            reason = "no such file" if isinstance(error, tf.errors.NotFoundError) else "not a decodable image"
-            predictions.append(Prediction(str(path), [], reason))
-            continue
-        probabilities = np.asarray(model.predict(image[None]))[0]
-        best = np.argsort(-probabilities)[:top_k]
-        predictions.append(Prediction(str(path), [(class_names[i], float(probabilities[i])) for i in best]))
-    return predictions
+def classify(model: PyFuncModel, class_names: list[str], path: Path, top_k: int) -> Prediction:
+    try:
+        image = decode_rgb(tf.io.read_file(str(path))).numpy().astype(np.float32)
+    except tf.errors.InvalidArgumentError:
+        return Prediction(str(path), [], "not a decodable image")
+    except tf.errors.OpError as error:
+        return Prediction(str(path), [], error.message.splitlines()[0])
+    probabilities = np.asarray(model.predict(image[None]))[0]
+    best = np.argsort(-probabilities)[:top_k]
+    return Prediction(str(path), [(class_names[i], float(probabilities[i])) for i in best])
 
 
 def load(run_id: str | None, model_uri: str | None) -> tuple[PyFuncModel, list[str]]:
@@ -79,7 +78,7 @@ def load(run_id: str | None, model_uri: str | None) -> tuple[PyFuncModel, list[s
 
 
 def render_table(predictions: list[Prediction]) -> str:
-    width = max(len(p.path) for p in predictions)
+    width = max((len(p.path) for p in predictions), default=0)
     lines = []
     for p in predictions:
         result = f"error: {p.error}" if p.error else "  ".join(f"{name} {prob:.3f}" for name, prob in p.top)
@@ -118,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     except SimpsonsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    predictions = classify(model, class_names, expand(args.paths), args.top_k)
+    predictions = [
+        Prediction(str(path), [], error) if error else classify(model, class_names, path, args.top_k)
+        for path, error in expand(args.paths)
+    ]
     print(render_json(predictions) if args.json else render_table(predictions))
     return 1 if any(p.error for p in predictions) else 0
 

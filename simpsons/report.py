@@ -4,7 +4,8 @@
                               [--format table|markdown|csv] [--output DIR]
 
 One row per finished training run, sorted by the metric; ensembles in their own section. With
---output, also writes results.md, results.csv and results.png (a bar chart) there.
+--output, also writes results.md, results.csv (training runs), ensembles.csv and results.png (a
+bar chart) there.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import sys
 import textwrap
 from pathlib import Path
@@ -64,14 +66,20 @@ def rows(found: list[Run], columns: dict[str, tuple[str, str]]) -> list[list[str
     return [[cell(run, *spec) for spec in columns.values()] for run in found]
 
 
-def results(client: MlflowClient, experiment: str, sweep: str | None, metric: str) -> tuple[list[Run], list[Run]]:
-    """Finished training runs sorted by `metric` (best first, losses ascending), and ensembles."""
+def results(
+    client: MlflowClient, experiment: str, sweep: str | None, metric: str, descending: bool
+) -> tuple[list[Run], list[Run]]:
+    """Finished training runs sorted by `metric` (best first; runs without it last), and ensembles."""
     found = [run for run in runs.search(client, experiment) if run.info.status == "FINISHED"]
     training = [r for r in found if runs.run_type(r) == "train" and (not sweep or _parent(r) == sweep)]
     ensembles = [r for r in found if runs.run_type(r) == "ensemble" and (not sweep or _sweep_of(r) == sweep)]
-    descending = "loss" not in metric
-    missing = float("-inf") if descending else float("inf")
-    training.sort(key=lambda r: r.data.metrics.get(metric, missing), reverse=descending)
+    sign = -1 if descending else 1
+
+    def rank(run: Run) -> tuple[bool, float]:
+        value = run.data.metrics.get(metric, math.nan)
+        return not math.isfinite(value), sign * value if math.isfinite(value) else 0.0
+
+    training.sort(key=rank)
     ensembles.sort(key=headline_accuracy, reverse=True)
     return training, ensembles
 
@@ -145,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", default="simpsons", help="MLflow experiment (simpsons)")
     parser.add_argument("--sweep", help="latest, or a sweep's parent run id: only that sweep and its ensembles")
     parser.add_argument("--metric", default="best_val_accuracy", help="sort key (best_val_accuracy)")
+    parser.add_argument("--direction", choices=("max", "min"), help="best first: max, or min for a loss (default)")
     parser.add_argument("--format", choices=("table", "markdown", "csv"), default="table")
-    parser.add_argument("--output", type=Path, help="also write results.md, results.csv and results.png here")
+    parser.add_argument("--output", type=Path, help="also write results.md, results.csv, ensembles.csv, results.png")
     parser.add_argument("--tracking-uri", default=tracking_uri_from_environment(), help="MLflow store")
     args = parser.parse_args(argv)
     client = MlflowClient(tracking.configure(args.tracking_uri))
@@ -156,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     except SimpsonsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    training, ensembles = results(client, experiment, sweep, args.metric)
+    direction = args.direction or ("min" if "loss" in args.metric else "max")
+    training, ensembles = results(client, experiment, sweep, args.metric, descending=direction == "max")
     if not training and not ensembles:
         print("error: no finished runs to report", file=sys.stderr)
         return 1
@@ -164,7 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         args.output.mkdir(parents=True, exist_ok=True)
         (args.output / "results.md").write_text(render(training, ensembles, "markdown") + "\n")
-        (args.output / "results.csv").write_text(render(training, ensembles, "csv") + "\n")
+        (args.output / "results.csv").write_text(
+            comma_separated(list(TRAINING_COLUMNS), rows(training, TRAINING_COLUMNS))
+        )
+        if ensembles:
+            (args.output / "ensembles.csv").write_text(
+                comma_separated(list(ENSEMBLE_COLUMNS), rows(ensembles, ENSEMBLE_COLUMNS))
+            )
         chart(training, ensembles).savefig(args.output / "results.png", dpi=120)
     return 0
 

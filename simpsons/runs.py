@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,12 +59,12 @@ def search(client: MlflowClient, experiment: str, sweep: str | None = None, wher
     """Every run of the experiment (one sweep's children, if given), oldest first."""
     clauses = [f"tags.mlflow.parentRunId = '{sweep}'"] if sweep else []
     clauses += [where] if where else []
-    return client.search_runs(
-        [experiment],
-        " AND ".join(clauses),
-        order_by=["attributes.start_time ASC"],
-        max_results=SEARCH_LIMIT,
-    )
+    try:
+        return client.search_runs(
+            [experiment], " AND ".join(clauses), order_by=["attributes.start_time ASC"], max_results=SEARCH_LIMIT
+        )
+    except mlflow.exceptions.MlflowException as error:
+        raise ConfigError(f"filter={where!r} is not a valid MLflow search filter: {error.message}") from error
 
 
 def run_type(run: Run) -> str:
@@ -76,11 +77,14 @@ def class_names(run: Run) -> list[str]:
 
 def outputs(run_id: str, split: str) -> Outputs | None:
     """What a run logged in predictions/<split>.csv, or None when it logged none."""
-    try:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"predictions/{split}.csv")
-    except (OSError, mlflow.exceptions.MlflowException):
-        return None
-    return Outputs(*read_predictions_csv(Path(path).read_text()))
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=f"predictions/{split}.csv", dst_path=scratch
+            )
+        except (OSError, mlflow.exceptions.MlflowException):
+            return None
+        return Outputs(*read_predictions_csv(Path(path).read_text()))
 
 
 def model_uri(run: Run) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +71,10 @@ def probabilities(run_id: str, split: str) -> np.ndarray:
     return runs.outputs(run_id, split).probabilities
 
 
+def members_of(store: Store, run_id: str) -> list[str]:
+    return MlflowClient(store.uri).get_run(run_id).data.tags["members"].split(",")
+
+
 def member_table(run_id: str) -> list[dict]:
     return json.loads(
         Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="members.json")).read_text()
@@ -103,16 +109,44 @@ def test_the_ensemble_takes_the_top_n_by_the_metric_and_averages_their_recorded_
     assert {"evaluation/members_vs_ensemble.png", "evaluation/test_confusion_matrix.png"} <= artifacts
 
 
-def test_parent_ensemble_and_mismatched_runs_are_left_out_with_the_reason(store, caplog):
+def test_parent_ensemble_mismatched_and_unscored_runs_are_left_out_with_the_reason(store, caplog):
     ensemble(ensemble_config(store, f"sweep={store.sweep}", "top_n=2"))
+    client = MlflowClient(store.uri)
+    scores = dict(zip(store.children, [0.9, 0.8, 0.7, float("nan")], strict=True)) | {store.outsider: 0.95}
+    for run_id, score in scores.items():  # a made-up metric, so that the ranking is known
+        client.log_metric(run_id, "rank_score", score)
     with caplog.at_level(logging.INFO, logger="simpsons.ensemble"):
-        run_id = ensemble(ensemble_config(store, "top_n=10"))
+        run_id = ensemble(ensemble_config(store, "top_n=10", "metric=rank_score"))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("left out")]
     assert any("sweep (" in line and "a sweep's parent run" in line for line in lines)
     assert any("an ensemble run" in line for line in lines)
-    assert any(store.outsider[:8] in line and "data.split_seed differs" in line for line in lines)
-    assert "only 4 eligible run(s) for top_n=10" in caplog.text
-    assert sorted(MlflowClient(store.uri).get_run(run_id).data.tags["members"].split(",")) == sorted(store.children)
+    assert any(store.children[3][:8] in line and "no finite rank_score" in line for line in lines)
+    assert any(store.children[0][:8] in line and "its data.split_seed differs" in line for line in lines)
+    assert "only 1 eligible run(s) for top_n=10" in caplog.text
+    assert client.get_run(run_id).data.tags["members"] == store.outsider
+
+    run_id = ensemble(ensemble_config(store, f"sweep={store.sweep}", "metric=rank_score"))
+    assert client.get_run(run_id).data.tags["members"].split(",") == store.children[:3]
+
+
+def test_one_run_per_backbone_direction_sweep_and_filter(store, caplog):
+    client = MlflowClient(store.uri)
+    with caplog.at_level(logging.INFO, logger="simpsons.ensemble"):
+        run_id = ensemble(ensemble_config(store, "sweep=latest", "one_per_backbone=true"))
+    members = [client.get_run(m) for m in client.get_run(run_id).data.tags["members"].split(",")]
+    assert sorted(m.data.params["backbone.name"] for m in members) == ["mobilenet", "mobilenetv2"]
+    assert "a better mobilenet run is already in" in caplog.text
+
+    run_id = ensemble(ensemble_config(store, "sweep=latest", "metric=val_loss", "direction=min", "top_n=4"))
+    losses = [
+        client.get_run(m).data.metrics["val_loss"] for m in client.get_run(run_id).data.tags["members"].split(",")
+    ]
+    assert losses == sorted(losses)
+
+    run_id = ensemble(ensemble_config(store, "filter=params.`optimizer.name` = 'rmsprop'"))
+    assert client.get_run(run_id).data.tags["members"] == store.children[1]
+    with pytest.raises(ConfigError, match=r"filter='params.dropout ===' is not a valid MLflow search filter"):
+        ensemble(ensemble_config(store, "filter=params.dropout ==="))
 
 
 def test_weights_by_validation_accuracy(store):
@@ -120,7 +154,7 @@ def test_weights_by_validation_accuracy(store):
     client = MlflowClient(store.uri)
     members = client.get_run(run_id).data.tags["members"].split(",")
     accuracies = np.array([client.get_run(m).data.metrics["val_accuracy"] for m in members])
-    expected = weighted_mean([probabilities(m, "val") for m in members], accuracies)
+    expected = np.average([probabilities(m, "val") for m in members], axis=0, weights=accuracies)
     np.testing.assert_allclose(probabilities(run_id, "val"), expected, atol=1e-6)
 
 
@@ -144,6 +178,14 @@ def test_greedy_selection_combines_complementary_members():
     assert weights[0] == 0 and weights[1] > 0 and weights[2] > 0
     combined = weighted_mean([useless, good_at_0_and_1, good_at_2], weights)
     assert (combined.argmax(1) == labels).all()
+
+
+def test_the_cli_says_what_is_wrong_in_one_line(store, tmp_path):
+    command = [sys.executable, "-m", "simpsons.ensemble", f"tracking.uri={store.uri}", "method=vote"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    [line] = [line for line in (result.stdout + result.stderr).splitlines() if "error: " in line]
+    assert "method='vote' is unknown; use one of: mean, greedy" in line
 
 
 def test_no_eligible_run_is_a_clear_error(store):
