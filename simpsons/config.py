@@ -57,6 +57,10 @@ TRAINING_KEY_CHECKS = [  # key, test, what is accepted
     ("data.val_split", lambda v: _number(v) and 0 < v < 1, "a fraction in (0, 1)"),
     ("data.split_seed", lambda v: _whole(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
     ("data.min_images_per_class", lambda v: _whole(v) and v >= 2, "an integer >= 2"),
+    ("cache", lambda v: isinstance(v, bool), "true or false"),
+    ("finetune.layers", lambda v: _whole(v) and v >= 0, "an integer >= 0"),
+    ("finetune.epochs", lambda v: _whole(v) and v >= 1, "an integer >= 1"),
+    ("finetune.lr", lambda v: v is None or (_number(v) and v > 0), "null or a positive number"),
 ]
 
 

@@ -29,11 +29,13 @@ TEST_LAYOUTS = ("folders", "flat")
 
 @dataclass(frozen=True)
 class Split:
-    """Images of one split: absolute paths, integer labels, and names relative to their root."""
+    """Images of one split: absolute paths, integer labels, names relative to their root, and
+    the SHA-256 of each file's content (what the feature cache is keyed by)."""
 
     paths: list[str]
     labels: np.ndarray
     names: list[str]
+    digests: list[str]
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -91,12 +93,12 @@ def load_dataset(cfg: DictConfig) -> DataSet:
     if cfg.test_root is not None and not usable_test:
         raise DataError(f"data.test_root={str(cfg.test_root)!r} has no usable images of the training classes")
 
-    train, val = _stratified_split(usable, class_names, cfg.val_split, cfg.split_seed)
+    train, val = _stratified_split(usable, class_names, cfg.val_split, cfg.split_seed, digests)
     return DataSet(
         class_names=class_names,
         train=train,
         val=val,
-        test=_to_split(usable_test, class_names) if cfg.test_root is not None else None,
+        test=_to_split(usable_test, class_names, digests) if cfg.test_root is not None else None,
         fingerprint=_fingerprint(usable, usable_test, digests),
         skipped=skipped,
         dropped_classes=dropped,
@@ -191,7 +193,9 @@ def _select_classes(
     return kept, dropped
 
 
-def _stratified_split(files: list[_File], class_names: list[str], val_split: float, seed: int) -> tuple[Split, Split]:
+def _stratified_split(
+    files: list[_File], class_names: list[str], val_split: float, seed: int, digests: dict[Path, str]
+) -> tuple[Split, Split]:
     labels = [f.label for f in files]
     try:
         train, val = train_test_split(files, test_size=val_split, stratify=labels, random_state=seed)
@@ -201,15 +205,16 @@ def _stratified_split(files: list[_File], class_names: list[str], val_split: flo
             f"({error}); change data.val_split or data.min_images_per_class"
         ) from error
     by_name = attrgetter("name")
-    return _to_split(sorted(train, key=by_name), class_names), _to_split(sorted(val, key=by_name), class_names)
+    return tuple(_to_split(sorted(part, key=by_name), class_names, digests) for part in (train, val))
 
 
-def _to_split(files: list[_File], class_names: list[str]) -> Split:
+def _to_split(files: list[_File], class_names: list[str], digests: dict[Path, str]) -> Split:
     index = {name: i for i, name in enumerate(class_names)}
     return Split(
         paths=[str(f.path) for f in files],
         labels=np.array([index[f.label] for f in files], dtype=np.int32),
         names=[f.name for f in files],
+        digests=[digests[f.path] for f in files],
     )
 
 

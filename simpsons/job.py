@@ -8,17 +8,19 @@ from pathlib import Path
 
 import keras
 import mlflow
+import numpy as np
 import tensorflow as tf
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from simpsons import tracking
 from simpsons.backbones import BackboneSpec
 from simpsons.config import check_training_keys
 from simpsons.data import DataSet, Split, load_dataset
 from simpsons.evaluation import evaluate
-from simpsons.model import build_classifier
+from simpsons.features import cache_key, cached_features, extract
+from simpsons.model import build_classifier, feature_extractor, head, unfreeze_top
 from simpsons.optimizers import build_optimizer
 from simpsons.pipeline import image_dataset, load_image
 from simpsons.training import fit, seed_everything
@@ -63,12 +65,15 @@ def train(cfg: DictConfig, job: JobContext) -> str:
         _report(data)
         tracking.log_data(data)
 
-        model = build_classifier(backbone, cfg.image_size, len(data.class_names), cfg.dropout)
-        train_batches = _batches(data.train, cfg, shuffle_seed=cfg.seed)
-        history = fit(model, optimizer, train_batches, _batches(data.val, cfg), cfg.epochs)
-        mlflow.log_metric("best_val_accuracy", max(history.history["val_accuracy"]))
-
-        _evaluate_and_log(model, data, cfg)
+        model = build_classifier(
+            backbone, cfg.image_size, len(data.class_names), cfg.dropout, cfg.augment, seed=cfg.seed
+        )
+        if cfg.cache and cfg.augment.name == "none" and cfg.finetune.layers == 0:
+            scored, val_accuracy = _train_head_on_cached_features(model, backbone, optimizer, data, cfg)
+        else:
+            scored, val_accuracy = _train_end_to_end(model, optimizer, data, cfg)
+        mlflow.log_metric("best_val_accuracy", max(val_accuracy))
+        _evaluate_and_log(scored, data)
         example = load_image(data.val.paths[0], cfg.image_size).numpy()[None]
         tracking.log_model(model, example, data.class_names)
         return run.info.run_id
@@ -95,12 +100,74 @@ def _batches(split: Split, cfg: DictConfig, shuffle_seed: int | None = None) -> 
     return image_dataset(split.paths, split.labels, cfg.image_size, cfg.batch_size, shuffle_seed)
 
 
-def _evaluate_and_log(model: keras.Model, data: DataSet, cfg: DictConfig) -> None:
+def _train_end_to_end(
+    model: keras.Model, optimizer: keras.optimizers.Optimizer, data: DataSet, cfg: DictConfig
+) -> tuple[dict[str, tuple[keras.Model, tf.data.Dataset]], list[float]]:
+    """Images through the whole model every epoch; then, with finetune.layers, a second phase."""
+    mlflow.set_tag("feature_cache", "off")
+    train, val = _batches(data.train, cfg, shuffle_seed=cfg.seed), _batches(data.val, cfg)
+    val_accuracy = fit(model, optimizer, train, val, cfg.epochs).history["val_accuracy"]
+    phases = [f"head: epochs 0-{cfg.epochs - 1}"]
+    if cfg.finetune.layers:
+        lr = cfg.finetune.lr or cfg.optimizer.lr / 10
+        unfreeze_top(model, cfg.finetune.layers)
+        finetune_optimizer = build_optimizer(OmegaConf.merge(cfg.optimizer, {"lr": lr}))
+        total = cfg.epochs + cfg.finetune.epochs
+        val_accuracy += fit(model, finetune_optimizer, train, val, total, initial_epoch=cfg.epochs).history[
+            "val_accuracy"
+        ]
+        phases.append(f"finetune: epochs {cfg.epochs}-{total - 1}, top {cfg.finetune.layers} layers, lr {lr:g}")
+    mlflow.set_tag("phases", "; ".join(phases))
     splits = {"val": data.val, "test": data.test}
-    for name, split in splits.items():
-        if split is None:
-            continue
-        evaluation = evaluate(model, _batches(split, cfg), split, name)
+    return {name: (model, _batches(split, cfg)) for name, split in splits.items() if split}, val_accuracy
+
+
+def _train_head_on_cached_features(
+    model: keras.Model, backbone: BackboneSpec, optimizer: keras.optimizers.Optimizer, data: DataSet, cfg: DictConfig
+) -> tuple[dict[str, tuple[keras.Model, tf.data.Dataset]], list[float]]:
+    """The backbone runs once per image (or never, on a cache hit); the head trains on features."""
+    extractor = feature_extractor(model)
+    splits = {name: split for name, split in {"train": data.train, "val": data.val, "test": data.test}.items() if split}
+    lookups = {
+        name: cached_features(
+            Path(cfg.cache_dir),
+            cache_key(backbone, cfg.image_size, split),
+            lambda split=split: extract(extractor, _batches(split, cfg), len(split)),
+        )
+        for name, split in splits.items()
+    }
+    _log_cache_use(lookups)
+
+    def features(name: str, shuffle_seed: int | None = None) -> tf.data.Dataset:
+        dataset = tf.data.Dataset.from_tensor_slices((np.asarray(lookups[name].features), splits[name].labels))
+        if shuffle_seed is not None:
+            dataset = dataset.shuffle(len(splits[name]), seed=shuffle_seed, reshuffle_each_iteration=True)
+        return dataset.batch(cfg.batch_size)
+
+    classifier_head = head(model)
+    val_accuracy = fit(classifier_head, optimizer, features("train", cfg.seed), features("val"), cfg.epochs).history[
+        "val_accuracy"
+    ]
+    mlflow.set_tag("phases", f"head on cached features: epochs 0-{cfg.epochs - 1}")
+    return {name: (classifier_head, features(name)) for name in splits if name != "train"}, val_accuracy
+
+
+def _log_cache_use(lookups: dict) -> None:
+    computed = [lookup for lookup in lookups.values() if not lookup.hit]
+    mlflow.set_tag("feature_cache", "miss" if computed else "hit")
+    seconds = sum(lookup.seconds for lookup in computed)
+    mlflow.log_metric("feature_extraction_seconds", seconds)
+    if computed and seconds > 0:
+        images = sum(len(lookup.features) for lookup in computed)
+        mlflow.log_metric("feature_extraction_images_per_second", images / seconds)
+    log.info("feature cache %s; extraction %.1f s", "miss" if computed else "hit", seconds)
+
+
+def _evaluate_and_log(scored: dict[str, tuple[keras.Model, tf.data.Dataset]], data: DataSet) -> None:
+    """Softmax outputs of each split from the model (or head) that scores it, in file order."""
+    for name, (model, batches) in scored.items():
+        split = data.val if name == "val" else data.test
+        evaluation = evaluate(model, batches, split, name)
         tracking.log_evaluation(evaluation, data.class_names, with_metrics=name != "val")  # val: the curves
         log.info("%s: %s", name, {k: round(v, 4) for k, v in evaluation.metrics().items()})
 

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import keras
+from omegaconf import DictConfig
 
 from simpsons.backbones import BackboneSpec
+from simpsons.errors import ConfigError
 
 
-def build_classifier(backbone: BackboneSpec, image_size: int, num_classes: int, dropout: float) -> keras.Model:
-    """resize -> backbone's preprocess_input -> frozen backbone -> pooling -> dropout -> softmax.
+def build_classifier(
+    backbone: BackboneSpec,
+    image_size: int,
+    num_classes: int,
+    dropout: float,
+    augment: DictConfig | None = None,
+    seed: int | None = None,
+) -> keras.Model:
+    """resize -> [augment] -> backbone's preprocess_input -> frozen backbone -> pool -> dropout -> softmax.
 
     Resize and preprocessing live inside the model, so the saved model takes raw RGB images
     (0-255) of any size. The backbone is called with training=False so its BatchNorm layers stay
@@ -16,6 +25,8 @@ def build_classifier(backbone: BackboneSpec, image_size: int, num_classes: int, 
     """
     inputs = keras.Input(shape=(None, None, 3), name="image")
     x = keras.layers.Resizing(image_size, image_size, interpolation="bilinear", name="resize")(inputs)
+    for layer in augmentation_layers(augment, seed):
+        x = layer(x)
     x = backbone.preprocessing_layer()(x)
     base = backbone.build(image_size)
     base.trainable = False
@@ -24,3 +35,43 @@ def build_classifier(backbone: BackboneSpec, image_size: int, num_classes: int, 
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"{backbone.name}_classifier")
+
+
+def augmentation_layers(augment: DictConfig | None, seed: int | None) -> list[keras.layers.Layer]:
+    """Keras preprocessing layers for the `augment` group; they change images only in training."""
+    if augment is None or augment.name == "none":
+        return []
+    if augment.name != "light":
+        raise ConfigError(f"augment={augment.name!r} is unknown; use one of: none, light")
+    layers = [keras.layers.RandomFlip("horizontal", seed=seed, name="flip")] if augment.horizontal_flip else []
+    return layers + [
+        keras.layers.RandomTranslation(augment.shift, augment.shift, seed=seed, name="shift"),
+        keras.layers.RandomZoom(augment.zoom, augment.zoom, seed=seed, name="zoom"),
+    ]
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    """The ImageNet backbone inside a classifier (its one nested model)."""
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """Raw images -> pooled backbone features: the classifier up to its head, sharing its layers."""
+    return keras.Model(model.input, model.get_layer("pool").output, name="feature_extractor")
+
+
+def head(model: keras.Model) -> keras.Model:
+    """Pooled features -> softmax: the classifier's dropout and dense layers, shared, so training
+    the head trains the classifier."""
+    features = keras.Input(shape=model.get_layer("pool").output.shape[1:], name="features")
+    outputs = model.get_layer("probabilities")(model.get_layer("dropout")(features))
+    return keras.Model(features, outputs, name="head")
+
+
+def unfreeze_top(model: keras.Model, layers: int) -> None:
+    """Make the backbone's top `layers` layers trainable; BatchNorm layers stay frozen."""
+    backbone = backbone_of(model)
+    backbone.trainable = True
+    for index, layer in enumerate(backbone.layers):
+        top = index >= len(backbone.layers) - layers
+        layer.trainable = top and not isinstance(layer, keras.layers.BatchNormalization)

@@ -36,8 +36,16 @@ def fit(
     train: tf.data.Dataset,
     val: tf.data.Dataset,
     epochs: int,
+    initial_epoch: int = 0,
 ) -> keras.callbacks.History:
+    """Compile and fit; epochs count from initial_epoch, so a second phase continues the curves."""
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model.fit(
-        train, validation_data=val, epochs=epochs, shuffle=False, callbacks=[MlflowEpochMetrics()], verbose=2
+        train,
+        validation_data=val,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        shuffle=False,
+        callbacks=[MlflowEpochMetrics()],
+        verbose=2,
     )

@@ -33,6 +33,12 @@ TINY_MODEL = ["backbone=mobilenet", "backbone.kwargs.alpha=0.25", "image_size=32
 register_resolvers()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_feature_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests and the CLIs they start cache features in a temporary folder, not the project's."""
+    os.environ["SIMPSONS_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature-cache"))
+
+
 @pytest.fixture(scope="session")
 def image_folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """<dir>/train/<class>/*.jpg (12 per class) and <dir>/test/<class>/*.jpg (4 per class)."""

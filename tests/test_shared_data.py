@@ -32,3 +32,16 @@ def test_pretrained_imagenet_weights_beat_chance_on_the_kaggle_test_set(tracking
     run = MlflowClient(tracking_uri).get_run(train(compose_train(overrides), JobContext([])))
     chance = 1 / 20
     assert run.data.metrics["test_accuracy"] > 3 * chance, run.data.metrics
+
+
+@requires(SIMPSONS_MINI)
+def test_finetuning_with_augmentation_runs_end_to_end_on_kaggle_images(tracking_uri):
+    overrides = [*TINY_MODEL, *KAGGLE_MINI, "epochs=1", "finetune.layers=3", "finetune.epochs=1", "augment=light"]
+    run = MlflowClient(tracking_uri).get_run(
+        train(compose_train([*overrides, f"tracking.uri={tracking_uri}"]), JobContext([]))
+    )
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["phases"] == "head: epochs 0-0; finetune: epochs 1-1, top 3 layers, lr 0.0001"
+    history = MlflowClient(tracking_uri).get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in history] == [0, 1]
+    assert "test_accuracy" in run.data.metrics

@@ -1,0 +1,85 @@
+"""The feature cache: a frozen backbone's pooled output per image, computed once, reused after.
+
+With a frozen backbone and no augmentation, a run only trains the head on the pooled features,
+and those depend only on (backbone, weights, image size, preprocessing, image file). Entries are
+keyed by exactly that, with the files' content hashes, so a changed file, backbone or size gives
+a new entry and a stale one is never read. A lock makes concurrent jobs compute an entry once,
+and an entry is renamed into place only when complete, so no one reads a partial file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from simpsons.backbones import BackboneSpec
+from simpsons.data import Split
+
+
+@dataclass(frozen=True)
+class Lookup:
+    features: np.ndarray  # memory-mapped, read-only, one row per image of the split
+    hit: bool
+    seconds: float  # extraction time; 0 on a hit
+    images_per_second: float | None
+
+
+def cache_key(backbone: BackboneSpec, image_size: int, split: Split) -> str:
+    """SHA-256 over everything the pooled features depend on."""
+    weights = backbone.weights
+    if weights not in (None, "imagenet"):
+        weights = _file_sha256(Path(weights))
+    identity = {
+        "constructor": backbone.constructor,
+        "kwargs": backbone.kwargs,
+        "weights": weights,
+        "preprocess": backbone.preprocess,
+        "image_size": image_size,
+        "keras": keras.__version__,
+        "files": split.digests,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def cached_features(directory: Path, key: str, compute: Callable[[], np.ndarray]) -> Lookup:
+    """The entry for `key`, computed with `compute` (under a lock) if it is not there yet."""
+    directory.mkdir(parents=True, exist_ok=True)
+    entry = directory / f"{key}.npy"
+    with (directory / f"{key}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        hit = entry.is_file()
+        started = time.perf_counter()
+        if not hit:
+            partial = directory / f"{key}.{os.getpid()}.partial.npy"
+            np.save(partial, compute())
+            os.replace(partial, entry)
+        seconds = 0.0 if hit else time.perf_counter() - started
+    features = np.load(entry, mmap_mode="r")
+    rate = None if hit or seconds == 0 else len(features) / seconds
+    return Lookup(features, hit, seconds, rate)
+
+
+def extract(extractor: keras.Model, batches: tf.data.Dataset, count: int) -> np.ndarray:
+    """Pooled features of every batch, with a progress bar in images/s."""
+    outputs = []
+    with tqdm(total=count, desc="extracting features", unit="img", disable=None) as progress:
+        for images, _ in batches:
+            outputs.append(extractor.predict_on_batch(images))
+            progress.update(len(images))
+    return np.concatenate(outputs).astype(np.float32)
+
+
+def _file_sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()

@@ -1,0 +1,105 @@
+"""The feature cache, fine-tuning and augmentation, on real images and a real MLflow store."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import keras
+import numpy as np
+import pytest
+from conftest import TINY_MODEL, compose_train, folder_data
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from simpsons.backbones import BackboneSpec
+from simpsons.features import cached_features
+from simpsons.job import JobContext, train
+from simpsons.model import backbone_of, build_classifier, unfreeze_top
+
+
+def run_with(overrides: list[str], image_folders, tracking_uri, cache_dir) -> dict:
+    cfg = compose_train([*TINY_MODEL, *folder_data(image_folders), "epochs=2", f"tracking.uri={tracking_uri}",
+                         f"cache_dir={cache_dir}", *overrides])  # fmt: skip
+    run = MlflowClient(tracking_uri).get_run(train(cfg, JobContext([])))
+    return run.data.tags | {f"metric:{k}": v for k, v in run.data.metrics.items()}
+
+
+def test_a_second_run_reuses_the_cache_and_a_changed_file_or_size_invalidates_it(tmp_path, tracking_uri):
+    images = tmp_path / "images"
+    from simpsons.demo_data import write_demo_data
+
+    write_demo_data(images, train_per_class=6, test_per_class=2, size=40, seed=3)
+    cache = tmp_path / "cache"
+    first = run_with([], images, tracking_uri, cache)
+    assert first["feature_cache"] == "miss" and first["metric:feature_extraction_seconds"] > 0
+    assert first["metric:feature_extraction_images_per_second"] > 0
+
+    second = run_with(["dropout=0.1", "optimizer=rmsprop"], images, tracking_uri, cache)
+    assert second["feature_cache"] == "hit" and second["metric:feature_extraction_seconds"] == 0
+
+    Image.new("RGB", (40, 40), (255, 0, 255)).save(images / "train" / "red_circle" / "img_0001.jpg")
+    assert run_with([], images, tracking_uri, cache)["feature_cache"] == "miss"
+    assert run_with(["image_size=48"], images, tracking_uri, cache)["feature_cache"] == "miss"
+    assert run_with(["image_size=48"], images, tracking_uri, cache)["feature_cache"] == "hit"
+
+
+def test_concurrent_lookups_compute_an_entry_once_and_a_failed_one_leaves_nothing(tmp_path):
+    calls = []
+
+    def compute() -> np.ndarray:
+        calls.append(1)
+        time.sleep(0.5)
+        return np.arange(6, dtype=np.float32).reshape(3, 2)
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cached_features(tmp_path, "k", compute))) for _ in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1
+    assert sorted(r.hit for r in results) == [False, True]
+    assert all(np.array_equal(r.features, [[0, 1], [2, 3], [4, 5]]) for r in results)
+
+    def broken() -> np.ndarray:
+        raise RuntimeError("backbone crashed")
+
+    with pytest.raises(RuntimeError):
+        cached_features(tmp_path, "other", broken)
+    assert not list(tmp_path.glob("other*.npy"))
+
+
+def test_finetuning_continues_the_curves_and_augmentation_trains_end_to_end(image_folders, tracking_uri, tmp_path):
+    tags = run_with(["finetune.layers=4", "finetune.epochs=2"], image_folders, tracking_uri, tmp_path)
+    assert tags["feature_cache"] == "off"
+    assert "finetune: epochs 2-3, top 4 layers, lr 0.0001" in tags["phases"]
+    client = MlflowClient(tracking_uri)
+    [run] = client.search_runs([client.get_experiment_by_name("simpsons").experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [0, 1, 2, 3]
+
+    tags = run_with(["augment=light"], image_folders, tracking_uri, tmp_path)
+    assert tags["feature_cache"] == "off" and tags["phases"] == "head: epochs 0-1"
+
+
+def test_unfreezing_the_top_layers_keeps_batchnorm_frozen():
+    spec = BackboneSpec.from_config(compose_train(TINY_MODEL).backbone)
+    model = build_classifier(spec, 32, num_classes=3, dropout=0.2)
+    unfreeze_top(model, 6)
+    layers = backbone_of(model).layers
+    assert not any(layer.trainable for layer in layers[:-6])
+    top = layers[-6:]
+    batchnorm = [isinstance(layer, keras.layers.BatchNormalization) for layer in top]
+    assert [layer.trainable for layer in top] == [not is_batchnorm for is_batchnorm in batchnorm]
+    assert any(batchnorm)
+
+
+def test_light_augmentation_changes_images_only_in_training():
+    spec = BackboneSpec.from_config(compose_train(TINY_MODEL).backbone)
+    augment = compose_train(["augment=light"]).augment
+    model = build_classifier(spec, 32, num_classes=3, dropout=0.0, augment=augment, seed=1)
+    assert {"flip", "shift", "zoom"} <= {layer.name for layer in model.layers}
+    augmented = keras.Model(model.input, model.get_layer("zoom").output)
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(augmented(images, training=False), images, atol=1e-3)
+    assert not np.allclose(augmented(images, training=True), images, atol=1.0)
