@@ -11,6 +11,7 @@ from simpsons.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_ROOT / "conf"
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies
 
 
 def default_tracking_uri() -> str:
@@ -53,7 +54,9 @@ TRAINING_KEY_CHECKS = [  # key, test, what is accepted
     ("epochs", lambda v: _whole(v) and v >= 1, "an integer >= 1"),
     ("batch_size", lambda v: _whole(v) and v >= 1, "an integer >= 1"),
     ("seed", lambda v: _whole(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
-    ("deterministic", lambda v: v in ("auto", True, False), "auto, true or false"),
+    ("deterministic", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
+    ("precision", lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    ("jit_compile", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
     ("data.val_split", lambda v: _number(v) and 0 < v < 1, "a fraction in (0, 1)"),
     ("data.split_seed", lambda v: _whole(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
     ("data.min_images_per_class", lambda v: _whole(v) and v >= 2, "an integer >= 2"),

@@ -35,8 +35,11 @@ class Lookup:
     images_per_second: float | None
 
 
-def cache_key(backbone: BackboneSpec, image_size: int, split: Split) -> str:
-    """SHA-256 over everything the pooled features depend on."""
+def cache_key(backbone: BackboneSpec, image_size: int, split: Split, compute: dict) -> str:
+    """SHA-256 over everything the pooled features depend on.
+
+    `compute`: how the backbone ran (precision, XLA); float16 features differ from float32 ones.
+    """
     weights = backbone.weights
     if weights not in (None, "imagenet"):
         weights = _file_sha256(Path(weights))
@@ -48,6 +51,7 @@ def cache_key(backbone: BackboneSpec, image_size: int, split: Split) -> str:
         "image_size": image_size,
         "keras": keras.__version__,
         "files": split.digests,
+        "compute": compute,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 

@@ -23,7 +23,7 @@ from simpsons.features import cache_key, cached_features, extract
 from simpsons.model import build_classifier, feature_extractor, head, unfreeze_top
 from simpsons.optimizers import build_optimizer
 from simpsons.pipeline import image_dataset, load_image
-from simpsons.training import fit, seed_everything
+from simpsons.training import fit, seed_everything, set_precision, use_xla
 
 log = logging.getLogger("simpsons.train")
 
@@ -59,7 +59,10 @@ def train(cfg: DictConfig, job: JobContext) -> str:
         log.info("MLflow run %s (%s) in %s", run.info.run_id, name, tracking.redact_uri(uri))
         tracking.log_config(cfg, job.hydra_dir)
         backbone, optimizer = _checked_parts(cfg)
-        mlflow.set_tag("deterministic", str(seed_everything(cfg.seed, cfg.deterministic)).lower())
+        deterministic = seed_everything(cfg.seed, cfg.deterministic)
+        mlflow.set_tag("deterministic", str(deterministic).lower())
+        xla = use_xla(cfg.jit_compile, deterministic)
+        set_precision(cfg.precision)
 
         data = load_dataset(cfg.data)
         _report(data)
@@ -69,9 +72,9 @@ def train(cfg: DictConfig, job: JobContext) -> str:
             backbone, cfg.image_size, len(data.class_names), cfg.dropout, cfg.augment, seed=cfg.seed
         )
         if cfg.cache and cfg.augment.name == "none" and cfg.finetune.layers == 0:
-            scored, val_accuracy = _train_head_on_cached_features(model, backbone, optimizer, data, cfg)
+            scored, val_accuracy = _train_head_on_cached_features(model, backbone, optimizer, data, cfg, xla)
         else:
-            scored, val_accuracy = _train_end_to_end(model, optimizer, data, cfg)
+            scored, val_accuracy = _train_end_to_end(model, optimizer, data, cfg, xla)
         mlflow.log_metric("best_val_accuracy", max(val_accuracy))
         _evaluate_and_log(scored, data)
         example = load_image(data.val.paths[0], cfg.image_size).numpy()[None]
@@ -101,37 +104,43 @@ def _batches(split: Split, cfg: DictConfig, shuffle_seed: int | None = None) -> 
 
 
 def _train_end_to_end(
-    model: keras.Model, optimizer: keras.optimizers.Optimizer, data: DataSet, cfg: DictConfig
+    model: keras.Model, optimizer: keras.optimizers.Optimizer, data: DataSet, cfg: DictConfig, xla: bool
 ) -> tuple[dict[str, tuple[keras.Model, tf.data.Dataset]], list[float]]:
     """Images through the whole model every epoch; then, with finetune.layers, a second phase."""
     mlflow.set_tag("feature_cache", "off")
     train, val = _batches(data.train, cfg, shuffle_seed=cfg.seed), _batches(data.val, cfg)
-    val_accuracy = fit(model, optimizer, train, val, cfg.epochs).history["val_accuracy"]
+    val_accuracy = fit(model, optimizer, train, val, cfg.epochs, jit_compile=xla).history["val_accuracy"]
     phases = [f"head: epochs 0-{cfg.epochs - 1}"]
     if cfg.finetune.layers:
         lr = cfg.finetune.lr or cfg.optimizer.lr / 10
         unfreeze_top(model, cfg.finetune.layers)
         finetune_optimizer = build_optimizer(OmegaConf.merge(cfg.optimizer, {"lr": lr}))
         total = cfg.epochs + cfg.finetune.epochs
-        val_accuracy += fit(model, finetune_optimizer, train, val, total, initial_epoch=cfg.epochs).history[
-            "val_accuracy"
-        ]
+        finetuned = fit(model, finetune_optimizer, train, val, total, initial_epoch=cfg.epochs, jit_compile=xla)
+        val_accuracy += finetuned.history["val_accuracy"]
         phases.append(f"finetune: epochs {cfg.epochs}-{total - 1}, top {cfg.finetune.layers} layers, lr {lr:g}")
-    mlflow.set_tag("phases", "; ".join(phases))
+    mlflow.set_tags({"phases": "; ".join(phases), "xla": str(model.jit_compile).lower()})  # layers may refuse XLA
     splits = {"val": data.val, "test": data.test}
     return {name: (model, _batches(split, cfg)) for name, split in splits.items() if split}, val_accuracy
 
 
 def _train_head_on_cached_features(
-    model: keras.Model, backbone: BackboneSpec, optimizer: keras.optimizers.Optimizer, data: DataSet, cfg: DictConfig
+    model: keras.Model,
+    backbone: BackboneSpec,
+    optimizer: keras.optimizers.Optimizer,
+    data: DataSet,
+    cfg: DictConfig,
+    xla: bool,
 ) -> tuple[dict[str, tuple[keras.Model, tf.data.Dataset]], list[float]]:
     """The backbone runs once per image (or never, on a cache hit); the head trains on features."""
     extractor = feature_extractor(model)
+    extractor.jit_compile = xla  # predict_on_batch compiles with XLA if asked
+    compute = {"precision": cfg.precision, "xla": extractor.jit_compile}
     splits = {name: split for name, split in {"train": data.train, "val": data.val, "test": data.test}.items() if split}
     lookups = {
         name: cached_features(
             Path(cfg.cache_dir),
-            cache_key(backbone, cfg.image_size, split),
+            cache_key(backbone, cfg.image_size, split, compute),
             lambda split=split: extract(extractor, _batches(split, cfg), len(split)),
         )
         for name, split in splits.items()
@@ -145,10 +154,10 @@ def _train_head_on_cached_features(
         return dataset.batch(cfg.batch_size)
 
     classifier_head = head(model)
-    val_accuracy = fit(classifier_head, optimizer, features("train", cfg.seed), features("val"), cfg.epochs).history[
-        "val_accuracy"
-    ]
-    mlflow.set_tag("phases", f"head on cached features: epochs 0-{cfg.epochs - 1}")
+    train, val = features("train", cfg.seed), features("val")
+    val_accuracy = fit(classifier_head, optimizer, train, val, cfg.epochs, jit_compile=xla).history["val_accuracy"]
+    phases = f"head on cached features: epochs 0-{cfg.epochs - 1}"
+    mlflow.set_tags({"phases": phases, "xla": str(extractor.jit_compile).lower()})
     return {name: (classifier_head, features(name)) for name in splits if name != "train"}, val_accuracy
 
 

@@ -1,12 +1,23 @@
-"""Seeding, determinism and the Keras fit loop, with per-epoch metrics sent to MLflow."""
+"""Seeding, determinism, precision and XLA, and the Keras fit loop with per-epoch metrics to MLflow."""
 
 from __future__ import annotations
+
+import logging
 
 import keras
 import mlflow
 import tensorflow as tf
+from tensorflow.python.framework.config import disable_op_determinism  # no public twin of enable_op_determinism
+
+from simpsons.errors import ConfigError
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+log = logging.getLogger(__name__)
+
+
+def gpu_visible() -> bool:
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def seed_everything(seed: int, deterministic: bool | str) -> bool:
@@ -16,10 +27,33 @@ def seed_everything(seed: int, deterministic: bool | str) -> bool:
     """
     keras.utils.set_random_seed(seed)
     if deterministic == "auto":
-        deterministic = not tf.config.list_physical_devices("GPU")
+        deterministic = not gpu_visible()
     if deterministic:
         tf.config.experimental.enable_op_determinism()
+    else:  # process-wide: an earlier job of the sweep, in this process, may have turned it on
+        disable_op_determinism()
     return bool(deterministic)
+
+
+def set_precision(precision: str) -> None:
+    """Keras's dtype policy for every layer built after this call (one per job, also in a sweep).
+
+    mixed_*: layers compute in 16 bits and keep float32 weights; the softmax layer stays float32,
+    and Keras wraps the optimizer in loss scaling for float16. Fast on GPUs (tensor cores), slow on CPUs.
+    """
+    keras.mixed_precision.set_global_policy(precision)
+    if precision != "float32" and not gpu_visible():
+        log.warning("precision=%s without a GPU: it runs, but slower than float32", precision)
+
+
+def use_xla(jit_compile: bool | str, deterministic: bool) -> bool:
+    """Whether to compile with XLA. `auto` follows Keras's rule: with a GPU and without op determinism,
+    under which Keras does not compile with XLA."""
+    if jit_compile == "auto":
+        return gpu_visible() and not deterministic
+    if jit_compile and deterministic:
+        raise ConfigError("jit_compile=true needs deterministic=false (Keras turns XLA off under op determinism)")
+    return bool(jit_compile)
 
 
 class MlflowEpochMetrics(keras.callbacks.Callback):
@@ -37,9 +71,13 @@ def fit(
     val: tf.data.Dataset,
     epochs: int,
     initial_epoch: int = 0,
+    jit_compile: bool = False,
 ) -> keras.callbacks.History:
-    """Compile and fit; epochs count from initial_epoch, so a second phase continues the curves."""
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    """Compile (with XLA if asked) and fit; epochs count from initial_epoch, so a second phase
+    continues the curves."""
+    model.compile(
+        optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=jit_compile
+    )
     return model.fit(
         train,
         validation_data=val,

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import keras
 import mlflow
 import pytest
 from hydra import compose, initialize_config_dir
@@ -31,6 +32,13 @@ TINY = ["backbone.weights=null", "batch_size=16", "optimizer.lr=1e-3"]
 TINY_MODEL = ["backbone=mobilenet", "backbone.kwargs.alpha=0.25", "image_size=32", *TINY]
 
 register_resolvers()
+
+
+@pytest.fixture(autouse=True)
+def float32_after_each_test() -> Iterator[None]:
+    """A job sets Keras's global dtype policy (precision=...); tests that follow build float32 models."""
+    yield
+    keras.mixed_precision.set_global_policy("float32")
 
 
 @pytest.fixture(scope="session", autouse=True)

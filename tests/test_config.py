@@ -129,6 +129,8 @@ def test_keras_class_that_does_not_exist_is_a_clear_error():
         ("epochs=0", r"epochs=0 is invalid"),
         ("data.val_split=0", r"data.val_split=0 is invalid; expected a fraction"),
         ("deterministic=maybe", r"deterministic='maybe' is invalid; expected auto, true or false"),
+        ("precision=float16", r"precision='float16' is invalid; expected one of float32, mixed_float16, mixed_bf"),
+        ("jit_compile=1", r"jit_compile=1 is invalid; expected auto, true or false"),
     ],
 )
 def test_out_of_range_keys_are_rejected(override, message):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import keras
+import mlflow
+import mlflow.keras
 import numpy as np
 import pytest
 from conftest import TINY_MODEL, compose_train, folder_data
@@ -13,22 +16,24 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from simpsons.backbones import BackboneSpec
+from simpsons.demo_data import write_demo_data
+from simpsons.errors import ConfigError
+from simpsons.evaluation import read_predictions_csv
 from simpsons.features import cached_features
 from simpsons.job import JobContext, train
 from simpsons.model import backbone_of, build_classifier, unfreeze_top
+from simpsons.training import gpu_visible, use_xla
 
 
 def run_with(overrides: list[str], image_folders, tracking_uri, cache_dir) -> dict:
     cfg = compose_train([*TINY_MODEL, *folder_data(image_folders), "epochs=2", f"tracking.uri={tracking_uri}",
                          f"cache_dir={cache_dir}", *overrides])  # fmt: skip
     run = MlflowClient(tracking_uri).get_run(train(cfg, JobContext([])))
-    return run.data.tags | {f"metric:{k}": v for k, v in run.data.metrics.items()}
+    return run.data.tags | {f"metric:{k}": v for k, v in run.data.metrics.items()} | {"run_id": run.info.run_id}
 
 
 def test_a_second_run_reuses_the_cache_and_a_changed_file_or_size_invalidates_it(tmp_path, tracking_uri):
     images = tmp_path / "images"
-    from simpsons.demo_data import write_demo_data
-
     write_demo_data(images, train_per_class=6, test_per_class=2, size=40, seed=3)
     cache = tmp_path / "cache"
     first = run_with([], images, tracking_uri, cache)
@@ -80,6 +85,39 @@ def test_finetuning_continues_the_curves_and_augmentation_trains_end_to_end(imag
 
     tags = run_with(["augment=light"], image_folders, tracking_uri, tmp_path)
     assert tags["feature_cache"] == "off" and tags["phases"] == "head: epochs 0-1"
+
+
+def test_mixed_precision_and_xla_train_a_float16_model_with_its_own_cache_entry(image_folders, tracking_uri, tmp_path):
+    float32 = run_with([], image_folders, tracking_uri, tmp_path)
+    assert float32["xla"] == "false"  # auto: XLA only with a GPU
+
+    gpu_settings = ["precision=mixed_float16", "jit_compile=true", "deterministic=false"]  # XLA: no op determinism
+    mixed = run_with(gpu_settings, image_folders, tracking_uri, tmp_path)
+    assert mixed["xla"] == "true"
+    assert mixed["feature_cache"] == "miss"  # float16 features are not the float32 entry
+    assert run_with(gpu_settings, image_folders, tracking_uri, tmp_path)["feature_cache"] == "hit"
+
+    model = mlflow.keras.load_model(f"runs:/{mixed['run_id']}/model")
+    assert model.get_layer("pool").dtype_policy.name == "mixed_float16"
+    assert model.get_layer("probabilities").dtype_policy.name == "float32"
+    test_csv = mlflow.artifacts.download_artifacts(run_id=mixed["run_id"], artifact_path="predictions/test.csv")
+    names, _, recorded = read_predictions_csv(Path(test_csv).read_text())
+    raw = np.stack([np.asarray(Image.open(image_folders / "test" / name), dtype=np.float32) for name in names])
+    probabilities = keras.ops.convert_to_numpy(model.predict(raw, verbose=0))
+    assert probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities, recorded, atol=1e-3)  # float16 compute, with and without XLA
+
+    tags = run_with([*gpu_settings, "cache=false"], image_folders, tracking_uri, tmp_path)  # loss-scaled float16
+    assert tags["feature_cache"] == "off" and tags["xla"] == "true"
+    assert np.isfinite(tags["metric:test_loss"])
+
+
+def test_xla_is_on_by_default_only_with_a_gpu_and_never_under_op_determinism():
+    assert use_xla("auto", deterministic=False) == gpu_visible()
+    assert use_xla("auto", deterministic=True) is False
+    assert use_xla(False, deterministic=False) is False
+    with pytest.raises(ConfigError, match="jit_compile=true needs deterministic=false"):
+        use_xla(True, deterministic=True)
 
 
 def test_unfreezing_the_top_layers_keeps_batchnorm_frozen():
