@@ -14,9 +14,10 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -74,13 +75,22 @@ def cached_features(directory: Path, key: str, compute: Callable[[], np.ndarray]
     return Lookup(features, hit, seconds, rate)
 
 
-def extract(extractor: keras.Model, batches: tf.data.Dataset, count: int) -> np.ndarray:
-    """Pooled features of every batch, with a progress bar in images/s."""
+def extract(extractor: keras.Model, batches: Iterable[tuple[tf.Tensor, Any]], count: int) -> np.ndarray:
+    """Pooled features of every (images, labels) batch, with a progress bar in images/s.
+
+    A smaller last batch is padded to the size of the first: a new input shape would make Keras
+    trace the predict function again (and XLA compile it again), and oneDNN build new kernels.
+    Rows do not mix in inference mode, so the padding changes no feature.
+    """
     outputs = []
+    batch_size = None
     with tqdm(total=count, desc="extracting features", unit="img", disable=None) as progress:
         for images, _ in batches:
-            outputs.append(extractor.predict_on_batch(images))
-            progress.update(len(images))
+            size = len(images)
+            batch_size = batch_size or size
+            padded = tf.pad(images, [[0, batch_size - size], [0, 0], [0, 0], [0, 0]])
+            outputs.append(extractor.predict_on_batch(padded)[:size])
+            progress.update(size)
     return np.concatenate(outputs).astype(np.float32)
 
 

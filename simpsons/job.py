@@ -22,7 +22,7 @@ from simpsons.evaluation import evaluate
 from simpsons.features import cache_key, cached_features, extract
 from simpsons.model import build_classifier, feature_extractor, head, unfreeze_top
 from simpsons.optimizers import build_optimizer
-from simpsons.pipeline import image_dataset, load_image
+from simpsons.pipeline import image_dataset, load_image, without_autotuner
 from simpsons.training import fit, seed_everything, set_precision, use_xla
 
 log = logging.getLogger("simpsons.train")
@@ -151,7 +151,7 @@ def _train_head_on_cached_features(
         dataset = tf.data.Dataset.from_tensor_slices((np.asarray(lookups[name].features), splits[name].labels))
         if shuffle_seed is not None:
             dataset = dataset.shuffle(len(splits[name]), seed=shuffle_seed, reshuffle_each_iteration=True)
-        return dataset.batch(cfg.batch_size)
+        return without_autotuner(dataset.batch(cfg.batch_size))
 
     classifier_head = head(model)
     train, val = features("train", cfg.seed), features("val")
