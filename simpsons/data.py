@@ -5,6 +5,7 @@ Produces sorted file lists and labels, never pixels: simpsons/pipeline.py reads 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -128,12 +129,18 @@ def discover_test(root: Path, layout: str) -> list[_File]:
     return files
 
 
-def scan(paths: list[Path]) -> tuple[dict[Path, str], set[Path]]:
-    """SHA-256 of every file, and the files the training pipeline's decoder cannot read."""
+def scan(paths: list[Path]) -> tuple[dict[Path, str], tuple[Path, ...]]:
+    """SHA-256 of every file, and the files the training pipeline's decoder cannot read (sorted)."""
     with ThreadPoolExecutor() as pool:
         digests = dict(zip(paths, pool.map(_sha256, paths), strict=True))
-    undecodable = pipeline.find_undecodable([str(p) for p in paths])
-    return digests, {Path(p) for p in undecodable}
+    return digests, _undecodable(tuple(digests.items()))
+
+
+@functools.lru_cache(maxsize=4)
+def _undecodable(files: tuple[tuple[Path, str], ...]) -> tuple[Path, ...]:
+    """Keyed by path and content hash, so the jobs of a sweep (one process) decode each file once,
+    and a file changed between jobs is decoded again."""
+    return tuple(sorted(Path(p) for p in pipeline.find_undecodable([str(path) for path, _ in files])))
 
 
 def _sha256(path: Path) -> str:

@@ -81,8 +81,15 @@ def report_text(evaluation: Evaluation, class_names: list[str]) -> str:
 
 
 def confusion_matrix_figure(evaluation: Evaluation, class_names: list[str]) -> Figure:
-    side = max(5.0, 0.45 * len(class_names) + 2.5)
-    figure = Figure(figsize=(side, side), layout="constrained")
+    """Counts per (true, predicted) class, with margins sized to the longest class name.
+
+    Fixed margins instead of a layout engine: constrained layout doubled the time of saving a
+    20-class matrix (about 1 s instead of 0.45 s on a 2-core CPU, twice per run).
+    """
+    label_inches = 0.08 * max(map(len, class_names)) + 0.7
+    side = max(5.0, 0.45 * len(class_names) + label_inches)
+    figure = Figure(figsize=(side, side))
+    figure.subplots_adjust(left=label_inches / side, bottom=label_inches / side, right=0.97, top=1 - 0.5 / side)
     axes = figure.subplots()
     ConfusionMatrixDisplay.from_predictions(
         evaluation.labels,
