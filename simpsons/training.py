@@ -42,6 +42,10 @@ def set_precision(precision: str) -> None:
     and Keras wraps the optimizer in loss scaling for float16. Fast on GPUs (tensor cores), slow on CPUs.
     """
     keras.mixed_precision.set_global_policy(precision)
+    # float32 stays float32 on GPUs too: TensorFloat-32, on by default from Ampere on, rounds
+    # matmul and convolution inputs to 10-bit mantissas, so the logged model's softmax would no
+    # longer match the one computed from cached features to 1e-5.
+    tf.config.experimental.enable_tensor_float_32_execution(precision != "float32")
     if precision != "float32" and not gpu_visible():
         log.warning("precision=%s without a GPU: it runs, but slower than float32", precision)
 
