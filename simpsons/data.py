@@ -83,8 +83,9 @@ def load_dataset(cfg: DictConfig) -> DataSet:
     skipped = [SkippedFile(str(f.path), reason) for f, reason in _unlabelled(pool + test)]
     digests, undecodable = scan([f.path for f in pool + test if f.label])
     skipped += [SkippedFile(str(path), f"not a decodable image ({pipeline.IMAGE_FORMATS})") for path in undecodable]
-    usable = [f for f in pool if f.label and f.path not in undecodable]
-    usable_test = [f for f in test if f.label and f.path not in undecodable]
+    unusable = set(undecodable)
+    usable = [f for f in pool if f.label and f.path not in unusable]
+    usable_test = [f for f in test if f.label and f.path not in unusable]
 
     class_names, dropped = _select_classes(pool, usable, cfg.min_images_per_class, root)
     known = set(class_names)
