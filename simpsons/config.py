@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -12,6 +13,7 @@ from simpsons.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_ROOT / "conf"
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies
+SWEEP_ID_VARIABLE = "SIMPSONS_SWEEP_ID"  # conf/train.yaml sets it for every job of a multirun
 
 
 def default_tracking_uri() -> str:
@@ -24,9 +26,16 @@ def tracking_uri_from_environment() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
+def new_sweep_id() -> str:
+    return uuid.uuid4().hex[:8]
+
+
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
     OmegaConf.register_new_resolver("default_tracking_uri", default_tracking_uri, replace=True)
+    # Cached in the config, and Hydra copies a multirun's cache into every job's config (as it does
+    # for ${now:}), so the driver and all jobs, under any launcher, see the same id.
+    OmegaConf.register_new_resolver("sweep_id", new_sweep_id, use_cache=True, replace=True)
 
 
 def group_options(group: str) -> list[str]:

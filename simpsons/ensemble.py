@@ -20,11 +20,12 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from simpsons import ensemble_model, runs, tracking
+from simpsons import ensemble_model
 from simpsons.config import register_resolvers
 from simpsons.ensembling import greedy_weights, weighted_mean
 from simpsons.errors import ConfigError, SimpsonsError
 from simpsons.evaluation import Evaluation
+from simpsons.tracking import lifecycle, reader, schema, store, writer
 
 log = logging.getLogger("simpsons.ensemble")
 register_resolvers()
@@ -34,7 +35,7 @@ CHOICES = {"method": ("mean", "greedy"), "weights": ("equal", "val_accuracy"), "
 @dataclass(frozen=True)
 class Member:
     run: Run
-    outputs: dict[str, runs.Outputs]  # "val", and "test" where the run had a test set
+    outputs: dict[str, reader.Outputs]  # "val", and "test" where the run had a test set
     model_uri: str
 
     @property
@@ -87,12 +88,12 @@ def _ranked(candidates: list[Run], cfg: DictConfig) -> list[tuple[Run, str | Non
 
 
 def _ineligible(run: Run, cfg: DictConfig) -> str | None:
-    kind = runs.run_type(run)
-    if kind == "sweep":
+    kind = reader.run_type(run)
+    if kind == schema.SWEEP:
         return "a sweep's parent run"
-    if kind == "ensemble":
+    if kind == schema.ENSEMBLE:
         return "an ensemble run"
-    if kind != "train":
+    if kind != schema.TRAIN:
         return "not a training run"
     if run.info.status != "FINISHED":
         return f"status {run.info.status}"
@@ -109,9 +110,9 @@ def _mismatch(run: Run, members: list[Member], one_per_backbone: bool) -> str | 
     if not members:
         return None
     first = members[0].run
-    if runs.class_names(run) != runs.class_names(first):
+    if reader.class_names(run) != reader.class_names(first):
         return "its class names differ"
-    if run.data.tags.get("data.fingerprint") != first.data.tags.get("data.fingerprint"):
+    if run.data.tags.get(schema.DATA_FINGERPRINT) != first.data.tags.get(schema.DATA_FINGERPRINT):
         return "its data fingerprint differs"
     for key in ("data.split_seed", "data.val_split"):
         if run.data.params.get(key) != first.data.params.get(key):
@@ -124,7 +125,7 @@ def _mismatch(run: Run, members: list[Member], one_per_backbone: bool) -> str | 
 
 def _load_member(run: Run, members: list[Member]) -> tuple[Member | None, str | None]:
     """The run's logged outputs and model, or why they do not fit the members so far."""
-    outputs = {split: found for split in ("val", "test") if (found := runs.outputs(run.info.run_id, split))}
+    outputs = {split: found for split in ("val", "test") if (found := reader.outputs(run.info.run_id, split))}
     if "val" not in outputs:
         return None, "logged no validation outputs"
     if members and outputs.keys() != members[0].outputs.keys():
@@ -133,7 +134,7 @@ def _load_member(run: Run, members: list[Member]) -> tuple[Member | None, str | 
         if members and found.names != members[0].outputs[split].names:
             return None, f"its {split} files differ"
     try:
-        model_uri = runs.model_uri(run)
+        model_uri = reader.model_uri(run)
     except ConfigError:
         return None, "logged no model"
     return Member(run, outputs, model_uri), None
@@ -153,33 +154,37 @@ def member_weights(members: list[Member], cfg: DictConfig, val_labels: np.ndarra
 def ensemble(cfg: DictConfig) -> str:
     """Select, combine, score and log; returns the ensemble's MLflow run id."""
     check_options(cfg)
-    client = MlflowClient(tracking.configure(cfg.tracking.uri))
-    experiment = runs.experiment_id(client, cfg.tracking.experiment)
-    sweep = runs.resolve_sweep(client, experiment, cfg.sweep)
-    members = select_members(runs.search(client, experiment, sweep, cfg.filter), cfg)
+    client = MlflowClient(store.configure(cfg.tracking.uri))
+    experiment = reader.experiment_id(client, cfg.tracking.experiment)
+    sweep = reader.resolve_sweep(client, experiment, cfg.sweep)
+    lifecycle.end_dead_runs(client, [experiment], cfg.tracking.stale_after)
+    candidates, superseded = reader.training_runs(client, reader.search(client, experiment, sweep, cfg.filter))
+    if superseded:
+        log.info("counted each config once (its latest finished run): left out %d older run(s)", len(superseded))
+    members = select_members(candidates, cfg)
     if len(members) < cfg.top_n:
         log.warning("only %d eligible run(s) for top_n=%d: using %d", len(members), cfg.top_n, len(members))
-    class_names = runs.class_names(members[0].run)
+    class_names = reader.class_names(members[0].run)
     weights, combined, scores = combine(members, cfg, class_names)
 
     first = members[0].run
     tags = {
-        tracking.RUN_TYPE: "ensemble",
-        "simpsons.sweep": sweep or "",
-        "class_names": first.data.tags.get("class_names", "[]"),
-        "data.fingerprint": first.data.tags.get("data.fingerprint", ""),
-        "members": ",".join(m.run.info.run_id for m in members),
-        **tracking.git_tags(),
+        schema.RUN_TYPE: schema.ENSEMBLE,
+        schema.ENSEMBLE_SWEEP: sweep or "",
+        schema.CLASS_NAMES: first.data.tags.get(schema.CLASS_NAMES, "[]"),
+        schema.DATA_FINGERPRINT: first.data.tags.get(schema.DATA_FINGERPRINT, ""),
+        schema.MEMBERS: ",".join(m.run.info.run_id for m in members),
+        **store.git_tags(),
     }
     name = f"ensemble {cfg.method} of {np.count_nonzero(weights)}"
-    with tracking.tracked_run(experiment, name, parent_run_id=None, tags=tags) as run:
+    with lifecycle.tracked_run(experiment, name, None, tags, heartbeat_seconds=cfg.tracking.heartbeat_seconds) as run:
         _log_params(cfg, members, weights, sweep)
         for split, evaluation in combined.items():
-            tracking.log_evaluation(evaluation, class_names)
+            writer.log_evaluation(evaluation, class_names)
             gain = evaluation.metrics()[f"{split}_accuracy"] - max(scores[split])
             mlflow.log_metric(f"{split}_accuracy_gain", gain)
-        mlflow.log_dict(_member_table(members, weights, scores), "members.json")
-        mlflow.log_figure(_comparison_figure(members, scores, combined), "evaluation/members_vs_ensemble.png")
+        mlflow.log_dict(_member_table(members, weights, scores), schema.MEMBERS_JSON)
+        mlflow.log_figure(_comparison_figure(members, scores, combined), schema.MEMBERS_CHART)
         _log_model(members, weights, class_names)
         _print_summary(members, weights, scores, combined, cfg)
         return run.info.run_id
@@ -207,7 +212,7 @@ def combine(
     return weights, combined, scores
 
 
-def _label_indices(outputs: runs.Outputs, class_names: list[str]) -> np.ndarray:
+def _label_indices(outputs: reader.Outputs, class_names: list[str]) -> np.ndarray:
     index = {name: i for i, name in enumerate(class_names)}
     return np.array([index[label] for label in outputs.labels], dtype=np.int32)
 
@@ -218,11 +223,9 @@ def _member_accuracies(members: list[Member], split: str, labels: np.ndarray) ->
 
 def _log_params(cfg: DictConfig, members: list[Member], weights: np.ndarray, sweep: str | None) -> None:
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["tracking"]["uri"] = tracking.redact_uri(resolved["tracking"]["uri"])
+    resolved["tracking"]["uri"] = store.redact_uri(resolved["tracking"]["uri"])
     used = int(np.count_nonzero(weights))
-    mlflow.log_params(
-        tracking.flatten(resolved) | {"sweep": sweep, "num_candidates": len(members), "num_members": used}
-    )
+    mlflow.log_params(store.flatten(resolved) | {"sweep": sweep, "num_candidates": len(members), "num_members": used})
     for i, (member, weight) in enumerate(zip(members, weights, strict=True)):
         value = member.run.data.metrics[cfg.metric]
         mlflow.log_param(
@@ -260,7 +263,7 @@ def _comparison_figure(members: list[Member], scores: dict[str, list[float]], co
 def _log_model(members: list[Member], weights: np.ndarray, class_names: list[str]) -> None:
     kept = [(f"member_{i}", m, w) for i, (m, w) in enumerate(zip(members, weights, strict=True)) if w > 0]
     mlflow.pyfunc.log_model(
-        name="model",
+        name=schema.MODEL,
         python_model=str(Path(ensemble_model.__file__)),
         artifacts={name: m.model_uri for name, m, _ in kept},
         model_config={
@@ -268,7 +271,7 @@ def _log_model(members: list[Member], weights: np.ndarray, class_names: list[str
             "member_weights": [float(w) for _, _, w in kept],
             "class_names": class_names,
         },
-        signature=tracking.image_signature(len(class_names)),
+        signature=writer.image_signature(len(class_names)),
         input_example=np.full((1, 32, 32, 3), 128, dtype=np.float32),
         metadata={"class_names": class_names},
         pip_requirements=[f"mlflow=={mlflow.__version__}", *_keras_requirements()],

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 
 import keras
@@ -50,23 +48,6 @@ def evaluate(model: keras.Model, dataset: tf.data.Dataset, split: Split, name: s
     """Softmax outputs of `model` on `dataset`, which must yield `split` in order, unshuffled."""
     probabilities = model.predict(dataset, verbose=0)
     return Evaluation(name, split.names, split.labels, probabilities.astype(np.float32))
-
-
-def predictions_csv(evaluation: Evaluation, class_names: list[str]) -> str:
-    """One row per image: file, true label, then the probability of each class (float32-exact)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["file", "label", *class_names])
-    for name, label, row in zip(evaluation.names, evaluation.labels, evaluation.probabilities, strict=True):
-        writer.writerow([name, class_names[label], *(format(p, ".9g") for p in row)])
-    return buffer.getvalue()
-
-
-def read_predictions_csv(text: str) -> tuple[list[str], list[str], np.ndarray]:
-    """(file names, true labels, probabilities) from predictions_csv's output."""
-    rows = list(csv.reader(io.StringIO(text)))[1:]
-    probabilities = np.array([[float(p) for p in row[2:]] for row in rows], dtype=np.float32)
-    return [row[0] for row in rows], [row[1] for row in rows], probabilities
 
 
 def report_text(evaluation: Evaluation, class_names: list[str]) -> str:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import logging
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import keras
 import mlflow
@@ -12,29 +18,35 @@ import numpy as np
 import tensorflow as tf
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from simpsons import tracking
 from simpsons.backbones import BackboneSpec
-from simpsons.config import check_training_keys
+from simpsons.config import SWEEP_ID_VARIABLE, check_training_keys
 from simpsons.data import DataSet, Split, load_dataset
+from simpsons.errors import DataError
 from simpsons.evaluation import evaluate
 from simpsons.features import cache_key, cached_features, extract
 from simpsons.model import build_classifier, feature_extractor, head, unfreeze_top
 from simpsons.optimizers import build_optimizer
 from simpsons.pipeline import image_dataset, load_image, without_autotuner
+from simpsons.tracking import lifecycle, schema, store, writer
 from simpsons.training import fit, seed_everything, set_precision, use_xla
 
 log = logging.getLogger("simpsons.train")
 
+NOT_IDENTITY = ("tracking", "cache_dir", "reuse")  # where results go and whether to reuse, not what they are
+
 
 @dataclass(frozen=True)
 class JobContext:
-    """What a run needs from Hydra's runtime: its overrides, .hydra folder, and sweep folder."""
+    """What a run needs from Hydra's runtime: its overrides, .hydra folder, and sweep."""
 
     overrides: list[str]
     hydra_dir: Path | None = None
     sweep_dir: Path | None = None
+    sweep_id: str | None = None
 
     @classmethod
     def from_hydra(cls) -> JobContext:
@@ -45,49 +57,160 @@ class JobContext:
             overrides=list(hydra_cfg.overrides.task),
             hydra_dir=output_dir / hydra_cfg.output_subdir if hydra_cfg.output_subdir else None,
             sweep_dir=Path(hydra_cfg.sweep.dir).resolve() if multirun else None,
+            sweep_id=hydra_cfg.job.env_set.get(SWEEP_ID_VARIABLE) if multirun else None,
         )
 
 
 def train(cfg: DictConfig, job: JobContext) -> str:
-    """Run one training job as configured; returns its MLflow run id."""
-    uri = tracking.configure(cfg.tracking.uri)
-    experiment_id = tracking.ensure_experiment(uri, cfg.tracking.experiment)
-    name = tracking.run_name(cfg.backbone.name, cfg.optimizer.name, job.overrides)
-    tags = {tracking.RUN_TYPE: "train", "hydra.overrides": " ".join(job.overrides), **tracking.git_tags()}
+    """Run one training job as configured; returns the MLflow run id that holds its results.
 
-    with tracking.tracked_run(experiment_id, name, _sweep_parent(experiment_id, job), tags) as run:
-        log.info("MLflow run %s (%s) in %s", run.info.run_id, name, tracking.redact_uri(uri))
-        tracking.log_config(cfg, job.hydra_dir)
-        backbone, optimizer = _checked_parts(cfg)
+    That is a new run; or, when the same config already FINISHED with the same data and code
+    (and `reuse` is on), the earlier run, which this sweep then lists as REUSED; or a killed
+    end-to-end run of the same config, resumed at the epoch after its last backup.
+    """
+    backbone, optimizer = _checked_parts(cfg)
+    uri = store.configure(cfg.tracking.uri)
+    experiment_id = store.ensure_experiment(uri, cfg.tracking.experiment)
+    client = MlflowClient(uri)
+    lifecycle.end_dead_runs(client, [experiment_id], cfg.tracking.stale_after)
+    name = run_name(cfg.backbone.name, cfg.optimizer.name, job.overrides)
+    parent = _sweep_parent(client, experiment_id, job)
+    tags = {schema.RUN_TYPE: schema.TRAIN, schema.HYDRA_OVERRIDES: " ".join(job.overrides), **store.git_tags()}
+    if job.sweep_id:
+        tags[schema.SWEEP_ID] = job.sweep_id
+
+    data = _load_data(cfg, experiment_id, name, parent, tags)
+    identity = lifecycle.config_hash(_training_config(cfg), data.fingerprint, store.code_version())
+    tags |= {schema.CONFIG_HASH: identity, schema.CODE_VERSION: store.code_version()}
+    done = lifecycle.finished_run(client, experiment_id, identity) if cfg.reuse else None
+    if done is not None:
+        lifecycle.record_reuse(client, experiment_id, name, parent, done, tags)
+        log.info("reused run %s (%s): this config already finished with the same data and code", done.info.run_id, name)
+        return done.info.run_id
+
+    with contextlib.ExitStack() as stack:
+        resumed = _claim_resumable(client, experiment_id, identity, cfg, stack) if _end_to_end(cfg) else None
+        resume_id = resumed.info.run_id if resumed else None
+        run = stack.enter_context(
+            lifecycle.tracked_run(experiment_id, name, parent, tags, resume_id, cfg.tracking.heartbeat_seconds)
+        )
+        run_id = run.info.run_id
+        backups = _checkpoints(cfg) / run_id
+        if resumed is None and _end_to_end(cfg):
+            stack.enter_context(_exclusive(_lock_path(backups)))
+        _say_started(run, name, uri, backups if resumed else None)
+        writer.log_config(cfg, job.hydra_dir)
         deterministic = seed_everything(cfg.seed, cfg.deterministic)
-        mlflow.set_tag("deterministic", str(deterministic).lower())
+        mlflow.set_tag(schema.DETERMINISTIC, str(deterministic).lower())
         xla = use_xla(cfg.jit_compile, deterministic)
         set_precision(cfg.precision)
-
-        data = load_dataset(cfg.data)
         _report(data)
-        tracking.log_data(data)
+        writer.log_data(data)
 
         model = build_classifier(
             backbone, cfg.image_size, len(data.class_names), cfg.dropout, cfg.augment, seed=cfg.seed
         )
-        if cfg.cache and cfg.augment.name == "none" and cfg.finetune.layers == 0:
-            scored, val_accuracy = _train_head_on_cached_features(model, backbone, optimizer, data, cfg, xla)
+        if _end_to_end(cfg):
+            scored = _train_end_to_end(model, optimizer, data, cfg, xla, backups)
         else:
-            scored, val_accuracy = _train_end_to_end(model, optimizer, data, cfg, xla)
-        mlflow.log_metric("best_val_accuracy", max(val_accuracy))
+            scored = _train_head_on_cached_features(model, backbone, optimizer, data, cfg, xla)
+        val_history = client.get_metric_history(run_id, "val_accuracy")  # across a resume, too
+        mlflow.log_metric("best_val_accuracy", max(m.value for m in val_history))
         _evaluate_and_log(scored, data)
         example = load_image(data.val.paths[0], cfg.image_size).numpy()[None]
-        tracking.log_model(model, example, data.class_names)
-        return run.info.run_id
+        writer.log_model(model, example, data.class_names)
+        shutil.rmtree(backups, ignore_errors=True)
+        return run_id
 
 
-def _sweep_parent(experiment_id: str, job: JobContext) -> str | None:
-    if job.sweep_dir is None:
+def run_name(backbone: str, optimizer: str, overrides: list[str]) -> str:
+    """E.g. 'resnet50v2-rmsprop lr=3e-4 image_size=180': the choices, then the other overrides."""
+    extras = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+~") in ("backbone", "optimizer") or "/" in value or key.startswith(("hydra", "tracking")):
+            continue
+        extras.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    return " ".join([f"{backbone}-{optimizer}", *extras])
+
+
+def _training_config(cfg: DictConfig) -> dict:
+    """The resolved config that decides a run's results (see NOT_IDENTITY for what is left out)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return {key: value for key, value in resolved.items() if key not in NOT_IDENTITY}
+
+
+def _load_data(cfg: DictConfig, experiment_id: str, name: str, parent: str | None, tags: dict) -> DataSet:
+    """The data set; in a sweep, a job whose data cannot be used is recorded as a FAILED run."""
+    try:
+        return load_dataset(cfg.data)
+    except DataError:
+        if parent is None:
+            raise
+        with lifecycle.tracked_run(experiment_id, name, parent, tags):
+            raise
+
+
+def _end_to_end(cfg: DictConfig) -> bool:
+    """Images through the backbone every epoch: with fine-tuning, augmentation or cache=false."""
+    return not (cfg.cache and cfg.augment.name == "none" and cfg.finetune.layers == 0)
+
+
+def _checkpoints(cfg: DictConfig) -> Path:
+    """Keras BackupAndRestore folders of end-to-end runs, one per MLflow run, beside the cache."""
+    return Path(cfg.cache_dir) / "checkpoints"
+
+
+def _lock_path(backups: Path) -> Path:
+    return backups.with_name(backups.name + ".lock")
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path, wait: bool = True) -> Iterator[IO[str]]:
+    """An flock held while the run trains: no two processes train (or resume) the same run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        yield lock
+
+
+def _claim_resumable(
+    client: MlflowClient, experiment_id: str, identity: str, cfg: DictConfig, stack: contextlib.ExitStack
+) -> Run | None:
+    """The newest KILLED or FAILED run of this config with a backup that no other process holds."""
+    for run in lifecycle.resumable_runs(client, experiment_id, identity):
+        backups = _checkpoints(cfg) / run.info.run_id
+        if not backups.is_dir():
+            continue
+        try:
+            stack.enter_context(_exclusive(_lock_path(backups), wait=False))
+        except BlockingIOError:
+            continue  # another process is resuming it
+        return run
+    return None
+
+
+def _say_started(run: Run, name: str, uri: str, resumed_from: Path | None) -> None:
+    if resumed_from is None:
+        log.info("MLflow run %s (%s) in %s", run.info.run_id, name, store.redact_uri(uri))
+        return
+    epoch = _backup_epoch(resumed_from)
+    mlflow.set_tag(schema.RESUMED_AT_EPOCH, str(epoch))
+    log.info("resuming MLflow run %s (%s) at epoch %d from its last backup", run.info.run_id, name, epoch)
+
+
+def _backup_epoch(backups: Path) -> int:
+    """The epoch training resumes at: the next one after the last backed-up epoch of either phase."""
+    epochs = [json.loads(metadata.read_text())["epoch"] for metadata in backups.glob("*/training_metadata.json")]
+    return max(epochs, default=0)
+
+
+def _sweep_parent(client: MlflowClient, experiment_id: str, job: JobContext) -> str | None:
+    if job.sweep_id is None:
         return None
-    parent = tracking.find_sweep_run(experiment_id, job.sweep_dir)
+    parent = lifecycle.find_sweep_run(client, experiment_id, job.sweep_id)
     if parent is None:
-        log.warning("no MLflow sweep run found for %s (tracking.* swept?): this run is not nested", job.sweep_dir)
+        log.warning("no MLflow sweep run found for sweep %s (tracking.* swept?): this run is not nested", job.sweep_id)
     return parent
 
 
@@ -104,24 +227,28 @@ def _batches(split: Split, cfg: DictConfig, shuffle_seed: int | None = None) -> 
 
 
 def _train_end_to_end(
-    model: keras.Model, optimizer: keras.optimizers.Optimizer, data: DataSet, cfg: DictConfig, xla: bool
-) -> tuple[dict[str, tuple[keras.Model, tf.data.Dataset]], list[float]]:
-    """Images through the whole model every epoch; then, with finetune.layers, a second phase."""
-    mlflow.set_tag("feature_cache", "off")
+    model: keras.Model, optimizer: keras.optimizers.Optimizer, data: DataSet, cfg: DictConfig, xla: bool, backups: Path
+) -> dict[str, tuple[keras.Model, tf.data.Dataset]]:
+    """Images through the whole model every epoch; then, with finetune.layers, a second phase.
+
+    Each phase backs up the model and optimizer after every epoch (Keras's BackupAndRestore, in
+    `backups`), so a rerun of a killed run goes on at the epoch after the last backup; a finished
+    phase restores its end state and trains no more.
+    """
+    mlflow.set_tag(schema.FEATURE_CACHE, "off")
     train, val = _batches(data.train, cfg, shuffle_seed=cfg.seed), _batches(data.val, cfg)
-    val_accuracy = fit(model, optimizer, train, val, cfg.epochs, jit_compile=xla).history["val_accuracy"]
+    fit(model, optimizer, train, val, cfg.epochs, jit_compile=xla, backup_dir=backups / "head")
     phases = [f"head: epochs 0-{cfg.epochs - 1}"]
     if cfg.finetune.layers:
         lr = cfg.finetune.lr or cfg.optimizer.lr / 10
         unfreeze_top(model, cfg.finetune.layers)
         finetune_optimizer = build_optimizer(OmegaConf.merge(cfg.optimizer, {"lr": lr}))
         total = cfg.epochs + cfg.finetune.epochs
-        finetuned = fit(model, finetune_optimizer, train, val, total, initial_epoch=cfg.epochs, jit_compile=xla)
-        val_accuracy += finetuned.history["val_accuracy"]
+        fit(model, finetune_optimizer, train, val, total, cfg.epochs, jit_compile=xla, backup_dir=backups / "finetune")
         phases.append(f"finetune: epochs {cfg.epochs}-{total - 1}, top {cfg.finetune.layers} layers, lr {lr:g}")
-    mlflow.set_tags({"phases": "; ".join(phases), "xla": str(model.jit_compile).lower()})  # layers may refuse XLA
+    mlflow.set_tags({schema.PHASES: "; ".join(phases), schema.XLA: str(model.jit_compile).lower()})  # may refuse XLA
     splits = {"val": data.val, "test": data.test}
-    return {name: (model, _batches(split, cfg)) for name, split in splits.items() if split}, val_accuracy
+    return {name: (model, _batches(split, cfg)) for name, split in splits.items() if split}
 
 
 def _train_head_on_cached_features(
@@ -131,8 +258,10 @@ def _train_head_on_cached_features(
     data: DataSet,
     cfg: DictConfig,
     xla: bool,
-) -> tuple[dict[str, tuple[keras.Model, tf.data.Dataset]], list[float]]:
-    """The backbone runs once per image (or never, on a cache hit); the head trains on features."""
+) -> dict[str, tuple[keras.Model, tf.data.Dataset]]:
+    """The backbone runs once per image (or never, on a cache hit); the head trains on features.
+
+    Seconds per run, so a killed one simply trains again (no backups)."""
     extractor = feature_extractor(model)
     extractor.jit_compile = xla  # predict_on_batch compiles with XLA if asked
     compute = {"precision": cfg.precision, "xla": extractor.jit_compile}
@@ -154,16 +283,15 @@ def _train_head_on_cached_features(
         return without_autotuner(dataset.batch(cfg.batch_size))
 
     classifier_head = head(model)
-    train, val = features("train", cfg.seed), features("val")
-    val_accuracy = fit(classifier_head, optimizer, train, val, cfg.epochs, jit_compile=xla).history["val_accuracy"]
+    fit(classifier_head, optimizer, features("train", cfg.seed), features("val"), cfg.epochs, jit_compile=xla)
     phases = f"head on cached features: epochs 0-{cfg.epochs - 1}"
-    mlflow.set_tags({"phases": phases, "xla": str(extractor.jit_compile).lower()})
-    return {name: (classifier_head, features(name)) for name in splits if name != "train"}, val_accuracy
+    mlflow.set_tags({schema.PHASES: phases, schema.XLA: str(extractor.jit_compile).lower()})
+    return {name: (classifier_head, features(name)) for name in splits if name != "train"}
 
 
 def _log_cache_use(lookups: dict) -> None:
     computed = [lookup for lookup in lookups.values() if not lookup.hit]
-    mlflow.set_tag("feature_cache", "miss" if computed else "hit")
+    mlflow.set_tag(schema.FEATURE_CACHE, "miss" if computed else "hit")
     seconds = sum(lookup.seconds for lookup in computed)
     mlflow.log_metric("feature_extraction_seconds", seconds)
     if computed and seconds > 0:
@@ -177,7 +305,7 @@ def _evaluate_and_log(scored: dict[str, tuple[keras.Model, tf.data.Dataset]], da
     for name, (model, batches) in scored.items():
         split = data.val if name == "val" else data.test
         evaluation = evaluate(model, batches, split, name)
-        tracking.log_evaluation(evaluation, data.class_names, with_metrics=name != "val")  # val: the curves
+        writer.log_evaluation(evaluation, data.class_names, with_metrics=name != "val")  # val: the curves
         log.info("%s: %s", name, {k: round(v, 4) for k, v in evaluation.metrics().items()})
 
 

@@ -22,10 +22,10 @@ import tensorflow as tf
 from mlflow.pyfunc import PyFuncModel
 from mlflow.tracking import MlflowClient
 
-from simpsons import runs, tracking
 from simpsons.config import tracking_uri_from_environment
 from simpsons.errors import SimpsonsError
 from simpsons.pipeline import decode_rgb
+from simpsons.tracking import reader, store
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def load(run_id: str | None, model_uri: str | None) -> tuple[PyFuncModel, list[s
             run = MlflowClient().get_run(run_id)
         except mlflow.exceptions.MlflowException as error:
             raise SimpsonsError(f"--run {run_id!r} is not a run in {mlflow.get_tracking_uri()}") from error
-        model_uri = runs.model_uri(run)
+        model_uri = reader.model_uri(run)
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except (OSError, mlflow.exceptions.MlflowException) as error:
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error(f"--top-k {args.top_k} is invalid; expected an integer >= 1")
-    tracking.configure(args.tracking_uri)
+    store.configure(args.tracking_uri)
     keras.utils.disable_interactive_logging()  # no Keras progress bar per image in the table
     try:
         model, class_names = load(args.run, args.model)

@@ -22,11 +22,12 @@ from matplotlib.figure import Figure
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from simpsons import runs, tracking
 from simpsons.config import tracking_uri_from_environment
 from simpsons.errors import SimpsonsError
+from simpsons.tracking import lifecycle, reader, schema, store
 
 TRAINING_COLUMNS = {  # header: (source, key)
+    "id": ("id", ""),
     "run": ("name", ""),
     "backbone": ("param", "backbone.name"),
     "image_size": ("param", "image_size"),
@@ -41,6 +42,7 @@ TRAINING_COLUMNS = {  # header: (source, key)
     "test_accuracy": ("metric", "test_accuracy"),
 }
 ENSEMBLE_COLUMNS = {
+    "id": ("id", ""),
     "run": ("name", ""),
     "method": ("method", ""),
     "members": ("param", "num_members"),
@@ -51,6 +53,8 @@ ENSEMBLE_COLUMNS = {
 
 
 def cell(run: Run, source: str, key: str) -> str:
+    if source == "id":
+        return run.info.run_id[:8]
     if source == "name":
         return run.info.run_name
     if source == "method":  # an ensemble's: greedy, mean, or mean weighted by validation accuracy
@@ -68,11 +72,18 @@ def rows(found: list[Run], columns: dict[str, tuple[str, str]]) -> list[list[str
 
 def results(
     client: MlflowClient, experiment: str, sweep: str | None, metric: str, descending: bool
-) -> tuple[list[Run], list[Run]]:
-    """Finished training runs sorted by `metric` (best first; runs without it last), and ensembles."""
-    found = [run for run in runs.search(client, experiment) if run.info.status == "FINISHED"]
-    training = [r for r in found if runs.run_type(r) == "train" and (not sweep or _parent(r) == sweep)]
-    ensembles = [r for r in found if runs.run_type(r) == "ensemble" and (not sweep or _sweep_of(r) == sweep)]
+) -> tuple[list[Run], list[Run], list[Run]]:
+    """Finished training runs sorted by `metric` (best first; runs without it last), ensembles, and
+    the older finished runs of configs that are counted once (by their latest run)."""
+    candidates, superseded = reader.training_runs(client, reader.search(client, experiment, sweep))
+    training = [run for run in candidates if run.info.status == "FINISHED"]
+    ensembles = [
+        run
+        for run in reader.search(client, experiment)
+        if run.info.status == "FINISHED"
+        and reader.run_type(run) == schema.ENSEMBLE
+        and (not sweep or _sweep_of(run) == sweep)
+    ]
     sign = -1 if descending else 1
 
     def rank(run: Run) -> tuple[bool, float]:
@@ -81,7 +92,7 @@ def results(
 
     training.sort(key=rank)
     ensembles.sort(key=headline_accuracy, reverse=True)
-    return training, ensembles
+    return training, ensembles, [run for run in superseded if run.info.status == "FINISHED"]
 
 
 def headline_accuracy(run: Run) -> float:
@@ -89,12 +100,8 @@ def headline_accuracy(run: Run) -> float:
     return run.data.metrics.get("test_accuracy", run.data.metrics.get("val_accuracy", 0.0))
 
 
-def _parent(run: Run) -> str | None:
-    return run.data.tags.get("mlflow.parentRunId")
-
-
 def _sweep_of(run: Run) -> str | None:
-    return run.data.tags.get("simpsons.sweep")
+    return run.data.tags.get(schema.ENSEMBLE_SWEEP)
 
 
 def markdown(headers: list[str], table: list[list[str]]) -> str:
@@ -157,19 +164,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=("table", "markdown", "csv"), default="table")
     parser.add_argument("--output", type=Path, help="also write results.md, results.csv, ensembles.csv, results.png")
     parser.add_argument("--tracking-uri", default=tracking_uri_from_environment(), help="MLflow store")
+    parser.add_argument(
+        "--stale-after",
+        type=float,
+        default=lifecycle.STALE_AFTER_SECONDS,
+        help="seconds without a heartbeat after which another host's RUNNING run is ended KILLED",
+    )
     args = parser.parse_args(argv)
-    client = MlflowClient(tracking.configure(args.tracking_uri))
     try:
-        experiment = runs.experiment_id(client, args.experiment)
-        sweep = runs.resolve_sweep(client, experiment, args.sweep)
+        client = MlflowClient(store.configure(args.tracking_uri))
+        experiment = reader.experiment_id(client, args.experiment)
+        sweep = reader.resolve_sweep(client, experiment, args.sweep)
     except SimpsonsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    lifecycle.end_dead_runs(client, [experiment], args.stale_after)
     direction = args.direction or ("min" if "loss" in args.metric else "max")
-    training, ensembles = results(client, experiment, sweep, args.metric, descending=direction == "max")
+    training, ensembles, superseded = results(client, experiment, sweep, args.metric, descending=direction == "max")
     if not training and not ensembles:
         print("error: no finished runs to report", file=sys.stderr)
         return 1
+    if superseded:
+        older = ", ".join(run.info.run_id[:8] for run in superseded)
+        print(
+            f"note: each config counted once, by its latest finished run; left out older runs: {older}", file=sys.stderr
+        )
     print(render(training, ensembles, args.format))
     if args.output:
         args.output.mkdir(parents=True, exist_ok=True)

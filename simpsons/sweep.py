@@ -12,7 +12,8 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from simpsons import tracking
+from simpsons.config import SWEEP_ID_VARIABLE
+from simpsons.tracking import lifecycle, reader, schema, store
 
 log = logging.getLogger(__name__)
 
@@ -20,47 +21,58 @@ log = logging.getLogger(__name__)
 class MlflowSweepCallback(Callback):
     """Creates the store, experiment and parent run before any job starts; closes the parent after.
 
-    Jobs find the parent by the sweep folder tag, so this works with any launcher. If the sweep
-    stops early (a job raised, Ctrl-C), an exit hook still ends the parent: FAILED, or KILLED when
-    a child was killed.
+    The parent is tagged with the sweep's unique id, which every job gets through its config
+    (hydra.job.env_set), so jobs find it under any launcher, and two sweeps started in the same
+    second stay apart. If the sweep stops early (a job raised, Ctrl-C), an exit hook still ends
+    the parent: FAILED, or KILLED when a child was killed.
     """
 
     def __init__(self) -> None:
         self.client: MlflowClient | None = None
         self.parent_run_id: str | None = None
+        self.heartbeat: lifecycle.Heartbeat | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        uri = tracking.configure(config.tracking.uri)
-        experiment_id = tracking.ensure_experiment(uri, config.tracking.experiment)
-        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        uri = store.configure(config.tracking.uri)
+        experiment_id = store.ensure_experiment(uri, config.tracking.experiment)
         self.client = MlflowClient(uri)
+        lifecycle.end_dead_runs(self.client, [experiment_id], config.tracking.stale_after)
+        sweep_id = config.hydra.job.env_set[SWEEP_ID_VARIABLE]
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
         run = self.client.create_run(
             experiment_id,
             run_name=f"sweep {sweep_dir.name}",
             tags={
-                tracking.RUN_TYPE: "sweep",
-                tracking.SWEEP_DIR: str(sweep_dir),
-                "hydra.overrides": " ".join(config.hydra.overrides.task),
-                **tracking.git_tags(),
+                schema.RUN_TYPE: schema.SWEEP,
+                schema.SWEEP_ID: sweep_id,
+                schema.SWEEP_DIR: str(sweep_dir),
+                schema.HYDRA_OVERRIDES: " ".join(config.hydra.overrides.task),
+                **store.git_tags(),
+                **lifecycle.process_tags(),
             },
         )
         self.parent_run_id = run.info.run_id
+        self.heartbeat = lifecycle.Heartbeat(self.client, self.parent_run_id, config.tracking.heartbeat_seconds)
+        self.heartbeat.start()
         atexit.register(self._end_parent, RunStatus.FAILED)
-        log.info("MLflow sweep run %s in experiment %r", self.parent_run_id, config.tracking.experiment)
+        log.info(
+            "MLflow sweep run %s (sweep %s) in experiment %r", run.info.run_id, sweep_id, config.tracking.experiment
+        )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._end_parent(RunStatus.FINISHED)  # FAILED instead if a child did not finish
+        self._say_what_ran()
 
     def _end_parent(self, status: RunStatus) -> None:
         """End the parent (once), and any child still RUNNING, e.g. after a worker was killed."""
         if self.client is None or self.parent_run_id is None:
             return
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         parent = self.client.get_run(self.parent_run_id)
         if parent.info.status != "RUNNING":
             return
-        children = self.client.search_runs(
-            [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'"
-        )
+        children = self._children()
         for child in children:
             if child.info.status == "RUNNING":
                 self.client.set_terminated(child.info.run_id, "KILLED" if _interrupted else "FAILED")
@@ -70,6 +82,21 @@ class MlflowSweepCallback(Callback):
         elif statuses - {"FINISHED"}:
             status = RunStatus.FAILED
         self.client.set_terminated(self.parent_run_id, RunStatus.to_string(status))
+
+    def _children(self) -> list:
+        parent = self.client.get_run(self.parent_run_id)
+        return self.client.search_runs(
+            [parent.info.experiment_id], filter_string=f"tags.`{schema.PARENT_RUN}` = '{self.parent_run_id}'"
+        )
+
+    def _say_what_ran(self) -> None:
+        """One line each: the configs that reused an earlier run, and those that trained."""
+        children = self._children()
+        reused = [c.info.run_name for c in children if reader.run_type(c) == schema.REUSED]
+        trained = [c.info.run_name for c in children if reader.run_type(c) == schema.TRAIN]
+        if reused:
+            log.info("reused %d finished config(s) (reuse=false trains them again): %s", len(reused), "; ".join(reused))
+        log.info("trained %d config(s): %s", len(trained), "; ".join(trained) or "none")
 
 
 _interrupted = False

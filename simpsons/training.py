@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import keras
 import mlflow
@@ -76,9 +77,19 @@ def fit(
     epochs: int,
     initial_epoch: int = 0,
     jit_compile: bool = False,
+    backup_dir: Path | None = None,
 ) -> keras.callbacks.History:
     """Compile (with XLA if asked) and fit; epochs count from initial_epoch, so a second phase
-    continues the curves."""
+    continues the curves.
+
+    With `backup_dir`, Keras's BackupAndRestore saves the weights, optimizer and epoch there after
+    every epoch, after the epoch's metrics are logged, and restores them when fit starts: a rerun
+    goes on at the epoch after the last backup. The backup is kept after fit, for the caller to
+    delete once the whole run is logged.
+    """
+    callbacks: list[keras.callbacks.Callback] = [MlflowEpochMetrics()]
+    if backup_dir is not None:
+        callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False))
     model.compile(
         optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=jit_compile
     )
@@ -88,6 +99,6 @@ def fit(
         epochs=epochs,
         initial_epoch=initial_epoch,
         shuffle=False,
-        callbacks=[MlflowEpochMetrics()],
+        callbacks=callbacks,
         verbose=2,
     )

@@ -18,12 +18,13 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from PIL import Image
 
-from simpsons import predict, report, runs
+from simpsons import predict, report
 from simpsons.config import CONF_DIR
 from simpsons.ensemble import ensemble
 from simpsons.ensembling import greedy_weights, weighted_mean
 from simpsons.errors import ConfigError
 from simpsons.job import JobContext, train
+from simpsons.tracking import reader as runs
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from PIL import Image
 from simpsons.backbones import BackboneSpec
 from simpsons.demo_data import write_demo_data
 from simpsons.errors import ConfigError
-from simpsons.evaluation import read_predictions_csv
 from simpsons.features import cached_features
 from simpsons.job import JobContext, train
 from simpsons.model import backbone_of, build_classifier, unfreeze_top
+from simpsons.tracking.predictions import from_csv
 from simpsons.training import gpu_visible, use_xla
 
 
@@ -101,7 +101,8 @@ def test_mixed_precision_and_xla_train_a_float16_model_with_its_own_cache_entry(
     assert model.get_layer("pool").dtype_policy.name == "mixed_float16"
     assert model.get_layer("probabilities").dtype_policy.name == "float32"
     test_csv = mlflow.artifacts.download_artifacts(run_id=mixed["run_id"], artifact_path="predictions/test.csv")
-    names, _, recorded = read_predictions_csv(Path(test_csv).read_text())
+    outputs = from_csv(Path(test_csv).read_text())
+    names, recorded = outputs.names, outputs.probabilities
     raw = np.stack([np.asarray(Image.open(image_folders / "test" / name), dtype=np.float32) for name in names])
     probabilities = keras.ops.convert_to_numpy(model.predict(raw, verbose=0))
     assert probabilities.dtype == np.float32

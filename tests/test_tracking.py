@@ -10,7 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from simpsons.errors import ConfigError
 from simpsons.evaluation import Evaluation, report_text
-from simpsons.tracking import configure, ensure_experiment, redact_uri, run_name
+from simpsons.job import run_name
+from simpsons.tracking.store import configure, ensure_experiment, redact_uri
 
 
 def test_relative_sqlite_store_is_made_absolute_and_artifacts_sit_beside_it(tmp_path, monkeypatch):

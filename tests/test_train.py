@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import astuple
 from pathlib import Path
 
 import mlflow
@@ -18,9 +19,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from simpsons.config import PROJECT_ROOT
-from simpsons.evaluation import read_predictions_csv
 from simpsons.job import JobContext, train
-from simpsons.tracking import flatten
+from simpsons.tracking.predictions import from_csv
+from simpsons.tracking.store import flatten
 from simpsons.training import EPOCH_METRICS
 
 
@@ -89,7 +90,7 @@ def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_sof
     assert Image.open(matrix).format == "PNG"
 
     test_csv = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions/test.csv"))
-    names, labels, recorded = read_predictions_csv(test_csv.read_text())
+    names, labels, recorded = astuple(from_csv(test_csv.read_text()))
     assert len(names) == 16 and recorded.shape == (16, 4)
     accuracy = np.mean(recorded.argmax(axis=1) == [classes.index(label) for label in labels])
     assert run.data.metrics["test_accuracy"] == pytest.approx(accuracy)

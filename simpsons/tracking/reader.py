@@ -1,31 +1,23 @@
-"""Reading runs back from MLflow: training runs, sweeps, their outputs and their models."""
+"""Reading runs back from MLflow: training runs, sweeps, their outputs and their models.
+
+The read side: no TensorFlow, so `report` and `--help` answer fast.
+"""
 
 from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import numpy as np
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from simpsons.errors import ConfigError
-from simpsons.evaluation import read_predictions_csv
-from simpsons.tracking import RUN_TYPE
+from simpsons.tracking import predictions, schema
+from simpsons.tracking.predictions import Outputs
 
 SEARCH_LIMIT = 50_000  # the most runs one MLflow search returns
-
-
-@dataclass(frozen=True)
-class Outputs:
-    """The softmax outputs a run logged for one split, with the file names and true labels."""
-
-    names: list[str]
-    labels: list[str]
-    probabilities: np.ndarray
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -41,7 +33,10 @@ def resolve_sweep(client: MlflowClient, experiment: str, sweep: str | None) -> s
         return None
     if sweep == "latest":
         found = client.search_runs(
-            [experiment], f"tags.`{RUN_TYPE}` = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1
+            [experiment],
+            f"tags.`{schema.RUN_TYPE}` = '{schema.SWEEP}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
         )
         if not found:
             raise ConfigError("sweep=latest, but the experiment has no sweep; run python -m simpsons.train -m ...")
@@ -50,14 +45,14 @@ def resolve_sweep(client: MlflowClient, experiment: str, sweep: str | None) -> s
         run = client.get_run(sweep)
     except mlflow.exceptions.MlflowException as error:
         raise ConfigError(f"sweep={sweep!r} is not a run id; use a sweep's parent run id, latest or null") from error
-    if run.data.tags.get(RUN_TYPE) != "sweep":
+    if run.data.tags.get(schema.RUN_TYPE) != schema.SWEEP:
         raise ConfigError(f"sweep={sweep!r} is not a sweep's parent run; use one, latest or null")
     return sweep
 
 
 def search(client: MlflowClient, experiment: str, sweep: str | None = None, where: str | None = None) -> list[Run]:
     """Every run of the experiment (one sweep's children, if given), oldest first."""
-    clauses = [f"tags.mlflow.parentRunId = '{sweep}'"] if sweep else []
+    clauses = [f"tags.`{schema.PARENT_RUN}` = '{sweep}'"] if sweep else []
     clauses += [where] if where else []
     try:
         return client.search_runs(
@@ -68,11 +63,11 @@ def search(client: MlflowClient, experiment: str, sweep: str | None = None, wher
 
 
 def run_type(run: Run) -> str:
-    return run.data.tags.get(RUN_TYPE, "")
+    return run.data.tags.get(schema.RUN_TYPE, "")
 
 
 def class_names(run: Run) -> list[str]:
-    return json.loads(run.data.tags.get("class_names", "[]"))
+    return json.loads(run.data.tags.get(schema.CLASS_NAMES, "[]"))
 
 
 def outputs(run_id: str, split: str) -> Outputs | None:
@@ -80,11 +75,11 @@ def outputs(run_id: str, split: str) -> Outputs | None:
     with tempfile.TemporaryDirectory() as scratch:
         try:
             path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=f"predictions/{split}.csv", dst_path=scratch
+                run_id=run_id, artifact_path=schema.predictions_csv(split), dst_path=scratch
             )
         except (OSError, mlflow.exceptions.MlflowException):
             return None
-        return Outputs(*read_predictions_csv(Path(path).read_text()))
+        return predictions.from_csv(Path(path).read_text())
 
 
 def model_uri(run: Run) -> str:
@@ -97,3 +92,40 @@ def model_uri(run: Run) -> str:
     if not models:
         raise ConfigError(f"run {run.info.run_id} logged no model")
     return models[0].model_uri
+
+
+def training_runs(client: MlflowClient, runs: list[Run]) -> tuple[list[Run], list[Run]]:
+    """The training runs among `runs`, each config counted once, and the older runs left out.
+
+    A sweep's REUSED runs stand for the earlier run they point to. Of several FINISHED runs of
+    the same config (same config hash: a rerun with reuse=false, or two sweeps at once), the
+    latest counts. Runs that are not FINISHED are kept, for the caller to judge.
+    """
+    resolved = {}
+    for run in runs:
+        original = _original(client, run)
+        if original is not None:
+            resolved.setdefault(original.info.run_id, original)
+    latest: dict[str, Run] = {}
+    superseded = []
+    for run in sorted(resolved.values(), key=lambda r: r.info.start_time, reverse=True):
+        key = run.data.tags.get(schema.CONFIG_HASH) or run.info.run_id
+        if run.info.status != "FINISHED":
+            key = run.info.run_id
+        if key in latest:
+            superseded.append(run)
+        else:
+            latest[key] = run
+    return sorted(latest.values(), key=lambda r: r.info.start_time), superseded
+
+
+def _original(client: MlflowClient, run: Run) -> Run | None:
+    kind = run_type(run)
+    if kind == schema.TRAIN:
+        return run
+    if kind != schema.REUSED:
+        return None
+    try:
+        return client.get_run(run.data.tags[schema.REUSED_RUN])
+    except (KeyError, mlflow.exceptions.MlflowException):
+        return None  # the original was deleted

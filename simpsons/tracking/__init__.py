@@ -1,0 +1,10 @@
+"""Everything MLflow, split at its seams; data flows one way, from the store to the writer or reader.
+
+- `schema`: tag names, run types and artifact paths, the one place that names them;
+- `store`: the tracking URI, the store's setup under an inter-process lock, experiments,
+  provenance (git, code version); no TensorFlow;
+- `lifecycle`: a run from start to end (never left RUNNING), its process identity and heartbeat,
+  ending runs whose process is gone, and the look-ups that reuse or resume a config; no TensorFlow;
+- `writer`: what a training run logs (config, data, evaluations, the Keras model); imports TensorFlow;
+- `reader`: reading runs back (sweeps, outputs, models); no TensorFlow.
+"""

@@ -1,0 +1,248 @@
+"""A run from start to end, and the runs that other processes left behind.
+
+- `tracked_run`: a run that ends FINISHED, FAILED or KILLED, never RUNNING, while its process
+  lives; it records which process owns it (host, pid, start time, Slurm job) and beats a heartbeat.
+- `end_dead_runs`: what any later command does for runs whose process was killed -9, OOM-killed
+  or lost with its node: it ends them KILLED, with the reason in a tag.
+- `finished_run` / `resumable_runs` / `record_reuse`: a config that already has a FINISHED run is
+  not trained again; a killed end-to-end run is resumed in the same MLflow run.
+
+No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import mlflow
+import psutil
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+from simpsons.tracking import schema
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 30.0
+STALE_AFTER_SECONDS = 600.0  # another host's run with no heartbeat for this long is dead
+SEARCH_LIMIT = 50_000
+BATCH_LIMIT = 100  # params per MLflow log_batch call
+
+
+def process_tags() -> dict[str, str]:
+    """Which process owns a run: host, pid and its start time (a reused pid is another process),
+    and the Slurm job when there is one."""
+    tags = {
+        schema.HOST: socket.gethostname(),
+        schema.PID: str(os.getpid()),
+        schema.PROCESS_START: f"{psutil.Process().create_time():.3f}",
+        schema.HEARTBEAT: f"{time.time():.3f}",
+    }
+    slurm_job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if slurm_job:
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        tags[schema.SLURM_JOB_ID] = f"{slurm_job}_{task}" if task and "SLURM_ARRAY_JOB_ID" in os.environ else slurm_job
+    return tags
+
+
+class Heartbeat:
+    """A daemon thread that stamps the run's HEARTBEAT tag every `seconds` until stopped."""
+
+    def __init__(self, client: MlflowClient, run_id: str, seconds: float) -> None:
+        self._client, self._run_id, self._seconds = client, run_id, seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id[:8]}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def __enter__(self) -> Heartbeat:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._seconds):
+            try:
+                self._client.set_tag(self._run_id, schema.HEARTBEAT, f"{time.time():.3f}")
+            except Exception:  # a busy or unreachable store must not end the run; the next beat retries
+                log.debug("heartbeat of run %s failed", self._run_id, exc_info=True)
+
+
+@contextmanager
+def tracked_run(
+    experiment_id: str,
+    name: str,
+    parent_run_id: str | None,
+    tags: dict[str, str],
+    resume_run_id: str | None = None,
+    heartbeat_seconds: float = HEARTBEAT_SECONDS,
+) -> Iterator[Run]:
+    """An active MLflow run that ends FINISHED, FAILED (with the error logged) or KILLED (Ctrl-C,
+    SIGTERM). With `resume_run_id`, that earlier run goes on, moved under `parent_run_id`."""
+    client = MlflowClient()
+    owner = process_tags()
+    if resume_run_id:
+        moved = {schema.PARENT_RUN: parent_run_id} if parent_run_id else {}
+        client.log_batch(resume_run_id, tags=[RunTag(k, v) for k, v in (tags | owner | moved).items()])
+        if schema.ENDED_BY in client.get_run(resume_run_id).data.tags:
+            client.delete_tag(resume_run_id, schema.ENDED_BY)
+        run = mlflow.start_run(run_id=resume_run_id)
+    else:
+        run = mlflow.start_run(
+            experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id, tags=tags | owner
+        )
+    status = RunStatus.FINISHED
+    with Heartbeat(client, run.info.run_id, heartbeat_seconds):
+        try:
+            yield run
+        except KeyboardInterrupt as interrupt:
+            status = RunStatus.KILLED
+            _record_error(f"interrupted{f' ({interrupt})' if str(interrupt) else ''}", None)
+            raise
+        except BaseException as error:
+            status = RunStatus.FAILED
+            _record_error(f"{type(error).__name__}: {error}", error)
+            raise
+        finally:
+            mlflow.end_run(RunStatus.to_string(status))
+
+
+def _record_error(message: str, error: BaseException | None) -> None:
+    """Best effort: the run must still be ended if the store cannot take the error."""
+    try:
+        mlflow.set_tag(schema.ERROR, message[:5000])
+        if error is not None:
+            mlflow.log_text("".join(traceback.format_exception(error)), schema.ERROR_TXT)
+    except Exception:
+        log.exception("could not log the error to MLflow")
+
+
+def end_dead_runs(
+    client: MlflowClient, experiment_ids: list[str], stale_after: float = STALE_AFTER_SECONDS
+) -> list[Run]:
+    """End KILLED every RUNNING run whose process is gone; says so in one line; returns them.
+
+    On this host a run is dead when its process is (or its pid now belongs to another process);
+    on another host, when its heartbeat is older than `stale_after` seconds.
+    """
+    running = client.search_runs(experiment_ids, "attributes.status = 'RUNNING'", max_results=SEARCH_LIMIT)
+    ended = []
+    for run in running:
+        if why_dead(run, stale_after) is None:
+            continue
+        fresh = client.get_run(run.info.run_id)  # a dead process cannot change it after this read
+        reason = why_dead(fresh, stale_after) if fresh.info.status == "RUNNING" else None
+        if reason is None:
+            continue
+        client.set_tag(run.info.run_id, schema.ENDED_BY, reason)
+        client.set_terminated(run.info.run_id, "KILLED")
+        ended.append(fresh)
+    if ended:
+        listed = ", ".join(f"{run.info.run_id[:8]} ({run.info.run_name})" for run in ended)
+        log.warning("ended %d run(s) KILLED whose process is gone: %s", len(ended), listed)
+    return ended
+
+
+def why_dead(run: Run, stale_after: float, now: float | None = None) -> str | None:
+    """Why `run` (RUNNING) can no longer be running, or None while its process may still live."""
+    tags = run.data.tags
+    host = tags.get(schema.HOST)
+    if host == socket.gethostname() and schema.PID in tags:
+        pid = int(tags[schema.PID])
+        if _process_alive(pid, float(tags.get(schema.PROCESS_START, "0"))):
+            return None
+        return f"its process {pid} on {host} is gone"
+    now = time.time() if now is None else now
+    last = float(tags.get(schema.HEARTBEAT) or run.info.start_time / 1000)
+    if now - last <= stale_after:
+        return None
+    return f"no heartbeat from {host or 'its process'} for {now - last:.0f} s (tracking.stale_after={stale_after:g})"
+
+
+def _process_alive(pid: int, started: float) -> bool:
+    try:
+        process = psutil.Process(pid)
+        return abs(process.create_time() - started) < 1 and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def config_hash(config: dict[str, Any], data_fingerprint: str, code_version: str) -> str:
+    """What makes two training runs the same: resolved config, data and code."""
+    identity = {"config": config, "data": data_fingerprint, "code": code_version}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def finished_run(client: MlflowClient, experiment_id: str, identity: str) -> Run | None:
+    """The newest FINISHED training run with this config hash."""
+    found = client.search_runs(
+        [experiment_id],
+        f"tags.`{schema.CONFIG_HASH}` = '{identity}' AND tags.`{schema.RUN_TYPE}` = '{schema.TRAIN}' "
+        "AND attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return found[0] if found else None
+
+
+def resumable_runs(client: MlflowClient, experiment_id: str, identity: str) -> list[Run]:
+    """KILLED or FAILED training runs with this config hash, newest first."""
+    return client.search_runs(
+        [experiment_id],
+        f"tags.`{schema.CONFIG_HASH}` = '{identity}' AND tags.`{schema.RUN_TYPE}` = '{schema.TRAIN}' "
+        "AND attributes.status IN ('KILLED', 'FAILED')",
+        order_by=["attributes.start_time DESC"],
+        max_results=SEARCH_LIMIT,
+    )
+
+
+def record_reuse(
+    client: MlflowClient, experiment_id: str, name: str, parent_run_id: str | None, original: Run, tags: dict[str, str]
+) -> str:
+    """A FINISHED run in this sweep that stands for `original`: its params, final metrics and a
+    pointer to it (tag and description), so the sweep shows its whole grid; no artifacts."""
+    note = f"Reuses run {original.info.run_id} ({original.info.run_name}): same config, data and code."
+    run_tags = tags | {
+        schema.RUN_TYPE: schema.REUSED,
+        schema.REUSED_RUN: original.info.run_id,
+        "mlflow.note.content": note,
+    }
+    if parent_run_id:
+        run_tags[schema.PARENT_RUN] = parent_run_id
+    run = client.create_run(experiment_id, run_name=name, tags=run_tags)
+    run_id = run.info.run_id
+    now = int(time.time() * 1000)
+    params = [Param(key, value) for key, value in original.data.params.items()]
+    for start in range(0, len(params), BATCH_LIMIT):
+        client.log_batch(run_id, params=params[start : start + BATCH_LIMIT])
+    client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in original.data.metrics.items()])
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def find_sweep_run(client: MlflowClient, experiment_id: str, sweep_id: str) -> str | None:
+    """The parent run that the multirun with this id opened (simpsons.sweep.MlflowSweepCallback)."""
+    found = client.search_runs(
+        [experiment_id],
+        f"tags.`{schema.RUN_TYPE}` = '{schema.SWEEP}' AND tags.`{schema.SWEEP_ID}` = '{sweep_id}'",
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None

@@ -1,0 +1,68 @@
+"""The names a run is written and read by: tags, run types and artifact paths, in one place."""
+
+from __future__ import annotations
+
+# Run types (tag RUN_TYPE)
+TRAIN = "train"
+SWEEP = "sweep"
+ENSEMBLE = "ensemble"
+REUSED = "reused"  # a sweep's pointer to an earlier FINISHED run of the same config
+
+# Tags: what a run is and where it belongs
+RUN_TYPE = "simpsons.run_type"
+PARENT_RUN = "mlflow.parentRunId"
+SWEEP_ID = "simpsons.sweep_id"  # unique per multirun, on the parent and each of its jobs
+SWEEP_DIR = "simpsons.sweep_dir"
+ENSEMBLE_SWEEP = "simpsons.sweep"  # the sweep an ensemble was drawn from ('' for the experiment)
+MEMBERS = "members"
+CONFIG_HASH = "simpsons.config_hash"  # resolved training config + data fingerprint + code version
+CODE_VERSION = "simpsons.code_version"
+REUSED_RUN = "simpsons.reused_run_id"
+RESUMED_AT_EPOCH = "simpsons.resumed_at_epoch"
+
+# Tags: provenance
+GIT_COMMIT = "git.commit"
+GIT_DIRTY = "git.dirty"
+MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
+HYDRA_OVERRIDES = "hydra.overrides"
+DATA_FINGERPRINT = "data.fingerprint"
+CLASS_NAMES = "class_names"
+DETERMINISTIC = "deterministic"
+FEATURE_CACHE = "feature_cache"
+PHASES = "phases"
+XLA = "xla"
+
+# Tags: liveness (which process owns a RUNNING run, and when it last showed life)
+HOST = "simpsons.host"
+PID = "simpsons.pid"
+PROCESS_START = "simpsons.process_start"  # psutil create_time: a reused pid is another process
+SLURM_JOB_ID = "simpsons.slurm_job_id"
+HEARTBEAT = "simpsons.heartbeat"  # Unix time of the last sign of life
+ENDED_BY = "simpsons.ended_by"  # why a command other than the run's own ended it
+ERROR = "error"
+
+# Artifacts
+CONFIG_YAML = "config.yaml"
+HYDRA_FILES = "hydra"
+MULTIRUN_YAML = "multirun.yaml"
+GIT_DIFF = "git_diff.patch"
+CLASS_NAMES_JSON = "class_names.json"
+ERROR_TXT = "error.txt"
+SKIPPED_FILES = "data/skipped_files.tsv"
+DROPPED_CLASSES = "data/dropped_classes.json"
+UNKNOWN_TEST_CLASSES = "data/unknown_test_classes.json"
+MEMBERS_JSON = "members.json"
+MEMBERS_CHART = "evaluation/members_vs_ensemble.png"
+MODEL = "model"
+
+
+def predictions_csv(split: str) -> str:
+    return f"predictions/{split}.csv"
+
+
+def report_txt(split: str) -> str:
+    return f"evaluation/{split}_report.txt"
+
+
+def confusion_matrix_png(split: str) -> str:
+    return f"evaluation/{split}_confusion_matrix.png"

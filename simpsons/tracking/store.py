@@ -1,0 +1,229 @@
+"""The MLflow store: its URI, its setup under an inter-process lock, experiments and provenance.
+
+No TensorFlow here: every command, the read side included, starts with this module.
+
+SQLite stores are set up once, under a lock file beside the database: creating the schema (or
+upgrading it) from several processes at once leaves alembic's temporary tables behind and the
+store unusable, and so does racing to create the experiment. The database runs in WAL mode, so
+readers (`mlflow ui`, `report`, a liveness check) never wait for a writer; writers wait for each
+other (MLflow's busy timeout) instead of failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import importlib.metadata
+import json
+import re
+import sqlite3
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from simpsons.config import PROJECT_ROOT
+from simpsons.errors import ConfigError
+from simpsons.tracking import schema
+
+SQLITE_PREFIX = "sqlite:///"
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+SERVER_SCHEMES = ("http", "https")
+ACCEPTED_URIS = "sqlite:///path/to/mlflow.db, http(s)://host:port of an mlflow server, or postgresql/mysql/mssql://..."
+PROBE_SECONDS = 5  # each reachability check; a bad store fails in one line well within 10 s
+CODE_PACKAGES = ("tensorflow", "keras", "numpy")  # their versions are part of the code version
+
+
+def configure(uri: str) -> str:
+    """Check `uri`, set up its store if needed, and make it MLflow's; returns the URI used.
+
+    A relative SQLite path is made absolute. Raises ConfigError (one line) for a store that
+    cannot be used: an unknown scheme, a folder that cannot be written, a server that does not
+    answer, a database that refuses the connection.
+    """
+    uri = absolute_sqlite_uri(uri)
+    if uri.startswith(SQLITE_PREFIX):
+        _prepare_sqlite(sqlite_path(uri))
+    else:
+        _check_remote(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def absolute_sqlite_uri(uri: str) -> str:
+    if uri.startswith(SQLITE_PREFIX) and not uri.startswith(SQLITE_PREFIX + "/"):
+        return SQLITE_PREFIX + str(Path(uri.removeprefix(SQLITE_PREFIX)).resolve())
+    return uri
+
+
+def sqlite_path(uri: str) -> Path:
+    return Path(uri.removeprefix(SQLITE_PREFIX))
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """An exclusive inter-process lock on a SQLite store (a no-op for servers and other databases,
+    which serialise their own schema changes). Released by the OS when the process dies."""
+    if not uri.startswith(SQLITE_PREFIX):
+        yield
+        return
+    with _lock_file(sqlite_path(uri)) as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _lock_file(database: Path) -> IO[str]:
+    return database.with_name(database.name + ".lock").open("a")
+
+
+@functools.cache
+def _prepare_sqlite(path: Path) -> None:
+    """Create or upgrade the schema, once, under the store's lock (once per process too)."""
+    uri = SQLITE_PREFIX + str(path)
+    try:  # trying beats os.access: root passes every permission check, but not a read-only mount
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = _lock_file(path)
+    except OSError as error:
+        raise ConfigError(
+            f"tracking.uri={uri}: cannot write in {path.parent} ({error.strerror}); use a store in a writable folder"
+        ) from error
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with contextlib.closing(sqlite3.connect(path, timeout=60)) as connection:
+                connection.execute("PRAGMA journal_mode=WAL")
+            MlflowClient(uri).search_experiments(max_results=1)  # creates or checks the schema
+        except sqlite3.DatabaseError as error:
+            raise ConfigError(f"tracking.uri={uri}: not a usable SQLite database ({error})") from error
+        except MlflowException as error:
+            raise ConfigError(f"tracking.uri={uri}: {str(error).splitlines()[0]}") from error
+
+
+def _check_remote(uri: str) -> None:
+    scheme = urlsplit(uri).scheme.split("+")[0]
+    if scheme in SERVER_SCHEMES:
+        _probe_server(uri)
+    elif scheme in DATABASE_SCHEMES:
+        _probe_database(uri)
+    else:
+        raise ConfigError(f"tracking.uri={redact_uri(uri)!r} is not a supported store; use {ACCEPTED_URIS}")
+
+
+def _probe_server(uri: str) -> None:
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_SECONDS).close()
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise ConfigError(f"tracking.uri={redact_uri(uri)}: no MLflow server answers ({reason})") from error
+
+
+def _probe_database(uri: str) -> None:
+    import sqlalchemy  # MLflow's own dependency; only these stores need it here
+
+    scheme = urlsplit(uri).scheme
+    connect_args = {"connect_timeout": PROBE_SECONDS} if scheme.startswith(("postgresql", "mysql")) else {}
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=connect_args)
+        with engine.connect():
+            pass
+    except ModuleNotFoundError as error:
+        raise ConfigError(f"tracking.uri={redact_uri(uri)}: its driver is not installed ({error.name})") from error
+    except Exception as error:  # sqlalchemy wraps every driver's own errors differently
+        reason = str(error).strip().splitlines()[0]
+        raise ConfigError(f"tracking.uri={redact_uri(uri)}: cannot connect ({reason})") from error
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The experiment's id, created if needed (once, under the store's lock).
+
+    With a SQLite store, artifacts go beside the database, whatever the working directory:
+    mlflow.db keeps them in mlruns/, any other X.db in X-mlruns/, so two stores in one folder
+    never share an artifact folder. A server or other database keeps its own artifact root.
+    """
+    client = MlflowClient(uri)
+    with store_lock(uri):
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None and experiment.lifecycle_stage == "deleted":
+            raise ConfigError(
+                f"tracking.experiment={name!r} is deleted in {redact_uri(uri)}; restore it "
+                f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) or choose another name"
+            )
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location(uri, name))
+        except MlflowException:  # created meanwhile by another process (a server or shared database)
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    if not uri.startswith(SQLITE_PREFIX):
+        return None
+    database = sqlite_path(uri)
+    folder = "mlruns" if database.stem == "mlflow" else f"{database.stem}-mlruns"
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment)
+    return (database.parent / folder / slug).as_uri()
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without a password (postgresql://user:secret@host -> postgresql://user:***@host)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def git_tags() -> dict[str, str]:
+    """The project's git commit and whether tracked files differ from it ('unknown' outside git)."""
+    commit = git("rev-parse", "HEAD").strip()
+    if not commit:
+        return {schema.GIT_COMMIT: "unknown", schema.GIT_DIRTY: "unknown"}
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    return {schema.GIT_COMMIT: commit, schema.GIT_DIRTY: str(dirty).lower(), schema.MLFLOW_GIT_COMMIT: commit}
+
+
+def git(*args: str) -> str:
+    """git's output in the project folder; empty where git or the repository is missing."""
+    try:
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+@functools.cache
+def code_version() -> str:
+    """SHA-256 over the package's Python sources and the versions of the libraries that compute.
+
+    What decides whether an earlier run of the same config can stand for a new one: unlike the
+    git commit, it ignores edits to docs and tests, and it works without git.
+    """
+    digest = hashlib.sha256()
+    package = PROJECT_ROOT / "simpsons"
+    for path in sorted(package.rglob("*.py")):
+        digest.update(f"{path.relative_to(package)}\n".encode())
+        digest.update(path.read_bytes())
+    versions = {name: importlib.metadata.version(name) for name in CODE_PACKAGES}
+    digest.update(json.dumps(versions, sort_keys=True).encode())
+    return digest.hexdigest()

@@ -1,0 +1,127 @@
+"""What a training run logs: its config, its data, its evaluations and its Keras model.
+
+The write side: it imports TensorFlow (the model flavor), so the read side never imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+import tensorflow as tf
+from mlflow.models import Model, ModelSignature
+from mlflow.types import Schema, TensorSpec
+from omegaconf import DictConfig, OmegaConf
+
+from simpsons.data import DataSet
+from simpsons.evaluation import Evaluation, confusion_matrix_figure, report_text
+from simpsons.tracking import predictions, schema
+from simpsons.tracking.store import flatten, git, redact_uri
+
+log = logging.getLogger(__name__)
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain data, with any password in the tracking URI masked."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["tracking"]["uri"] = redact_uri(resolved["tracking"]["uri"])
+    return resolved
+
+
+def log_config(cfg: DictConfig, hydra_dir: Path | None) -> None:
+    """The flattened resolved config as params and as config.yaml, and Hydra's .hydra/*.yaml files.
+
+    With uncommitted changes to tracked files, their diff too (git_diff.patch), so that the
+    commit tag plus the diff reproduce the code.
+    """
+    resolved = resolved_config(cfg)
+    mlflow.log_params(flatten(resolved))
+    mlflow.log_text(OmegaConf.to_yaml(resolved), schema.CONFIG_YAML)
+    if hydra_dir is not None and hydra_dir.is_dir():
+        mlflow.log_artifacts(str(hydra_dir), schema.HYDRA_FILES)
+    diff = git("diff", "HEAD")
+    if diff:
+        mlflow.log_text(diff, schema.GIT_DIFF)
+
+
+def log_data(data: DataSet) -> None:
+    mlflow.log_params(
+        {
+            "data.num_classes": len(data.class_names),
+            "data.train_images": len(data.train),
+            "data.val_images": len(data.val),
+            "data.test_images": len(data.test) if data.test else 0,
+            "data.skipped_files": len(data.skipped),
+        }
+    )
+    mlflow.set_tags({schema.DATA_FINGERPRINT: data.fingerprint, schema.CLASS_NAMES: json.dumps(data.class_names)})
+    mlflow.log_dict(data.class_names, schema.CLASS_NAMES_JSON)
+    if data.skipped:
+        mlflow.log_text("".join(f"{s.path}\t{s.reason}\n" for s in data.skipped), schema.SKIPPED_FILES)
+    if data.dropped_classes:
+        mlflow.log_dict(data.dropped_classes, schema.DROPPED_CLASSES)
+    if data.unknown_test_classes:
+        mlflow.log_dict(data.unknown_test_classes, schema.UNKNOWN_TEST_CLASSES)
+
+
+def log_evaluation(evaluation: Evaluation, class_names: list[str], with_metrics: bool = True) -> None:
+    """The split's metrics, each file's softmax outputs, the per-class report and the confusion matrix.
+
+    with_metrics=False where the metrics are logged already (a training run's val_* curves).
+    """
+    split = evaluation.split
+    if with_metrics:
+        mlflow.log_metrics(evaluation.metrics())
+    labels = [class_names[label] for label in evaluation.labels]
+    csv = predictions.to_csv(evaluation.names, labels, evaluation.probabilities, class_names)
+    mlflow.log_text(csv, schema.predictions_csv(split))
+    mlflow.log_text(report_text(evaluation, class_names), schema.report_txt(split))
+    mlflow.log_figure(confusion_matrix_figure(evaluation, class_names), schema.confusion_matrix_png(split))
+
+
+def log_model(model: keras.Model, input_example: np.ndarray, class_names: list[str]) -> None:
+    """The Keras model, taking raw RGB images of any size, loadable with mlflow.pyfunc.load_model.
+
+    MLflow's serving-input check (reload the saved model, predict on the input example) is off:
+    it cost 8 of a cached run's 20 s with a 95 MB backbone, and the tests reload logged models
+    through pyfunc and compare their softmax with the trained one's.
+    """
+    Model.log(  # what mlflow.keras.log_model does, through the flavor shim below
+        artifact_path=None,
+        name=schema.MODEL,
+        flavor=_KerasFlavor,
+        model=model,
+        signature=image_signature(len(class_names)),
+        input_example=input_example,
+        metadata={"class_names": class_names},
+        pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
+        validate_serving_input=False,
+    )
+
+
+def image_signature(num_classes: int) -> ModelSignature:
+    """Batches of float32 RGB images of any size in, one probability per class out."""
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, 3))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes))]),
+    )
+
+
+def _save_keras_model(path: str, **kwargs: Any) -> None:
+    """mlflow.keras.save_model, creating the model folder first.
+
+    mlflow 3.17.2's mlflow.keras.save_model writes the input example before it creates its
+    folder, so mlflow.keras.log_model(..., input_example=...) fails with FileNotFoundError.
+    """
+    Path(path).mkdir(parents=True, exist_ok=True)
+    kwargs.pop("validate_serving_input", None)  # Model.log's own option, not save_model's
+    mlflow.keras.save_model(path=path, **kwargs)
+
+
+_KerasFlavor = SimpleNamespace(__name__="mlflow.keras", save_model=_save_keras_model)
