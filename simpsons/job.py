@@ -201,8 +201,27 @@ def _say_started(run: Run, name: str, uri: str, resumed_from: Path | None) -> No
 
 def _backup_epoch(backups: Path) -> int:
     """The epoch training resumes at: the next one after the last backed-up epoch of either phase."""
-    epochs = [json.loads(metadata.read_text())["epoch"] for metadata in backups.glob("*/training_metadata.json")]
-    return max(epochs, default=0)
+    return max((_backed_up_epoch(phase) for phase in backups.iterdir() if phase.is_dir()), default=0)
+
+
+def _backed_up_epoch(phase: Path) -> int:
+    """A phase's backed-up epoch; a metadata file cut short by a kill is replaced by the previous
+    backup (weights and metadata), which BackupAndRestore's double checkpoint keeps."""
+    metadata = phase / "training_metadata.json"
+    try:
+        return json.loads(metadata.read_text())["epoch"]
+    except FileNotFoundError:
+        return 0
+    except (ValueError, KeyError):
+        pairs = [
+            (current, current.with_name(current.name + ".bkp")) for current in (metadata, phase / "latest.weights.h5")
+        ]
+        if not all(previous.exists() for _, previous in pairs):
+            shutil.rmtree(phase)  # cut short in its first backup: the phase starts over
+            return 0
+        for current, previous in pairs:
+            shutil.copyfile(previous, current)
+        return json.loads(metadata.read_text())["epoch"]
 
 
 def _sweep_parent(client: MlflowClient, experiment_id: str, job: JobContext) -> str | None:

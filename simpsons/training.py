@@ -89,7 +89,11 @@ def fit(
     """
     callbacks: list[keras.callbacks.Callback] = [MlflowEpochMetrics()]
     if backup_dir is not None:
-        callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False))
+        # double_checkpoint: a kill -9 in the middle of writing the weights leaves the previous
+        # epoch's backup, which BackupAndRestore falls back to.
+        callbacks.append(
+            keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True, delete_checkpoint=False)
+        )
     model.compile(
         optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=jit_compile
     )

@@ -27,7 +27,7 @@ from simpsons.training import gpu_visible, use_xla
 
 def run_with(overrides: list[str], image_folders, tracking_uri, cache_dir) -> dict:
     cfg = compose_train([*TINY_MODEL, *folder_data(image_folders), "epochs=2", f"tracking.uri={tracking_uri}",
-                         f"cache_dir={cache_dir}", *overrides])  # fmt: skip
+                         f"cache_dir={cache_dir}", "reuse=false", *overrides])  # fmt: skip
     run = MlflowClient(tracking_uri).get_run(train(cfg, JobContext([])))
     return run.data.tags | {f"metric:{k}": v for k, v in run.data.metrics.items()} | {"run_id": run.info.run_id}
 

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from simpsons.config import PROJECT_ROOT
-from simpsons.job import JobContext, train
+from simpsons.job import JobContext, run_name, train
 from simpsons.tracking.predictions import from_csv
 from simpsons.tracking.store import flatten
 from simpsons.training import EPOCH_METRICS
@@ -207,7 +207,13 @@ def test_bad_input_fails_before_training_with_one_line(override, message, tmp_pa
 
 
 def test_the_same_config_twice_gives_identical_metrics(image_folders, tracking_uri):
-    overrides = [*TINY_MODEL, *folder_data(image_folders), "epochs=2", "deterministic=true"]  # auto: off on GPUs
+    overrides = [
+        *TINY_MODEL,
+        *folder_data(image_folders),
+        "epochs=2",
+        "deterministic=true",
+        "reuse=false",
+    ]  # auto: off on GPUs
     cfg = compose_train([*overrides, f"tracking.uri={tracking_uri}"])
     first, second = train(cfg, JobContext(overrides=[])), train(cfg, JobContext(overrides=[]))
     client = MlflowClient(tracking_uri)
@@ -219,3 +225,8 @@ def test_the_same_config_twice_gives_identical_metrics(image_folders, tracking_u
         for r in (first, second)
     ]
     assert csvs[0].read_text() == csvs[1].read_text()
+
+
+def test_run_names_show_choices_then_overrides_but_not_paths():
+    overrides = ["backbone=resnet50v2", "optimizer=rmsprop", "optimizer.lr=3e-4", "data.root=/x/y", "epochs=20"]
+    assert run_name("resnet50v2", "rmsprop", overrides) == "resnet50v2-rmsprop lr=3e-4 epochs=20"

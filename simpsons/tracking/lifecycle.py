@@ -208,7 +208,7 @@ def resumable_runs(client: MlflowClient, experiment_id: str, identity: str) -> l
     return client.search_runs(
         [experiment_id],
         f"tags.`{schema.CONFIG_HASH}` = '{identity}' AND tags.`{schema.RUN_TYPE}` = '{schema.TRAIN}' "
-        "AND attributes.status IN ('KILLED', 'FAILED')",
+        "AND attributes.status != 'FINISHED' AND attributes.status != 'RUNNING'",  # KILLED or FAILED
         order_by=["attributes.start_time DESC"],
         max_results=SEARCH_LIMIT,
     )

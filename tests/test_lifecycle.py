@@ -1,0 +1,216 @@
+"""Runs from start to end across processes: liveness, kill -9 and rerun, resume, two sweeps at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import TINY_MODEL, folder_data, run_cli
+from mlflow.tracking import MlflowClient
+
+from simpsons.tracking import lifecycle, reader, schema
+from simpsons.tracking.store import configure, ensure_experiment
+
+SLICE_SECONDS = 0.2
+
+
+def stop_when(process: subprocess.Popen, condition: Callable[[], bool], deadline: float = 600) -> None:
+    """Let `process` run in slices and leave it stopped (SIGSTOP) at the first check where
+    `condition()` holds.
+
+    The process is stopped while the condition is checked, so between two checks it gets at most
+    one slice of wall-clock time: under load it advances less, never more. A test that waits for
+    "the second job started" therefore finds the process there, whatever the machine's load, as
+    long as a job takes longer than one slice (a tiny training job takes seconds).
+    """
+    limit = time.monotonic() + deadline  # guards against a hang; it never decides the outcome
+    while True:
+        os.kill(process.pid, signal.SIGSTOP)
+        if condition():
+            return
+        assert process.poll() is None, f"the process ended first: {process.stderr.read()[-3000:]}"
+        assert time.monotonic() < limit, "the condition never held"
+        os.kill(process.pid, signal.SIGCONT)
+        time.sleep(SLICE_SECONDS)
+
+
+def kill_9(process: subprocess.Popen) -> None:
+    process.kill()  # SIGKILL, even while stopped
+    process.wait(timeout=60)
+
+
+def all_runs(uri: str, experiment: str = "simpsons") -> list:
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id], max_results=1000) if found else []
+
+
+def runs_where(uri: str, condition: Callable) -> list:
+    return [run for run in all_runs(uri) if condition(run)]
+
+
+def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    command = [sys.executable, "-m", "simpsons.train", *args]
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_runs_whose_process_is_gone_are_ended_killed_and_live_ones_are_left_alone(tracking_uri):
+    uri = configure(tracking_uri)
+    experiment = ensure_experiment(uri, "liveness")
+    client = MlflowClient(uri)
+    gone = psutil.Popen([sys.executable, "-c", "pass"])
+    gone_start = gone.create_time()
+    gone.wait()
+    here = socket.gethostname()
+    hour_ago = time.time() - 3600
+    owners = {
+        "dead process here": {schema.HOST: here, schema.PID: str(gone.pid), schema.PROCESS_START: str(gone_start)},
+        "this process": lifecycle.process_tags(),
+        "silent other host": {schema.HOST: "node-7", schema.PID: "1", schema.HEARTBEAT: str(hour_ago)},
+        "beating other host": {schema.HOST: "node-8", schema.PID: "1", schema.HEARTBEAT: str(time.time())},
+    }
+    ids = {name: client.create_run(experiment, run_name=name, tags=tags).info.run_id for name, tags in owners.items()}
+
+    ended = lifecycle.end_dead_runs(client, [experiment], stale_after=600)
+
+    assert sorted(run.info.run_name for run in ended) == ["dead process here", "silent other host"]
+    statuses = {name: client.get_run(run_id) for name, run_id in ids.items()}
+    assert {name: run.info.status for name, run in statuses.items()} == {
+        "dead process here": "KILLED",
+        "this process": "RUNNING",
+        "silent other host": "KILLED",
+        "beating other host": "RUNNING",
+    }
+    assert statuses["dead process here"].data.tags[schema.ENDED_BY] == f"its process {gone.pid} on {here} is gone"
+    assert statuses["silent other host"].data.tags[schema.ENDED_BY].startswith("no heartbeat from node-7 for 36")
+    assert lifecycle.end_dead_runs(client, [experiment], stale_after=600) == []
+
+
+def test_a_pid_reused_by_another_process_does_not_keep_a_run_alive(tracking_uri):
+    uri = configure(tracking_uri)
+    experiment = ensure_experiment(uri, "liveness")
+    client = MlflowClient(uri)
+    tags = lifecycle.process_tags() | {schema.PROCESS_START: "12345.0"}  # our pid, another start time
+    run_id = client.create_run(experiment, tags=tags).info.run_id
+    [ended] = lifecycle.end_dead_runs(client, [experiment])
+    assert ended.info.run_id == run_id
+
+
+@pytest.mark.slow
+def test_kill_9_mid_sweep_then_the_same_command_reuses_finished_configs_and_leaves_nothing_running(
+    image_folders, tracking_uri, tmp_path
+):
+    args = ["-m", "dropout=0.1,0.2,0.3", *TINY_MODEL, *folder_data(image_folders), "epochs=3"]
+    args.append(f"tracking.uri={tracking_uri}")
+    client = MlflowClient(tracking_uri)
+
+    def second_job_running() -> bool:
+        return bool(runs_where(tracking_uri, lambda r: r.data.params.get("dropout") == "0.2"))
+
+    first = start_cli(args, cwd=tmp_path)
+    stop_when(first, second_job_running)
+    kill_9(first)
+    killed_sweep = runs_where(tracking_uri, lambda r: reader.run_type(r) == schema.SWEEP)
+    assert [run.info.status for run in all_runs(tracking_uri)].count("RUNNING") == 2  # the sweep and job 2
+
+    rerun = run_cli(args, cwd=tmp_path)
+    output = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, output[-3000:]
+    assert "ended 2 run(s) KILLED whose process is gone" in output
+    assert "reused 1 finished config(s)" in output and "dropout=0.1" in output
+
+    runs = all_runs(tracking_uri)
+    assert "RUNNING" not in {run.info.status for run in runs}
+    [old_parent] = killed_sweep
+    assert client.get_run(old_parent.info.run_id).info.status == "KILLED"
+    [new_parent] = [r for r in runs if reader.run_type(r) == schema.SWEEP and r.info.run_id != old_parent.info.run_id]
+    assert new_parent.info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get(schema.PARENT_RUN) == new_parent.info.run_id]
+    kinds = {r.data.params["dropout"]: (reader.run_type(r), r.info.status) for r in children}
+    assert kinds == {"0.1": ("reused", "FINISHED"), "0.2": ("train", "FINISHED"), "0.3": ("train", "FINISHED")}
+    [killed_job] = [r for r in runs if r.info.status == "KILLED" and reader.run_type(r) == schema.TRAIN]
+    assert killed_job.data.tags[schema.ENDED_BY].startswith(f"its process {first.pid} ")
+
+    counted, superseded = reader.training_runs(client, children)
+    finished = [run for run in counted if run.info.status == "FINISHED"]
+    assert sorted(run.data.params["dropout"] for run in finished) == ["0.1", "0.2", "0.3"]
+    assert superseded == []
+    [reused] = [r for r in children if reader.run_type(r) == schema.REUSED]
+    original = client.get_run(reused.data.tags[schema.REUSED_RUN])
+    assert original.data.tags[schema.PARENT_RUN] == old_parent.info.run_id and original.info.status == "FINISHED"
+    assert reused.data.metrics == original.data.metrics
+
+    report = subprocess.run(
+        [sys.executable, "-m", "simpsons.report", "--tracking-uri", tracking_uri, "--format", "csv"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    ids = [line.split(",")[0] for line in report.stdout.splitlines()[1:] if line]
+    assert sorted(ids) == sorted(run.info.run_id[:8] for run in finished)
+
+
+@pytest.mark.slow
+def test_a_killed_finetuning_run_resumes_at_the_epoch_after_its_last_backup_in_the_same_run(
+    image_folders, tracking_uri, tmp_path
+):
+    args = [*TINY_MODEL, *folder_data(image_folders), "epochs=1", "finetune.layers=3", "finetune.epochs=4"]
+    args.append(f"tracking.uri={tracking_uri}")
+    client = MlflowClient(tracking_uri)
+
+    def steps() -> list[int]:
+        runs = all_runs(tracking_uri)
+        return [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_accuracy")] if runs else []
+
+    first = start_cli(args, cwd=tmp_path)
+    stop_when(first, lambda: len(steps()) >= 3)  # epoch 2 logged: fine-tuning epoch 1 is backed up
+    kill_9(first)
+    [killed] = all_runs(tracking_uri)
+
+    rerun = run_cli(args, cwd=tmp_path)
+    output = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, output[-3000:]
+    [run] = all_runs(tracking_uri)
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    resumed_at = int(run.data.tags[schema.RESUMED_AT_EPOCH])
+    assert resumed_at >= 2, "resumed from before its last fine-tuning backup"
+    assert f"resuming MLflow run {run.info.run_id}" in output and f"at epoch {resumed_at}" in output
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert sorted({m.step for m in history}) == [0, 1, 2, 3, 4]  # continuous curves, none restarted at 0
+    assert [m.step for m in history].count(0) == 1 and [m.step for m in history].count(4) == 1
+    assert "Epoch 1/" not in output.split("resuming MLflow run")[1]  # the rerun trained no epoch again from 0
+    assert run.data.metrics["best_val_accuracy"] == max(m.value for m in history)
+    assert not (Path(os.environ["SIMPSONS_CACHE_DIR"]) / "checkpoints" / run.info.run_id).exists()
+
+
+@pytest.mark.slow
+def test_two_sweeps_started_together_on_a_fresh_store_keep_their_own_parent_folders_and_statuses(
+    image_folders, tracking_uri, tmp_path
+):
+    args = ["-m", "dropout=0.1,0.2", *TINY_MODEL, *folder_data(image_folders), "epochs=1", "reuse=false"]
+    args.append(f"tracking.uri={tracking_uri}")
+    sweeps = [start_cli(args, cwd=tmp_path) for _ in range(2)]  # the default sweep dir; often the same second
+    outputs = [sweep.communicate(timeout=600) for sweep in sweeps]
+    assert [sweep.returncode for sweep in sweeps] == [0, 0], "\n".join(err for _, err in outputs)[-3000:]
+
+    runs = all_runs(tracking_uri)
+    parents = [r for r in runs if reader.run_type(r) == schema.SWEEP]
+    assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
+    folders = {Path(p.data.tags[schema.SWEEP_DIR]) for p in parents}
+    assert len(folders) == 2
+    for parent in parents:
+        children = [r for r in runs if r.data.tags.get(schema.PARENT_RUN) == parent.info.run_id]
+        assert sorted(c.data.params["dropout"] for c in children) == ["0.1", "0.2"]
+        assert {c.info.status for c in children} == {"FINISHED"}
+        assert {c.data.tags[schema.SWEEP_ID] for c in children} == {parent.data.tags[schema.SWEEP_ID]}
+        folder = Path(parent.data.tags[schema.SWEEP_DIR])
+        assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["0", "1"]

@@ -1,0 +1,93 @@
+"""The MLflow store on real SQLite files: setup under a lock, experiments, artifacts, URIs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from simpsons.errors import ConfigError
+from simpsons.tracking.store import configure, ensure_experiment, redact_uri
+
+# One process of the concurrency test: set up the store, create the experiment, log a run. It
+# imports everything first and then waits for the test's go file, so that all processes hit the
+# fresh store at the same moment, not one after the other as their imports finish.
+FIRST_USE = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    import mlflow
+    from simpsons.tracking import store
+    uri, folder, index = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+    (folder / f"ready-{index}").touch()
+    while not (folder / "go").exists():
+        time.sleep(0.01)
+    uri = store.configure(uri)
+    experiment = store.ensure_experiment(uri, "first use")
+    with mlflow.start_run(experiment_id=experiment, run_name=f"writer {index}"):
+        for step in range(20):
+            mlflow.log_metric("value", step, step=step)
+    """
+)
+
+
+def test_relative_sqlite_store_is_made_absolute_and_artifacts_sit_beside_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = configure("sqlite:///runs.db")
+    assert uri == f"sqlite:///{tmp_path / 'runs.db'}"
+    experiment_id = ensure_experiment(uri, "my experiment")
+    location = MlflowClient(uri).get_experiment(experiment_id).artifact_location
+    assert location == (tmp_path / "runs-mlruns" / "my_experiment").as_uri()  # mlruns/ is mlflow.db's
+    assert ensure_experiment(uri, "my experiment") == experiment_id
+
+
+def test_a_deleted_experiment_is_a_clear_error(tracking_uri):
+    experiment_id = ensure_experiment(tracking_uri, "gone")
+    MlflowClient(tracking_uri).delete_experiment(experiment_id)
+    with pytest.raises(ConfigError, match=rf"tracking.experiment='gone' is deleted .* --experiment-id {experiment_id}"):
+        ensure_experiment(tracking_uri, "gone")
+
+
+def test_passwords_never_reach_the_logged_uri():
+    assert redact_uri("postgresql://me:s3cret@db:5432/mlflow") == "postgresql://me:***@db:5432/mlflow"
+    assert redact_uri(f"sqlite:///{Path('/a/mlflow.db')}") == "sqlite:////a/mlflow.db"
+
+
+def test_four_processes_on_a_fresh_store_set_it_up_once_and_all_write(tmp_path):
+    """Before the store lock, 3 of 5 such trials left the store unusable (alembic's temporary tables)."""
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", FIRST_USE, uri, str(tmp_path), str(i)], stderr=subprocess.PIPE, text=True
+        )
+        for i in range(4)
+    ]
+    deadline = time.monotonic() + 300
+    while len(list(tmp_path.glob("ready-*"))) < 4 and time.monotonic() < deadline:  # a guard, not a result
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    errors = [process.communicate(timeout=300)[1] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0, 0], "\n".join(errors)[-3000:]
+
+    client = MlflowClient(uri)
+    [experiment] = [e for e in client.search_experiments() if e.name == "first use"]
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(run.info.run_name for run in runs) == [f"writer {i}" for i in range(4)]
+    assert all(run.info.status == "FINISHED" and run.data.metrics["value"] == 19 for run in runs)
+
+
+def test_two_stores_in_one_folder_keep_their_own_artifacts(tmp_path):
+    locations = {}
+    for name in ("mlflow", "other"):
+        uri = configure(f"sqlite:///{tmp_path / name}.db")
+        experiment_id = ensure_experiment(uri, "simpsons")
+        locations[name] = MlflowClient(uri).get_experiment(experiment_id).artifact_location
+    assert locations == {
+        "mlflow": (tmp_path / "mlruns" / "simpsons").as_uri(),  # where a plain `mlflow ui` looks
+        "other": (tmp_path / "other-mlruns" / "simpsons").as_uri(),
+    }
