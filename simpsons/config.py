@@ -26,16 +26,17 @@ def tracking_uri_from_environment() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
-def new_sweep_id() -> str:
+def new_invocation_id() -> str:
     return uuid.uuid4().hex[:8]
 
 
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
     OmegaConf.register_new_resolver("default_tracking_uri", default_tracking_uri, replace=True)
-    # Cached in the config, and Hydra copies a multirun's cache into every job's config (as it does
-    # for ${now:}), so the driver and all jobs, under any launcher, see the same id.
-    OmegaConf.register_new_resolver("sweep_id", new_sweep_id, use_cache=True, replace=True)
+    # One id per command: cached in the config, and Hydra copies a multirun's cache into every
+    # job's config (as it does for ${now:}), so the driver and all jobs, under any launcher, see
+    # the same id. It names the sweep and keeps output folders of commands started together apart.
+    OmegaConf.register_new_resolver("invocation_id", new_invocation_id, use_cache=True, replace=True)
 
 
 def group_options(group: str) -> list[str]:

@@ -6,6 +6,7 @@ metric of a demo run are reproducible.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import shutil
@@ -30,26 +31,36 @@ MARKER = "demo.json"
 
 
 def ensure_demo_data(directory: Path, settings: DictConfig) -> None:
-    """Generate <directory>/{train,test}/<class>/*.jpg unless the same settings already did."""
+    """Generate <directory>/{train,test}/<class>/*.jpg unless the same settings already did.
+
+    Under a lock, so that processes that start on a new clone together (two terminals, parallel
+    jobs) generate it once, and none deletes a set that another is reading.
+    """
     wanted = OmegaConf.to_container(settings, resolve=True)
-    marker = directory / MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == wanted:
+    if _generated_with(directory, wanted):
         return
-    if directory.exists() and not marker.is_file():
-        raise DataError(f"data.dir={str(directory)!r} exists but is not a generated demo set; choose another data.dir")
-    log.info("generating the demo data set in %s", directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory.parent) as scratch:
-        staging = Path(scratch) / "demo"
-        write_demo_data(staging, **wanted)
-        (staging / MARKER).write_text(json.dumps(wanted))
-        if directory.exists():
-            shutil.rmtree(directory)
-        try:
+    with (directory.parent / f".{directory.name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _generated_with(directory, wanted):
+            return
+        if directory.exists() and not (directory / MARKER).is_file():
+            raise DataError(
+                f"data.dir={str(directory)!r} exists but is not a generated demo set; choose another data.dir"
+            )
+        log.info("generating the demo data set in %s", directory)
+        with tempfile.TemporaryDirectory(dir=directory.parent) as scratch:
+            staging = Path(scratch) / "demo"
+            write_demo_data(staging, **wanted)
+            (staging / MARKER).write_text(json.dumps(wanted))
+            if directory.exists():
+                shutil.rmtree(directory)  # generated with other settings
             staging.rename(directory)
-        except OSError:  # another job generated it at the same time
-            if not (directory / MARKER).is_file():
-                raise
+
+
+def _generated_with(directory: Path, wanted: dict) -> bool:
+    marker = directory / MARKER
+    return marker.is_file() and json.loads(marker.read_text()) == wanted
 
 
 def write_demo_data(directory: Path, train_per_class: int, test_per_class: int, size: int, seed: int) -> None:

@@ -88,12 +88,7 @@ def _ranked(candidates: list[Run], cfg: DictConfig) -> list[tuple[Run, str | Non
 
 
 def _ineligible(run: Run, cfg: DictConfig) -> str | None:
-    kind = reader.run_type(run)
-    if kind == schema.SWEEP:
-        return "a sweep's parent run"
-    if kind == schema.ENSEMBLE:
-        return "an ensemble run"
-    if kind != schema.TRAIN:
+    if reader.run_type(run) != schema.TRAIN:
         return "not a training run"
     if run.info.status != "FINISHED":
         return f"status {run.info.status}"

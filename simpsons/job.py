@@ -79,7 +79,7 @@ def train(cfg: DictConfig, job: JobContext) -> str:
     if job.sweep_id:
         tags[schema.SWEEP_ID] = job.sweep_id
 
-    data = _load_data(cfg, experiment_id, name, parent, tags)
+    data = _load_data(cfg, job, experiment_id, name, parent, tags)
     identity = lifecycle.config_hash(_training_config(cfg), data.fingerprint, store.code_version())
     tags |= {schema.CONFIG_HASH: identity, schema.CODE_VERSION: store.code_version()}
     done = lifecycle.finished_run(client, experiment_id, identity) if cfg.reuse else None
@@ -140,14 +140,18 @@ def _training_config(cfg: DictConfig) -> dict:
     return {key: value for key, value in resolved.items() if key not in NOT_IDENTITY}
 
 
-def _load_data(cfg: DictConfig, experiment_id: str, name: str, parent: str | None, tags: dict) -> DataSet:
-    """The data set; in a sweep, a job whose data cannot be used is recorded as a FAILED run."""
+def _load_data(
+    cfg: DictConfig, job: JobContext, experiment_id: str, name: str, parent: str | None, tags: dict
+) -> DataSet:
+    """The data set. A single run whose data cannot be used fails with one line and logs nothing;
+    in a sweep, that job is recorded as a FAILED run with its config and error, beside the others."""
     try:
         return load_dataset(cfg.data)
     except DataError:
         if parent is None:
             raise
         with lifecycle.tracked_run(experiment_id, name, parent, tags):
+            writer.log_config(cfg, job.hydra_dir)
             raise
 
 

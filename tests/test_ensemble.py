@@ -25,6 +25,7 @@ from simpsons.ensembling import greedy_weights, weighted_mean
 from simpsons.errors import ConfigError
 from simpsons.job import JobContext, train
 from simpsons.tracking import reader as runs
+from simpsons.tracking import schema
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def store(tmp_path_factory, image_folders) -> Store:
     experiment = client.create_experiment("simpsons", artifact_location=(Path(uri[10:]).parent / "mlruns").as_uri())
     sweep_dir = tmp_path_factory.mktemp("multirun")
     parent = client.create_run(
-        experiment, run_name="sweep", tags={"simpsons.run_type": "sweep", "simpsons.sweep_dir": str(sweep_dir)}
+        experiment, run_name="sweep", tags={schema.RUN_TYPE: schema.SWEEP, schema.SWEEP_ID: "fixture"}
     ).info.run_id
     base = [*folder_data(image_folders), "epochs=2", f"tracking.uri={uri}"]
     settings = [
@@ -54,7 +55,9 @@ def store(tmp_path_factory, image_folders) -> Store:
         ["backbone=mobilenetv2", "backbone.kwargs.alpha=0.35", "image_size=32", *TINY],
         [*TINY_MODEL, "optimizer.lr=1e-2", "seed=7"],
     ]
-    children = [train(compose_train([*s, *base]), JobContext([], sweep_dir=sweep_dir)) for s in settings]
+    children = [
+        train(compose_train([*s, *base]), JobContext([], sweep_dir=sweep_dir, sweep_id="fixture")) for s in settings
+    ]
     client.set_terminated(parent)
     outsider = train(compose_train([*TINY_MODEL, *base, "data.split_seed=7"]), JobContext([]))
     return Store(uri, parent, children, outsider, image_folders)
@@ -64,7 +67,8 @@ def ensemble_config(store: Store, *overrides: str):
     cfg = OmegaConf.load(CONF_DIR / "ensemble.yaml")
     cfg.pop("defaults")
     cfg.pop("hydra")
-    cfg.tracking = {"uri": store.uri, "experiment": "simpsons"}
+    cfg.tracking = OmegaConf.load(CONF_DIR / "tracking" / "default.yaml")
+    cfg.tracking.uri = store.uri
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
 
 
@@ -73,7 +77,7 @@ def probabilities(run_id: str, split: str) -> np.ndarray:
 
 
 def members_of(store: Store, run_id: str) -> list[str]:
-    return MlflowClient(store.uri).get_run(run_id).data.tags["members"].split(",")
+    return MlflowClient(store.uri).get_run(run_id).data.tags[schema.MEMBERS].split(",")
 
 
 def member_table(run_id: str) -> list[dict]:
@@ -91,9 +95,9 @@ def ranked(store: Store, metric: str = "best_val_accuracy") -> list[str]:
 def test_the_ensemble_takes_the_top_n_by_the_metric_and_averages_their_recorded_outputs(store):
     run_id = ensemble(ensemble_config(store, f"sweep={store.sweep}", "top_n=3"))
     run = MlflowClient(store.uri).get_run(run_id)
-    members = run.data.tags["members"].split(",")
+    members = run.data.tags[schema.MEMBERS].split(",")
     assert members == ranked(store)[:3]
-    assert run.data.tags["simpsons.run_type"] == "ensemble"
+    assert run.data.tags[schema.RUN_TYPE] == "ensemble"
     for split in ("val", "test"):
         expected = np.mean([probabilities(m, split) for m in members], axis=0)
         np.testing.assert_allclose(probabilities(run_id, split), expected, atol=1e-6)
@@ -119,33 +123,31 @@ def test_parent_ensemble_mismatched_and_unscored_runs_are_left_out_with_the_reas
     with caplog.at_level(logging.INFO, logger="simpsons.ensemble"):
         run_id = ensemble(ensemble_config(store, "top_n=10", "metric=rank_score"))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("left out")]
-    assert any("sweep (" in line and "a sweep's parent run" in line for line in lines)
-    assert any("an ensemble run" in line for line in lines)
     assert any(store.children[3][:8] in line and "no finite rank_score" in line for line in lines)
     assert any(store.children[0][:8] in line and "its data.split_seed differs" in line for line in lines)
     assert "only 1 eligible run(s) for top_n=10" in caplog.text
-    assert client.get_run(run_id).data.tags["members"] == store.outsider
+    assert client.get_run(run_id).data.tags[schema.MEMBERS] == store.outsider
 
     run_id = ensemble(ensemble_config(store, f"sweep={store.sweep}", "metric=rank_score"))
-    assert client.get_run(run_id).data.tags["members"].split(",") == store.children[:3]
+    assert client.get_run(run_id).data.tags[schema.MEMBERS].split(",") == store.children[:3]
 
 
 def test_one_run_per_backbone_direction_sweep_and_filter(store, caplog):
     client = MlflowClient(store.uri)
     with caplog.at_level(logging.INFO, logger="simpsons.ensemble"):
         run_id = ensemble(ensemble_config(store, "sweep=latest", "one_per_backbone=true"))
-    members = [client.get_run(m) for m in client.get_run(run_id).data.tags["members"].split(",")]
+    members = [client.get_run(m) for m in client.get_run(run_id).data.tags[schema.MEMBERS].split(",")]
     assert sorted(m.data.params["backbone.name"] for m in members) == ["mobilenet", "mobilenetv2"]
     assert "a better mobilenet run is already in" in caplog.text
 
     run_id = ensemble(ensemble_config(store, "sweep=latest", "metric=val_loss", "direction=min", "top_n=4"))
     losses = [
-        client.get_run(m).data.metrics["val_loss"] for m in client.get_run(run_id).data.tags["members"].split(",")
+        client.get_run(m).data.metrics["val_loss"] for m in client.get_run(run_id).data.tags[schema.MEMBERS].split(",")
     ]
     assert losses == sorted(losses)
 
     run_id = ensemble(ensemble_config(store, "filter=params.`optimizer.name` = 'rmsprop'"))
-    assert client.get_run(run_id).data.tags["members"] == store.children[1]
+    assert client.get_run(run_id).data.tags[schema.MEMBERS] == store.children[1]
     with pytest.raises(ConfigError, match=r"filter='params.dropout ===' is not a valid MLflow search filter"):
         ensemble(ensemble_config(store, "filter=params.dropout ==="))
 
@@ -153,7 +155,7 @@ def test_one_run_per_backbone_direction_sweep_and_filter(store, caplog):
 def test_weights_by_validation_accuracy(store):
     run_id = ensemble(ensemble_config(store, f"sweep={store.sweep}", "weights=val_accuracy"))
     client = MlflowClient(store.uri)
-    members = client.get_run(run_id).data.tags["members"].split(",")
+    members = client.get_run(run_id).data.tags[schema.MEMBERS].split(",")
     accuracies = np.array([client.get_run(m).data.metrics["val_accuracy"] for m in members])
     expected = np.average([probabilities(m, "val") for m in members], axis=0, weights=accuracies)
     np.testing.assert_allclose(probabilities(run_id, "val"), expected, atol=1e-6)
@@ -207,7 +209,9 @@ def test_the_logged_ensemble_model_takes_images_of_any_size(store):
     np.testing.assert_allclose(model.predict(as_recorded), probabilities(run_id, "test"), atol=1e-5)
 
     larger = np.stack([np.asarray(image.resize((80, 64)), dtype=np.float32) for image in originals])
-    members = [mlflow.pyfunc.load_model(runs.model_uri(client.get_run(m))) for m in run.data.tags["members"].split(",")]
+    members = [
+        mlflow.pyfunc.load_model(runs.model_uri(client.get_run(m))) for m in run.data.tags[schema.MEMBERS].split(",")
+    ]
     expected = np.mean([member.predict(larger) for member in members], axis=0)
     np.testing.assert_allclose(model.predict(larger), expected, atol=1e-5)
 
@@ -261,9 +265,10 @@ def test_report_lists_the_sweep_sorted_by_the_metric_with_its_ensembles(store, t
     training, ensembles = printed.split("## Ensembles")
     rows = [line for line in training.splitlines() if line.startswith("| ") and "backbone" not in line]
     assert len(rows) == 4
-    best = [float(row.split("|")[10]) for row in rows]
+    best = [float(row.split("|")[11]) for row in rows]
     assert best == sorted(best, reverse=True)
+    assert sorted(row.split("|")[1].strip() for row in rows) == sorted(run_id[:8] for run_id in store.children)
     assert "greedy" in ensembles
     assert Image.open(tmp_path / "results.png").format == "PNG"
     csv_rows = (tmp_path / "results.csv").read_text().splitlines()
-    assert csv_rows[0].startswith("run,backbone,image_size,dropout,batch_size,epochs,optimizer,lr,val_accuracy")
+    assert csv_rows[0].startswith("id,run,backbone,image_size,dropout,batch_size,epochs,optimizer,lr,val_accuracy")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -140,15 +141,20 @@ def test_a_2x2_multirun_gives_one_parent_and_four_finished_children(image_folder
 
 
 def test_a_failing_job_is_failed_with_its_error_and_the_sweep_goes_on(image_folders, tracking_uri, tmp_path):
-    args = ["-m", "image_size=16,32", *TINY_MODEL[:2], *TINY, *folder_data(image_folders), "epochs=1"]
-    result = run_cli([*args, f"tracking.uri={tracking_uri}"], cwd=tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(image_folders / "train", broken)
+    for image in (broken / "red_circle").iterdir():
+        image.write_bytes(b"not an image")  # a class with no usable image: found when the job reads its data
+    roots = f"data.root={image_folders / 'train'},{broken}"
+    args = ["-m", roots, *TINY_MODEL, *folder_data(image_folders)[:1], f"data.test_root={image_folders / 'test'}"]
+    result = run_cli([*args, "epochs=1", f"tracking.uri={tracking_uri}"], cwd=tmp_path)
     assert result.returncode != 0
 
     runs = runs_of(tracking_uri, "simpsons")
-    statuses = {r.data.params.get("image_size", "sweep"): r.info.status for r in runs}
-    assert statuses == {"sweep": "FAILED", "16": "FAILED", "32": "FINISHED"}
-    [failed] = [r for r in runs if r.data.params.get("image_size") == "16"]
-    assert "image_size=16 is below the minimum of backbone 'mobilenet'" in failed.data.tags["error"]
+    statuses = {Path(r.data.params.get("data.root", "sweep")).name: r.info.status for r in runs}
+    assert statuses == {"sweep": "FAILED", "broken": "FAILED", "train": "FINISHED"}
+    [failed] = [r for r in runs if r.data.params.get("data.root") == str(broken)]
+    assert "class 'red_circle'" in failed.data.tags["error"] and "has no usable images" in failed.data.tags["error"]
     assert "error.txt" in artifact_paths(MlflowClient(tracking_uri), failed.info.run_id)
 
 
