@@ -99,28 +99,39 @@ def train(cfg: DictConfig, job: JobContext) -> str:
         if resumed is None and _end_to_end(cfg):
             stack.enter_context(_exclusive(_lock_path(backups)))
         _say_started(run, name, uri, backups if resumed else None)
-        writer.log_config(cfg, job.hydra_dir)
-        deterministic = seed_everything(cfg.seed, cfg.deterministic)
-        mlflow.set_tag(schema.DETERMINISTIC, str(deterministic).lower())
-        xla = use_xla(cfg.jit_compile, deterministic)
-        set_precision(cfg.precision)
-        _report(data)
-        writer.log_data(data)
-
-        model = build_classifier(
-            backbone, cfg.image_size, len(data.class_names), cfg.dropout, cfg.augment, seed=cfg.seed
-        )
-        if _end_to_end(cfg):
-            scored = _train_end_to_end(model, optimizer, data, cfg, xla, backups)
-        else:
-            scored = _train_head_on_cached_features(model, backbone, optimizer, data, cfg, xla)
-        val_history = client.get_metric_history(run_id, "val_accuracy")  # across a resume, too
-        mlflow.log_metric("best_val_accuracy", max(m.value for m in val_history))
-        _evaluate_and_log(scored, data)
-        example = load_image(data.val.paths[0], cfg.image_size).numpy()[None]
-        writer.log_model(model, example, data.class_names)
+        _train_and_log(cfg, job, data, backbone, optimizer, backups)
         shutil.rmtree(backups, ignore_errors=True)
         return run_id
+
+
+def _train_and_log(
+    cfg: DictConfig,
+    job: JobContext,
+    data: DataSet,
+    backbone: BackboneSpec,
+    optimizer: keras.optimizers.Optimizer,
+    backups: Path,
+) -> None:
+    """Inside the active run: config and data, then model -> fit -> evaluate -> log."""
+    writer.log_config(cfg, job.hydra_dir)
+    deterministic = seed_everything(cfg.seed, cfg.deterministic)
+    mlflow.set_tag(schema.DETERMINISTIC, str(deterministic).lower())
+    xla = use_xla(cfg.jit_compile, deterministic)
+    set_precision(cfg.precision)
+    _report(data)
+    writer.log_data(data)
+
+    model = build_classifier(backbone, cfg.image_size, len(data.class_names), cfg.dropout, cfg.augment, seed=cfg.seed)
+    if _end_to_end(cfg):
+        scored = _train_end_to_end(model, optimizer, data, cfg, xla, backups)
+    else:
+        scored = _train_head_on_cached_features(model, backbone, optimizer, data, cfg, xla)
+    run_id = mlflow.active_run().info.run_id
+    val_history = MlflowClient().get_metric_history(run_id, "val_accuracy")  # across a resume, too
+    mlflow.log_metric("best_val_accuracy", max(m.value for m in val_history))
+    _evaluate_and_log(scored, data)
+    example = load_image(data.val.paths[0], cfg.image_size).numpy()[None]
+    writer.log_model(model, example, data.class_names)
 
 
 def run_name(backbone: str, optimizer: str, overrides: list[str]) -> str:
