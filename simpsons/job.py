@@ -22,8 +22,9 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from simpsons import checks
 from simpsons.backbones import BackboneSpec
-from simpsons.config import SWEEP_ID_VARIABLE, check_training_keys
+from simpsons.config import SWEEP_ID_VARIABLE
 from simpsons.data import DataSet, Split, load_dataset
 from simpsons.errors import DataError
 from simpsons.evaluation import evaluate
@@ -32,7 +33,7 @@ from simpsons.model import build_classifier, feature_extractor, head, unfreeze_t
 from simpsons.optimizers import build_optimizer
 from simpsons.pipeline import image_dataset, load_image, without_autotuner
 from simpsons.tracking import lifecycle, schema, store, writer
-from simpsons.training import fit, seed_everything, set_precision, use_xla
+from simpsons.training import fit, resolve_deterministic, seed_everything, set_precision, use_xla
 
 log = logging.getLogger("simpsons.train")
 
@@ -215,11 +216,11 @@ def _sweep_parent(client: MlflowClient, experiment_id: str, job: JobContext) -> 
 
 
 def _checked_parts(cfg: DictConfig) -> tuple[BackboneSpec, keras.optimizers.Optimizer]:
-    """Every config check that needs no data, so bad values fail before any data is read."""
-    check_training_keys(cfg)
-    backbone = BackboneSpec.from_config(cfg.backbone)
-    backbone.check_image_size(cfg.image_size)
-    return backbone, build_optimizer(cfg.optimizer)
+    """Every config check that needs no data, so that a bad value fails before anything is created
+    (no store, experiment or run): simpsons/checks.py's, then what only TensorFlow and Keras can say."""
+    checks.raise_config_errors(cfg)
+    use_xla(cfg.jit_compile, resolve_deterministic(cfg.deterministic))  # is a GPU visible to TensorFlow?
+    return BackboneSpec.from_config(cfg.backbone), build_optimizer(cfg.optimizer)
 
 
 def _batches(split: Split, cfg: DictConfig, shuffle_seed: int | None = None) -> tf.data.Dataset:
