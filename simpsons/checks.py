@@ -333,12 +333,13 @@ def exit_on_bad_command_line(args: list[str]) -> None:
     """What would stop Hydra from composing the config, in one line per bad override, exit 2.
 
     Hydra would say it in several lines (exit 1), and name only the first of several. A
-    multirun's driver config is composed without the swept values: each job's are checked by
-    exit_on_bad_jobs.
+    multirun's driver config is composed without the swept values, as Hydra composes it: each
+    job's values, and keys added with + or ++, are checked by exit_on_bad_jobs, in one pass.
     """
+    flags = {a for a in args if a.startswith("-")}
     errors = group_choice_errors(args)
-    if not errors and not set(a for a in args if a.startswith("-")) - {"-m", "--multirun"}:
-        errors = _composition_errors([a for a in args if not a.startswith("-")])  # else --help, --cfg ...: Hydra's
+    if not errors and not flags - {"-m", "--multirun"}:  # else --help, --cfg ...: Hydra's
+        errors = _composition_errors([a for a in args if not a.startswith("-")], multirun=bool(flags))
     _exit_on(errors)
 
 
@@ -364,15 +365,17 @@ def group_choice_errors(args: list[str]) -> list[str]:
     return list(dict.fromkeys(errors))
 
 
-def _composition_errors(lines: list[str]) -> list[str]:
+def _composition_errors(lines: list[str], multirun: bool) -> list[str]:
     try:
         overrides = OverridesParser.create().parse_overrides(lines)
     except HydraException as error:
         return [_one_line(error)]
-    unswept = [o.input_line for o in overrides if not o.is_sweep_override()]
     with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
-        _, errors = composed_job(lambda kept: compose(config_name="train", overrides=kept), unswept, loader)
+        driver = [o for o in overrides if not (multirun and (o.is_sweep_override() or _adds_a_plain_key(o, loader)))]
+        _, errors = composed_job(
+            lambda kept: compose(config_name="train", overrides=kept), [o.input_line for o in driver], loader
+        )
     return errors
 
 
