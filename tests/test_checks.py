@@ -166,7 +166,10 @@ def as_unprivileged_user(args: list[str], cwd: Path) -> subprocess.CompletedProc
         "runpy.run_module('simpsons.train', run_name='__main__', alter_sys=True)"
     )
     site_packages = sysconfig.get_paths()["purelib"]
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"HOME": str(cwd)}
+    home = cwd.with_name("home")  # writable by anyone: MLflow may keep its telemetry settings there
+    home.mkdir(mode=0o777, exist_ok=True)
+    home.chmod(0o777)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"HOME": str(home)}
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     for python in dict.fromkeys([sys.executable, shutil.which(version) or version, f"/usr/bin/{version}"]):
         probe = [*nobody, python, "-c", f"{boot.split(';')[0]}; site.addsitedir({site_packages!r}); import simpsons"]
