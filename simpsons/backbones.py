@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from simpsons import checks
 from simpsons.config import check_choice
 from simpsons.errors import ConfigError
 
@@ -41,11 +42,9 @@ class BackboneSpec:
         )
 
     def check_image_size(self, image_size: int) -> None:
-        if image_size < self.min_image_size:
-            raise ConfigError(
-                f"image_size={image_size} is below the minimum of backbone {self.name!r}; "
-                f"use image_size >= {self.min_image_size}"
-            )
+        error = checks.image_size_error(self.name, self.min_image_size, image_size)
+        if error:
+            raise ConfigError(error)
 
     def build(self, image_size: int) -> keras.Model:
         """The ImageNet architecture without its top, for square RGB inputs of image_size."""
@@ -98,14 +97,12 @@ def affine_coefficients(preprocess: Callable[[np.ndarray], np.ndarray]) -> tuple
 
 def resolve_weights(weights: str | None) -> str | None:
     """`imagenet`, None (random init), or an existing weights file made absolute."""
+    error = checks.weights_error(weights)
+    if error:
+        raise ConfigError(error)
     if weights is None or weights == "imagenet":
         return weights
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise ConfigError(
-            f"backbone.weights={weights!r} is not a file; use imagenet, null, or a path to a weights file"
-        )
-    return str(path.resolve())
+    return str(Path(weights).expanduser().resolve())
 
 
 def _import_attribute(dotted: str) -> Any:

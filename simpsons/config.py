@@ -58,6 +58,10 @@ def _whole(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _positive(value: object) -> bool:
+    return _number(value) and value > 0
+
+
 TRAINING_KEY_CHECKS = [  # key, test, what is accepted
     ("dropout", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("image_size", lambda v: _whole(v) and v > 0, "a positive integer"),
@@ -67,22 +71,37 @@ TRAINING_KEY_CHECKS = [  # key, test, what is accepted
     ("deterministic", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
     ("precision", lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     ("jit_compile", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
+    ("backbone.min_image_size", lambda v: _whole(v) and v >= 1, "an integer >= 1"),
+    ("optimizer.lr", _positive, "a positive number"),
     ("data.val_split", lambda v: _number(v) and 0 < v < 1, "a fraction in (0, 1)"),
     ("data.split_seed", lambda v: _whole(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
     ("data.min_images_per_class", lambda v: _whole(v) and v >= 2, "an integer >= 2"),
     ("cache", lambda v: isinstance(v, bool), "true or false"),
     ("finetune.layers", lambda v: _whole(v) and v >= 0, "an integer >= 0"),
     ("finetune.epochs", lambda v: _whole(v) and v >= 1, "an integer >= 1"),
-    ("finetune.lr", lambda v: v is None or (_number(v) and v > 0), "null or a positive number"),
+    ("finetune.lr", lambda v: v is None or _positive(v), "null or a positive number"),
+    ("reuse", lambda v: isinstance(v, bool), "true or false"),
+    ("tracking.experiment", lambda v: isinstance(v, str) and v.strip() != "", "a non-empty name"),
+    ("tracking.heartbeat_seconds", _positive, "a positive number"),
+    ("tracking.stale_after", _positive, "a positive number"),
 ]
 
 
-def check_training_keys(cfg: DictConfig) -> None:
-    """Required values are set, and the plain keys of conf/train.yaml are in range."""
+def training_key_errors(cfg: DictConfig) -> list[str]:
+    """One message per required value left unset (???) and per plain key out of range."""
     missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ConfigError(f"{missing[0]} is required (it is ???); set it on the command line, e.g. {missing[0]}=...")
+    errors = [f"{key} is required (it is ???); set it on the command line, e.g. {key}=..." for key in missing]
     for key, is_valid, accepted in TRAINING_KEY_CHECKS:
+        if key in missing:
+            continue
         value = OmegaConf.select(cfg, key)
         if not is_valid(value):
-            raise ConfigError(f"{key}={value!r} is invalid; expected {accepted}")
+            errors.append(f"{key}={value!r} is invalid; expected {accepted}")
+    return errors
+
+
+def check_training_keys(cfg: DictConfig) -> None:
+    """Required values are set, and the plain keys of conf/train.yaml are in range (else the first error)."""
+    errors = training_key_errors(cfg)
+    if errors:
+        raise ConfigError(errors[0])

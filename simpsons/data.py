@@ -19,13 +19,13 @@ import numpy as np
 from omegaconf import DictConfig
 from sklearn.model_selection import train_test_split
 
-from simpsons import demo_data, pipeline
+from simpsons import checks, demo_data, pipeline
 from simpsons.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 FLAT_NAME = re.compile(r"^(?P<label>.+)_(?P<index>\d+)\.[^.]+$")
-TEST_LAYOUTS = ("folders", "flat")
+LISTED_SKIPPED = 10  # skipped files named in the error about a class without usable images
 
 
 @dataclass(frozen=True)
@@ -71,13 +71,11 @@ def load_dataset(cfg: DictConfig) -> DataSet:
     """Discover, validate and split the data set that `cfg` (the `data` config group) describes."""
     if cfg.get("generate"):
         demo_data.ensure_demo_data(Path(cfg.dir), cfg.generate)
-    root = _existing_root(cfg.root, "data.root", missing_hint=_missing_root_hint(cfg))
+    root = _existing_root(cfg.root, "data.root", missing_hint=checks.missing_root_hint(cfg.name, cfg.get("dir")))
     pool = discover_folders(root)
     test = []
     if cfg.test_root is not None:
-        test_root = _existing_root(
-            cfg.test_root, "data.test_root", missing_hint="set data.test_root=null to train without a test set"
-        )
+        test_root = _existing_root(cfg.test_root, "data.test_root", missing_hint=checks.TEST_ROOT_HINT)
         test = discover_test(test_root, cfg.test_layout)
 
     skipped = [SkippedFile(str(f.path), reason) for f, reason in _unlabelled(pool + test)]
@@ -87,7 +85,7 @@ def load_dataset(cfg: DictConfig) -> DataSet:
     usable = [f for f in pool if f.label and f.path not in unusable]
     usable_test = [f for f in test if f.label and f.path not in unusable]
 
-    class_names, dropped = _select_classes(pool, usable, cfg.min_images_per_class, root)
+    class_names, dropped = _select_classes(pool, usable, cfg.min_images_per_class, root, skipped)
     known = set(class_names)
     usable = [f for f in usable if f.label in known]
     unknown_test = _count_labels(f for f in usable_test if f.label not in known)
@@ -122,7 +120,7 @@ def discover_test(root: Path, layout: str) -> list[_File]:
     if layout == "folders":
         return discover_folders(root)
     if layout != "flat":
-        raise ConfigError(f"data.test_layout={layout!r} is unknown; use one of: {', '.join(TEST_LAYOUTS)}")
+        raise ConfigError(checks.layout_error(layout) or f"data.test_layout={layout!r} is not readable")
     files = []
     for path in sorted(p for p in root.iterdir() if p.is_file()):
         match = FLAT_NAME.match(path.name)
@@ -161,15 +159,6 @@ def _existing_root(value: str | None, key: str, missing_hint: str) -> Path:
     return root
 
 
-def _missing_root_hint(cfg: DictConfig) -> str:
-    if cfg.name == "simpsons":
-        return (
-            "download the Kaggle data set alexattia/the-simpsons-characters-dataset and unzip it "
-            f"into {cfg.dir} (see README), or run the offline demo: python -m simpsons.train experiment=demo"
-        )
-    return "point data.root at a folder of <class>/<image> files"
-
-
 def _unlabelled(files: Iterable[_File]) -> list[tuple[_File, str]]:
     return [(f, "not in a class folder / not named <class>_<n>.<ext>") for f in files if not f.label]
 
@@ -182,7 +171,7 @@ def _count_labels(files: Iterable[_File]) -> dict[str, int]:
 
 
 def _select_classes(
-    pool: list[_File], usable: list[_File], min_images: int, root: Path
+    pool: list[_File], usable: list[_File], min_images: int, root: Path, skipped: list[SkippedFile]
 ) -> tuple[list[str], dict[str, int]]:
     """Classes with enough usable images; a class folder with none at all is an error."""
     found = sorted({f.label for f in pool if f.label})
@@ -191,7 +180,7 @@ def _select_classes(
     counts = _count_labels(usable)
     empty = [label for label in found if label not in counts]
     if empty:
-        raise DataError(f"class {empty[0]!r} in {str(root)!r} has no usable images (see the skipped files)")
+        raise DataError(_no_usable_images(empty[0], root, skipped))
     dropped = {label: n for label, n in counts.items() if n < min_images}
     kept = [label for label in found if label not in dropped]
     if len(kept) < 2:
@@ -199,6 +188,18 @@ def _select_classes(
             f"{len(kept)} class(es) have >= data.min_images_per_class={min_images} images; at least 2 are needed"
         )
     return kept, dropped
+
+
+def _no_usable_images(label: str, root: Path, skipped: list[SkippedFile]) -> str:
+    """One line: the class, and its skipped files (the first LISTED_SKIPPED, then how many more)."""
+    folder = root / label
+    names = sorted(Path(s.path).relative_to(root).as_posix() for s in skipped if Path(s.path).is_relative_to(folder))
+    listed = ", ".join(names[:LISTED_SKIPPED])
+    more = f" and {len(names) - LISTED_SKIPPED} more" if len(names) > LISTED_SKIPPED else ""
+    return (
+        f"class {label!r} in {str(root)!r} has no usable images: its {len(names)} file(s) are not decodable images "
+        f"({pipeline.IMAGE_FORMATS}): {listed}{more}"
+    )
 
 
 def _stratified_split(

@@ -22,8 +22,9 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from simpsons import checks
 from simpsons.backbones import BackboneSpec
-from simpsons.config import SWEEP_ID_VARIABLE, check_training_keys
+from simpsons.config import SWEEP_ID_VARIABLE
 from simpsons.data import DataSet, Split, load_dataset
 from simpsons.errors import DataError
 from simpsons.evaluation import evaluate
@@ -32,7 +33,7 @@ from simpsons.model import build_classifier, feature_extractor, head, unfreeze_t
 from simpsons.optimizers import build_optimizer
 from simpsons.pipeline import image_dataset, load_image, without_autotuner
 from simpsons.tracking import lifecycle, schema, store, writer
-from simpsons.training import fit, seed_everything, set_precision, use_xla
+from simpsons.training import fit, resolve_deterministic, seed_everything, set_precision, use_xla
 
 log = logging.getLogger("simpsons.train")
 
@@ -69,6 +70,7 @@ def train(cfg: DictConfig, job: JobContext) -> str:
     end-to-end run of the same config, resumed at the epoch after its last backup.
     """
     backbone, optimizer = _checked_parts(cfg)
+    single_run_data = load_dataset(cfg.data) if job.sweep_id is None else None  # unusable: nothing created
     uri = store.configure(cfg.tracking.uri)
     experiment_id = store.ensure_experiment(uri, cfg.tracking.experiment)
     client = MlflowClient(uri)
@@ -79,7 +81,7 @@ def train(cfg: DictConfig, job: JobContext) -> str:
     if job.sweep_id:
         tags[schema.SWEEP_ID] = job.sweep_id
 
-    data = _load_data(cfg, job, experiment_id, name, parent, tags)
+    data = single_run_data or _load_sweep_job_data(cfg, job, experiment_id, name, parent, tags)
     identity = lifecycle.config_hash(_training_config(cfg), data.fingerprint, store.code_version())
     tags |= {schema.CONFIG_HASH: identity, schema.CODE_VERSION: store.code_version()}
     done = lifecycle.finished_run(client, experiment_id, identity) if cfg.reuse else None
@@ -151,16 +153,14 @@ def _training_config(cfg: DictConfig) -> dict:
     return {key: value for key, value in resolved.items() if key not in NOT_IDENTITY}
 
 
-def _load_data(
+def _load_sweep_job_data(
     cfg: DictConfig, job: JobContext, experiment_id: str, name: str, parent: str | None, tags: dict
 ) -> DataSet:
-    """The data set. A single run whose data cannot be used fails with one line and logs nothing;
-    in a sweep, that job is recorded as a FAILED run with its config and error, beside the others."""
+    """A sweep job's data set; a job whose data cannot be used is recorded as a FAILED run with
+    its config and error, beside the others of the sweep."""
     try:
         return load_dataset(cfg.data)
     except DataError:
-        if parent is None:
-            raise
         with lifecycle.tracked_run(experiment_id, name, parent, tags):
             writer.log_config(cfg, job.hydra_dir)
             raise
@@ -249,11 +249,11 @@ def _sweep_parent(client: MlflowClient, experiment_id: str, job: JobContext) -> 
 
 
 def _checked_parts(cfg: DictConfig) -> tuple[BackboneSpec, keras.optimizers.Optimizer]:
-    """Every config check that needs no data, so bad values fail before any data is read."""
-    check_training_keys(cfg)
-    backbone = BackboneSpec.from_config(cfg.backbone)
-    backbone.check_image_size(cfg.image_size)
-    return backbone, build_optimizer(cfg.optimizer)
+    """Every config check that needs no data, so that a bad value fails before anything is created
+    (no store, experiment or run): simpsons/checks.py's, then what only TensorFlow and Keras can say."""
+    checks.raise_config_errors(cfg)
+    use_xla(cfg.jit_compile, resolve_deterministic(cfg.deterministic))  # is a GPU visible to TensorFlow?
+    return BackboneSpec.from_config(cfg.backbone), build_optimizer(cfg.optimizer)
 
 
 def _batches(split: Split, cfg: DictConfig, shuffle_seed: int | None = None) -> tf.data.Dataset:

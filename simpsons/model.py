@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from omegaconf import DictConfig
 
+from simpsons import checks
 from simpsons.backbones import BackboneSpec
 from simpsons.errors import ConfigError
 
@@ -42,7 +43,7 @@ def augmentation_layers(augment: DictConfig | None, seed: int | None) -> list[ke
     if augment is None or augment.name == "none":
         return []
     if augment.name != "light":
-        raise ConfigError(f"augment={augment.name!r} is unknown; use one of: none, light")
+        raise ConfigError(checks.augment_error(augment.name) or f"augment={augment.name!r} builds no layers")
     layers = [keras.layers.RandomFlip("horizontal", seed=seed, name="flip")] if augment.horizontal_flip else []
     return layers + [
         keras.layers.RandomTranslation(augment.shift, augment.shift, seed=seed, name="shift"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from omegaconf import DictConfig, OmegaConf
 
+from simpsons import checks
 from simpsons.config import check_choice
 from simpsons.errors import ConfigError
 
@@ -14,7 +15,7 @@ def build_optimizer(cfg: DictConfig) -> keras.optimizers.Optimizer:
     check_choice("optimizer", cfg.name)
     optimizer_class = getattr(keras.optimizers, cfg.keras_class, None)
     if not isinstance(optimizer_class, type) or not issubclass(optimizer_class, keras.optimizers.Optimizer):
-        raise ConfigError(f"optimizer.keras_class={cfg.keras_class!r} is not a keras.optimizers class")
+        raise ConfigError(checks.keras_class_error(cfg.keras_class) or f"{cfg.keras_class!r} is not an optimizer")
     lr = cfg.lr
     if not isinstance(lr, (int, float)) or lr <= 0:
         raise ConfigError(f"optimizer.lr={lr!r} is invalid; expected a positive number")

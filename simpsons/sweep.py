@@ -12,6 +12,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
+from simpsons import checks
 from simpsons.config import SWEEP_ID_VARIABLE
 from simpsons.tracking import lifecycle, reader, schema, store
 
@@ -19,7 +20,8 @@ log = logging.getLogger(__name__)
 
 
 class MlflowSweepCallback(Callback):
-    """Creates the store, experiment and parent run before any job starts; closes the parent after.
+    """Checks every job first (simpsons/checks.py: a bad value exits 2 before anything is created);
+    then creates the store, experiment and parent run before any job starts; closes the parent after.
 
     The parent is tagged with the sweep's unique id, which every job gets through its config
     (hydra.job.env_set), so jobs find it under any launcher, and two sweeps started in the same
@@ -32,7 +34,11 @@ class MlflowSweepCallback(Callback):
         self.parent_run_id: str | None = None
         self.heartbeat: lifecycle.Heartbeat | None = None
 
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        checks.exit_on_bad_jobs(config)  # a single run: a bad value creates nothing either
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        checks.exit_on_bad_jobs(config)  # every job, before the first and before the store is touched
         uri = store.configure(config.tracking.uri)
         experiment_id = store.ensure_experiment(uri, config.tracking.experiment)
         self.client = MlflowClient(uri)

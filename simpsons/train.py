@@ -10,16 +10,13 @@ import signal
 import sys
 
 import hydra
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Glob
 from omegaconf import DictConfig
 
-from simpsons import config
-from simpsons.errors import SimpsonsError
+from simpsons import checks, config
+from simpsons.errors import ConfigError, SimpsonsError
 
 log = logging.getLogger("simpsons.train")
 config.register_resolvers()
-CHECKED_GROUPS = ("backbone", "optimizer", "data", "experiment")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -38,21 +35,10 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def check_group_overrides(args: list[str]) -> None:
-    """Reject unknown config-group choices (backbone=foo) in one line, before Hydra composes."""
-    try:
-        overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
-    except Exception:
-        return  # Hydra reports malformed overrides itself
-    for override in overrides:
-        group = override.key_or_group
-        if group not in CHECKED_GROUPS or override.is_delete():
-            continue
-        if isinstance(override.value(), Glob):
-            continue  # glob(...) matches existing options only
-        choices = override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]
-        for choice in choices:
-            if isinstance(choice, str):
-                config.check_choice(group, choice)
+    """Reject unknown config-group choices (backbone=foo) before Hydra composes: the first one."""
+    errors = checks.group_choice_errors(args)
+    if errors:
+        raise ConfigError(errors[0])
 
 
 def _interrupt_on_sigterm(signum: int, frame: object) -> None:
@@ -60,11 +46,9 @@ def _interrupt_on_sigterm(signum: int, frame: object) -> None:
 
 
 def main() -> None:
-    try:
-        check_group_overrides(sys.argv[1:])
-    except SimpsonsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    # Unknown group choices and keys, before Hydra composes (it would say so in several lines);
+    # every value of every job is checked next, before anything starts, by the sweep callback.
+    checks.exit_on_bad_command_line(sys.argv[1:])
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)  # Slurm and `kill` end runs as KILLED too
     try:
         hydra_main()

@@ -10,6 +10,7 @@ import mlflow
 import tensorflow as tf
 from tensorflow.python.framework.config import disable_op_determinism  # no public twin of enable_op_determinism
 
+from simpsons.checks import XLA_NEEDS_NO_DETERMINISM
 from simpsons.errors import ConfigError
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -27,13 +28,17 @@ def seed_everything(seed: int, deterministic: bool | str) -> bool:
     Returns whether determinism is on.
     """
     keras.utils.set_random_seed(seed)
-    if deterministic == "auto":
-        deterministic = not gpu_visible()
+    deterministic = resolve_deterministic(deterministic)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     else:  # process-wide: an earlier job of the sweep, in this process, may have turned it on
         disable_op_determinism()
     return bool(deterministic)
+
+
+def resolve_deterministic(deterministic: bool | str) -> bool:
+    """Whether op determinism will be on: `auto` turns it on when no GPU is visible."""
+    return not gpu_visible() if deterministic == "auto" else bool(deterministic)
 
 
 def set_precision(precision: str) -> None:
@@ -57,7 +62,7 @@ def use_xla(jit_compile: bool | str, deterministic: bool) -> bool:
     if jit_compile == "auto":
         return gpu_visible() and not deterministic
     if jit_compile and deterministic:
-        raise ConfigError("jit_compile=true needs deterministic=false (Keras turns XLA off under op determinism)")
+        raise ConfigError(XLA_NEEDS_NO_DETERMINISM)
     return bool(jit_compile)
 
 

@@ -17,12 +17,14 @@ import functools
 import hashlib
 import importlib.metadata
 import json
+import os
 import re
 import sqlite3
 import subprocess
+import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -40,6 +42,7 @@ DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 SERVER_SCHEMES = ("http", "https")
 ACCEPTED_URIS = "sqlite:///path/to/mlflow.db, http(s)://host:port of an mlflow server, or postgresql/mysql/mssql://..."
 PROBE_SECONDS = 5  # each reachability check; a bad store fails in one line well within 10 s
+SQLITE_HEADER = b"SQLite format 3\x00"
 CODE_PACKAGES = ("tensorflow", "keras", "numpy")  # their versions are part of the code version
 
 
@@ -57,6 +60,52 @@ def configure(uri: str) -> str:
         _check_remote(uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def check(uri: str) -> None:
+    """Raise ConfigError (one line) unless `uri` names a store this process can use; creates nothing.
+
+    What configure() would find, without creating the database, its folder or its lock file, so
+    that a config that fails another check leaves no store behind.
+    """
+    uri = absolute_sqlite_uri(uri)
+    if uri.startswith(SQLITE_PREFIX):
+        _check_sqlite(sqlite_path(uri))
+    else:
+        _check_remote(uri)
+
+
+def folder_problem(folder: Path) -> str | None:
+    """Why files cannot be created in `folder` (or in the folders to be made for it), or None.
+
+    os.access asks the kernel as this process's user would write: a read-only mount is refused
+    (EROFS) even to root, who passes every permission check on a chmod'ed folder.
+    """
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        return f"{existing} is not writable"
+    return None
+
+
+def _check_sqlite(path: Path) -> None:
+    uri = SQLITE_PREFIX + str(path)
+    problem = folder_problem(path.parent)
+    if problem is not None:  # SQLite writes its journal and our lock file beside the database
+        raise ConfigError(
+            f"tracking.uri={uri}: cannot write in {path.parent} ({problem}); use a store in a writable folder"
+        )
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise ConfigError(f"tracking.uri={uri}: {path} is not a file; use a path to a SQLite database file")
+    with path.open("rb") as database:
+        header = database.read(len(SQLITE_HEADER))
+    if header not in (b"", SQLITE_HEADER):  # an empty file is a new database to SQLite
+        raise ConfigError(f"tracking.uri={uri}: not a usable SQLite database (file is not a database)")
 
 
 def absolute_sqlite_uri(uri: str) -> str:
@@ -111,11 +160,35 @@ def _prepare_sqlite(path: Path) -> None:
 def _check_remote(uri: str) -> None:
     scheme = urlsplit(uri).scheme.split("+")[0]
     if scheme in SERVER_SCHEMES:
-        _probe_server(uri)
+        _within_deadline(uri, _probe_server)
     elif scheme in DATABASE_SCHEMES:
-        _probe_database(uri)
+        _within_deadline(uri, _probe_database)
     else:
         raise ConfigError(f"tracking.uri={redact_uri(uri)!r} is not a supported store; use {ACCEPTED_URIS}")
+
+
+def _within_deadline(uri: str, probe: Callable[[str], None]) -> None:
+    """Run `probe(uri)`, but answer within PROBE_SECONDS + 1 s whatever it does.
+
+    Socket timeouts do not bound everything a probe waits for: a hanging DNS look-up, or a
+    database driver that ignores connect_timeout. The probe goes on in a daemon thread, harmlessly.
+    """
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            probe(uri)
+            outcome.append(None)
+        except BaseException as error:  # handed to the caller's thread
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, name="store-probe", daemon=True)
+    thread.start()
+    thread.join(PROBE_SECONDS + 1)
+    if not outcome:
+        raise ConfigError(f"tracking.uri={redact_uri(uri)}: no answer within {PROBE_SECONDS + 1} s")
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def _probe_server(uri: str) -> None:

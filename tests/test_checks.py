@@ -1,0 +1,297 @@
+"""Bad values fail before anything starts: one line each, exit 2, nothing in MLflow (simpsons/checks.py).
+
+The CLI runs as a user would run it, on a fresh SQLite store in tmp_path; a config that passed
+these checks would train the tiny model on the tiny image folders.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import TINY, TINY_MODEL, compose_train, folder_data, free_port, run_cli
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from simpsons import checks
+from simpsons.config import CONF_DIR
+from simpsons.data import load_dataset
+from simpsons.errors import ConfigError, DataError
+from simpsons.tracking import store
+
+STORE = "mlflow.db"  # in each test's tmp_path, its working directory
+MISSING = "{tmp}/no-such-weights.h5"
+
+BAD_INPUTS = [  # (test id, overrides, how the one line starts); {tmp}: the test's folder, {port}: a closed port
+    ("backbone", ["backbone=resnet9000"], "unknown backbone 'resnet9000'; choose one of: convnext_tiny, densenet201,"),
+    ("optimizer", ["optimizer=adamax"], "unknown optimizer 'adamax'; choose one of: adam, adamw, rmsprop, sgd"),
+    ("size", ["image_size=16"], "image_size=16 is below the minimum of backbone 'mobilenet'; use image_size >= 32"),
+    ("+typo", ["+typo=1"], "unknown key 'typo' (+typo=1); the top level takes: augment, backbone, batch_size,"),
+    ("+nested", ["+optimizer.lrr=1"], "unknown key 'optimizer.lrr' (+optimizer.lrr=1); did you mean optimizer.lr?"),
+    ("typo", ["tpyo=1"], "unknown key 'tpyo' (tpyo=1); the top level takes: augment,"),
+    ("dropout", ["dropout=1.5"], "dropout=1.5 is invalid; expected a number in [0, 1)"),
+    ("epochs", ["epochs=0"], "epochs=0 is invalid; expected an integer >= 1"),
+    ("precision", ["precision=fp8"], "precision='fp8' is invalid; expected one of float32, mixed_float16,"),
+    ("lr", ["optimizer.lr=0"], "optimizer.lr=0 is invalid; expected a positive number"),
+    ("class", ["optimizer.keras_class=Adamax9"], "optimizer.keras_class='Adamax9' is not a keras.optimizers class;"),
+    ("xla", ["jit_compile=true", "deterministic=true"], "jit_compile=true needs deterministic=false"),
+    ("weights", [f"backbone.weights={MISSING}"], f"backbone.weights='{MISSING}' is not a file; use imagenet, null,"),
+    (
+        "kaggle",
+        ["data=simpsons", "data.dir={tmp}/kaggle"],
+        "data.root='{tmp}/kaggle/simpsons_dataset' is not a folder;",
+    ),
+    ("layout", ["data.test_layout=nested"], "data.test_layout='nested' is unknown; use one of: folders, flat"),
+    (
+        "test root",
+        ["data.test_root={tmp}/nope"],
+        "data.test_root='{tmp}/nope' is not a folder; set data.test_root=null",
+    ),
+    ("scheme", ["tracking.uri=garbage://x"], "tracking.uri='garbage://x' is not a supported store; use sqlite:///"),
+    (
+        "server",
+        ["tracking.uri=http://127.0.0.1:{port}"],
+        "tracking.uri=http://127.0.0.1:{port}: no MLflow server answers",
+    ),
+    (
+        "database",
+        ["tracking.uri=postgresql://u:secret@127.0.0.1:{port}/db"],
+        "tracking.uri=postgresql://u:***@127.0.0.1:",
+    ),
+    ("store", ["tracking.uri=sqlite:////etc/hostname/x.db"], "tracking.uri=sqlite:////etc/hostname/x.db: cannot write"),
+    ("cache", ["cache_dir=/etc/hostname/sub"], "cache_dir='/etc/hostname/sub' cannot be written (/etc/hostname is not"),
+    ("sweep", ["-m", "image_size=16,32"], "image_size=16 is below the minimum of backbone 'mobilenet'; use image_size"),
+]
+
+
+def cli_args(overrides: list[str], tmp_path: Path, images: Path) -> list[str]:
+    """The tiny config on the tiny images, its store in tmp_path, then `overrides` (which win)."""
+    flags, values = [o for o in overrides if o.startswith("-")], [o for o in overrides if not o.startswith("-")]
+    data = [] if "data=simpsons" in overrides else folder_data(images)
+    return [*flags, *TINY_MODEL, *data, f"tracking.uri=sqlite:///{tmp_path / STORE}", "epochs=1", *values]
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in (result.stdout + result.stderr).splitlines() if "error: " in line]
+
+
+def assert_nothing_created(cwd: Path) -> None:
+    """No store, no run folder: the checks ran before Hydra, MLflow or the sweep made anything."""
+    assert not (cwd / STORE).exists()
+    assert not (cwd / "multirun").exists() and not (cwd / "outputs").exists()
+
+
+@pytest.mark.parametrize("overrides,message", [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS])
+def test_a_bad_value_fails_before_anything_starts_in_one_line(overrides, message, image_folders, tmp_path):
+    port = free_port()  # nothing listens there
+    filled = [o.format(tmp=tmp_path, port=port) for o in overrides]
+    result = run_cli(cli_args(filled, tmp_path, image_folders), cwd=tmp_path, timeout=60)
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    [line] = error_lines(result)
+    assert line.startswith(f"error: {message.format(tmp=tmp_path, port=port)}"), line
+    assert "Traceback" not in output and "secret" not in output
+    assert_nothing_created(tmp_path)
+    if "data=simpsons" in overrides:
+        assert "experiment=demo" in line
+
+
+def test_two_bad_values_of_a_sweep_are_two_lines_before_its_first_job(image_folders, tmp_path):
+    overrides = ["-m", "image_size=16,32", "dropout=1.5,0.2"]  # four jobs, two bad values
+    result = run_cli(cli_args(overrides, tmp_path, image_folders), cwd=tmp_path, timeout=60)
+
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert sorted(error_lines(result)) == [
+        "error: dropout=1.5 is invalid; expected a number in [0, 1)",
+        "error: image_size=16 is below the minimum of backbone 'mobilenet'; use image_size >= 32",
+    ]
+    assert "Traceback" not in result.stderr
+    assert_nothing_created(tmp_path)
+
+
+@pytest.mark.parametrize("flags,code", [(["-m", "image_size=16,32"], 2), (["--help"], 0)], ids=["sweep", "help"])
+def test_the_sweep_driver_checks_without_loading_tensorflow(flags, code, image_folders, tmp_path):
+    args = cli_args(flags, tmp_path, image_folders) if code else flags
+    command = [sys.executable, "-X", "importtime", "-m", "simpsons.train", *args]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == code, result.stderr[-3000:]
+    assert len(error_lines(result)) == (1 if code else 0)
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
+    assert "hydra" in imported and ("mlflow" in imported) == bool(code)
+    assert not imported & {"tensorflow", "keras"}
+
+
+def test_a_job_started_directly_checks_first_and_creates_nothing(image_folders, tmp_path):
+    from simpsons.job import JobContext, train  # TensorFlow: the job may load it
+
+    store_file = tmp_path / STORE
+    overrides = cli_args(["dropout=1.5", "epochs=0", f"tracking.uri=sqlite:///{store_file}"], tmp_path, image_folders)
+    with pytest.raises(ConfigError) as raised:
+        train(compose_train(overrides), JobContext(overrides=[]))
+    assert str(raised.value) == (  # one line, as the job logs it
+        "dropout=1.5 is invalid; expected a number in [0, 1); epochs=0 is invalid; expected an integer >= 1"
+    )
+    assert not store_file.exists()
+
+
+# A read-only store folder: root writes anywhere but on a read-only mount, so the CLI runs as nobody.
+
+
+def as_unprivileged_user(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m simpsons.train ARGS` as user nobody when the tests run as root, else as is.
+
+    The venv's interpreter may live where nobody cannot read (a pyenv under /root); then a system
+    interpreter of the same version runs it, with the venv's packages added as a site directory.
+    """
+    if os.geteuid() != 0:
+        return run_cli(args, cwd=cwd, timeout=60)
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: no way to run the CLI as an unprivileged user")
+    nobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    boot = (
+        "import runpy, site, sys; site.addsitedir(sys.argv.pop(1)); "
+        "runpy.run_module('simpsons.train', run_name='__main__', alter_sys=True)"
+    )
+    site_packages = sysconfig.get_paths()["purelib"]
+    home = cwd.with_name("home")  # writable by anyone: MLflow may keep its telemetry settings there
+    home.mkdir(mode=0o777, exist_ok=True)
+    home.chmod(0o777)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"HOME": str(home)}
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for python in dict.fromkeys([sys.executable, shutil.which(version) or version, f"/usr/bin/{version}"]):
+        probe = [*nobody, python, "-c", f"{boot.split(';')[0]}; site.addsitedir({site_packages!r}); import simpsons"]
+        if subprocess.run(probe, cwd=cwd, env=env, capture_output=True).returncode == 0:
+            command = [*nobody, python, "-c", boot, site_packages, *args]
+            return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    pytest.skip(f"running as root, and user nobody can run no {version} with this venv's packages")
+
+
+@pytest.fixture
+def world_readable_folder() -> Iterator[Path]:
+    """A folder user nobody can enter (pytest's tmp_path is private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="simpsons-checks-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_store_in_a_read_only_folder_fails_in_one_line(world_readable_folder):
+    work, read_only, train = (world_readable_folder / name for name in ("work", "read-only", "train"))
+    for folder in (work, read_only, train):
+        folder.mkdir()
+    work.chmod(0o777)
+    read_only.chmod(0o555)
+    uri = f"sqlite:///{read_only / STORE}"
+    args = [*TINY_MODEL, "data=folder", f"data.root={train}", f"cache_dir={work / 'cache'}", f"tracking.uri={uri}"]
+
+    started = time.monotonic()
+    result = as_unprivileged_user(args, cwd=work)
+
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert error_lines(result) == [
+        f"error: tracking.uri={uri}: cannot write in {read_only} ({read_only} is not writable); "
+        "use a store in a writable folder"
+    ]
+    assert time.monotonic() - started < 10
+    assert list(read_only.iterdir()) == [] and list(work.iterdir()) == []
+
+
+# Checks without the CLI.
+
+
+def master_config(overrides: list[str]) -> DictConfig:
+    """The driver's config of `python -m simpsons.train -m OVERRIDES`, as the sweep callback gets it."""
+    loader = GlobalHydra.instance().config_loader()
+    return loader.load_configuration("train", ["hydra.mode=MULTIRUN", *overrides], run_mode=RunMode.MULTIRUN)
+
+
+@pytest.fixture
+def hydra_app() -> Iterator[None]:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yield
+
+
+def test_an_argument_only_some_backbones_take_is_accepted_with_plus_plus(hydra_app, image_folders, tracking_uri):
+    rest = ["image_size=32", *TINY, *folder_data(image_folders), f"tracking.uri={tracking_uri}"]
+    master = master_config(["backbone=mobilenet,mobilenetv2", "++backbone.kwargs.alpha=0.35", *rest])
+    loader = GlobalHydra.instance().config_loader()
+
+    jobs = checks.basic_sweeper_jobs(master, loader)
+    assert [job[0] for job in jobs] == ["backbone=mobilenet", "backbone=mobilenetv2"]
+    assert checks.job_errors(master) == []
+    for job in jobs:
+        cfg, errors = checks.composed_job(lambda kept: loader.load_sweep_config(master, kept), job, loader)
+        assert errors == [] and cfg.backbone.kwargs.alpha == 0.35
+
+    fixed_backbone = master_config(["backbone=mobilenet", "backbone.kwargs.alpha=0.25", "dropout=0.2,0.4", *rest])
+    assert checks.job_errors(fixed_backbone) == []
+    no_alpha = ["backbone=xception", "backbone.kwargs.alpha=0.25", *rest]  # without ++, where xception has none
+    assert checks.composed_job(lambda kept: loader.load_sweep_config(master, kept), no_alpha, loader)[1] == [
+        "unknown key 'backbone.kwargs.alpha' (backbone.kwargs.alpha=0.25); "
+        "add a constructor argument with ++backbone.kwargs.alpha=0.25"
+    ]
+
+
+def test_a_presets_sweep_is_checked_with_the_command_line_winning(hydra_app, tracking_uri):
+    master = master_config(["experiment=demo", "dropout=0.3,1.5", f"tracking.uri={tracking_uri}"])
+    jobs = checks.basic_sweeper_jobs(master, GlobalHydra.instance().config_loader())
+    grid = [["experiment=demo", f"optimizer={o}", f"dropout={d}"] for o in ("adam", "rmsprop") for d in ("0.3", "1.5")]
+    chosen = [sorted(o for o in job if not o.startswith("tracking.")) for job in jobs]
+    assert sorted(chosen) == sorted(map(sorted, grid))  # the preset sweeps dropout 0.2,0.5
+    assert checks.job_errors(master) == ["dropout=1.5 is invalid; expected a number in [0, 1)"]
+
+
+def test_keras_optimizers_named_here_are_keras_optimizers():
+    import keras
+
+    for name in checks.KERAS_OPTIMIZERS:
+        optimizer = getattr(keras.optimizers, name)(learning_rate=1e-3)
+        assert isinstance(optimizer, keras.optimizers.Optimizer), name
+
+
+def test_a_store_check_creates_nothing(tmp_path):
+    store.check(f"sqlite:///{tmp_path / 'new' / 'folders' / STORE}")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "notes.db").write_text("not a database")
+    with pytest.raises(ConfigError, match=r"notes.db: not a usable SQLite database"):
+        store.check(f"sqlite:///{tmp_path / 'notes.db'}")
+
+
+def test_a_store_that_never_answers_fails_within_the_deadline(monkeypatch):
+    monkeypatch.setattr(store, "PROBE_SECONDS", 0.2)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"tracking.uri=http://host: no answer within 1.2 s"):
+        store._within_deadline("http://host", lambda uri: time.sleep(30))
+    assert time.monotonic() - started < 2
+
+
+# A data error: found when a job reads its data, still one line.
+
+
+def test_a_class_without_usable_images_lists_its_skipped_files(tmp_path, image_folders):
+    root = tmp_path / "train"
+    shutil.copytree(image_folders / "train", root)
+    (root / "maggie").mkdir()
+    for i in range(13):
+        (root / "maggie" / f"pic_{i:02d}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+
+    with pytest.raises(DataError) as raised:
+        load_dataset(compose_train(["data=folder", f"data.root={root}"]).data)
+
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith(f"class 'maggie' in '{root}' has no usable images: its 13 file(s) are not decodable")
+    assert message.endswith(", ".join(f"maggie/pic_{i:02d}.jpg" for i in range(10)) + " and 3 more")
