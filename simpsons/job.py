@@ -81,7 +81,11 @@ def train(cfg: DictConfig, job: JobContext) -> str:
     if job.sweep_id:
         tags[schema.SWEEP_ID] = job.sweep_id
 
-    data = single_run_data or _load_sweep_job_data(cfg, job, experiment_id, name, parent, tags)
+    data = (
+        single_run_data
+        if single_run_data is not None
+        else _load_sweep_job_data(cfg, job, experiment_id, name, parent, tags)
+    )
     identity = lifecycle.config_hash(_training_config(cfg), data.fingerprint, store.code_version())
     tags |= {schema.CONFIG_HASH: identity, schema.CODE_VERSION: store.code_version()}
     done = lifecycle.finished_run(client, experiment_id, identity) if cfg.reuse else None
