@@ -111,7 +111,7 @@ def test_kill_9_mid_sweep_then_the_same_command_reuses_finished_configs_and_leav
 ):
     args = ["-m", "dropout=0.1,0.2,0.3", *TINY_MODEL, *folder_data(image_folders), "epochs=3"]
     args.append(f"tracking.uri={tracking_uri}")
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(configure(tracking_uri))  # the store exists before the test polls it
 
     def second_job_running() -> bool:
         return bool(runs_where(tracking_uri, lambda r: r.data.params.get("dropout") == "0.2"))
@@ -165,7 +165,7 @@ def test_a_killed_finetuning_run_resumes_at_the_epoch_after_its_last_backup_in_t
 ):
     args = [*TINY_MODEL, *folder_data(image_folders), "epochs=1", "finetune.layers=3", "finetune.epochs=4"]
     args.append(f"tracking.uri={tracking_uri}")
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(configure(tracking_uri))  # the store exists before the test polls it
 
     def steps() -> list[int]:
         runs = all_runs(tracking_uri)
