@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from simpsons import signals
 from simpsons.sweep import MlflowSweepCallback
-from simpsons.tracking import lifecycle
+from simpsons.tracking import lifecycle, store
 
 T = TypeVar("T")
 STARTUP_DEADLINE = 600.0  # TensorFlow in up to three processes on a loaded 2-core machine
@@ -36,6 +36,13 @@ EXIT_DEADLINE = 180.0
 UNSTOPPABLE = ["epochs=1000000"]  # with the tiny cached model: hours, so no job can finish before the signal
 JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
 SUBMITIT = ["hydra/launcher=submitit_local"]
+
+
+@pytest.fixture
+def client(tracking_uri: str) -> MlflowClient:
+    """A client of the test's store, set up before the command starts: creating the schema from two
+    processes at once (the command, and this one on its first read) breaks it."""
+    return MlflowClient(store.configure(tracking_uri))
 
 
 def poll(condition: Callable[[], T], what: str, deadline: float, process: subprocess.Popen | None = None) -> T:
@@ -117,6 +124,12 @@ def alive(process: psutil.Process) -> bool:
         return False
 
 
+def describe(process: psutil.Process) -> str:
+    with contextlib.suppress(psutil.Error):
+        return f"{process.pid} {' '.join(process.cmdline())}"
+    return str(process.pid)
+
+
 def assert_killed_keeping_metrics(client: MlflowClient, run_id: str, epochs: int) -> None:
     run = client.get_run(run_id)
     assert run.info.status == "KILLED"
@@ -126,14 +139,13 @@ def assert_killed_keeping_metrics(client: MlflowClient, run_id: str, epochs: int
 
 @pytest.mark.slow
 def test_ctrl_c_in_a_sweep_marks_the_run_and_the_sweep_killed_and_keeps_what_was_logged(
-    image_folders, tracking_uri, tmp_path
+    image_folders, tracking_uri, client, tmp_path
 ):
     """Why timing cannot decide the outcome: the job has a million epochs, so it cannot finish
     however fast or slow the machine; once it has logged two, the process is stopped and seen
     stopped, so its run, read back as RUNNING, is still RUNNING when SIGINT is delivered (sent while
     it is stopped, delivered when it continues). Every wait is a poll on a condition."""
     args = ["-m", "dropout=0.2,0.4", *TINY_MODEL, *folder_data(image_folders), *UNSTOPPABLE]
-    client = MlflowClient(tracking_uri)
     with cli([*args, f"tracking.uri={tracking_uri}"], tmp_path) as process:
         [job] = poll(lambda: training(client, jobs=1, epochs=2), "job with 2 epochs", STARTUP_DEADLINE, process)
         signal_while_stopped(process, client, job.info.run_id, signal.SIGINT)
@@ -153,10 +165,9 @@ def test_ctrl_c_in_a_sweep_marks_the_run_and_the_sweep_killed_and_keeps_what_was
 
 
 @pytest.mark.slow
-def test_sigterm_ends_a_single_run_killed_in_one_line_with_143(image_folders, tracking_uri, tmp_path):
+def test_sigterm_ends_a_single_run_killed_in_one_line_with_143(image_folders, tracking_uri, client, tmp_path):
     """As above: a run that cannot finish, signalled while it is seen stopped and RUNNING."""
     args = [*TINY_MODEL, *folder_data(image_folders), *UNSTOPPABLE, f"tracking.uri={tracking_uri}"]
-    client = MlflowClient(tracking_uri)
     with cli(args, tmp_path) as process:
         [run] = poll(lambda: training(client, jobs=1, epochs=2), "run with 2 epochs", STARTUP_DEADLINE, process)
         signal_while_stopped(process, client, run.info.run_id, signal.SIGTERM)
@@ -177,13 +188,12 @@ def test_sigterm_ends_a_single_run_killed_in_one_line_with_143(image_folders, tr
     ids=["joblib", "submitit_local"],
 )
 def test_sigterm_to_the_driver_of_a_parallel_sweep_ends_every_job_process_and_run(
-    launcher, ending_their_own_runs, image_folders, tracking_uri, tmp_path
+    launcher, ending_their_own_runs, image_folders, tracking_uri, client, tmp_path
 ):
     """SIGTERM to the driver only. Two jobs run at once, each in a process below the driver; no job
     can finish (a million epochs), so both are RUNNING when the signal comes, and must end KILLED.
     A job that ends its run itself (no `ended_by` tag) shows its process had the handler."""
     args = ["-m", *launcher, "dropout=0.2,0.4", *TINY_MODEL, *folder_data(image_folders), *UNSTOPPABLE]
-    client = MlflowClient(tracking_uri)
     with cli([*args, f"tracking.uri={tracking_uri}"], tmp_path) as process:
         jobs = poll(lambda: training(client, jobs=2, epochs=1), "2 jobs training", STARTUP_DEADLINE, process)
         descendants = psutil.Process(process.pid).children(recursive=True)
@@ -195,8 +205,12 @@ def test_sigterm_to_the_driver_of_a_parallel_sweep_ends_every_job_process_and_ru
         end = time.monotonic() + 60  # the loky resource tracker exits once the driver has
         while (left := [p for p in descendants if alive(p)]) and time.monotonic() < end:
             time.sleep(0.2)
+        left_running = [describe(p) for p in left]
+        for process_left in left:  # no longer below the driver: `cli` would not see them
+            with contextlib.suppress(psutil.Error):
+                process_left.kill()
 
-    assert not left, f"left running after the driver exited: {[(p.pid, p.cmdline()) for p in left]}"
+    assert not left_running, f"left running after the driver exited: {left_running}"
     assert returncode == 143, stderr[-3000:]
     assert "Traceback" not in stderr
     runs = client.search_runs([jobs[0].info.experiment_id])
