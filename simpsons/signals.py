@@ -13,13 +13,19 @@ and hydra-submitit-launcher 1.2.0 / submitit 1.5):
 - joblib: loky workers are fork-exec'ed children of the driver in its session (no setsid), and run
   the task function, not our main(): the handler is installed by the task function (`job_process`).
   A worker catches BaseException from a task and waits for the next one, so a KeyboardInterrupt
-  alone does not end it: it dies of the signal once its run has ended. Its resource tracker
-  ignores SIGINT and SIGTERM and exits when the driver does; it is not waited for.
+  alone does not end it: it dies of the signal once its run has ended. As soon as one worker has
+  exited, loky SIGKILLs the others; a run so left RUNNING, the driver ends KILLED
+  (`sweep.end_interrupted`). Loky's resource tracker ignores SIGINT and SIGTERM and exits when the
+  driver does: it is not waited for.
 - submitit_local: each job is a controller (`python -m submitit.local._local`) that starts the task
   (`python -m submitit.core._submit`). The task sets SIGTERM to "bypass" just before it calls our
   task function, which installs the handler again; a SIGTERM that falls in between is lost, so it
   is sent again until the process is gone. The controller forwards SIGTERM to its task and waits
   for it, but answers SIGINT by SIGKILLing it after about a second: SIGTERM is what gets forwarded.
+
+Ctrl-C in a terminal reaches every process of the foreground group, the jobs of both launchers
+included: a job already ending ignores the driver's SIGTERM that follows, and a run whose process
+was SIGKILLed (by a submitit controller) is ended KILLED by the driver.
 """
 
 from __future__ import annotations
@@ -68,7 +74,8 @@ def received() -> signal.Signals | None:
 
 
 def interrupted_run_id() -> str | None:
-    """The MLflow run that was active in this process when the signal came (a job in the driver)."""
+    """The MLflow run active in this process when the signal came: a single run's, or a job's of the
+    default launcher, which runs jobs in the driver."""
     return _run_id
 
 
