@@ -5,10 +5,10 @@ from __future__ import annotations
 import atexit
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hydra.experimental.callback import Callback
-from mlflow.entities import RunStatus
+from mlflow.entities import RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
@@ -26,7 +26,8 @@ class MlflowSweepCallback(Callback):
     The parent is tagged with the sweep's unique id, which every job gets through its config
     (hydra.job.env_set), so jobs find it under any launcher, and two sweeps started in the same
     second stay apart. If the sweep stops early (a job raised, Ctrl-C), an exit hook still ends
-    the parent: FAILED, or KILLED when a child was killed.
+    the parent: FAILED, or KILLED when a child was killed; an interrupted driver ends it first
+    (`end_interrupted`), once its job processes are gone.
     """
 
     def __init__(self) -> None:
@@ -36,6 +37,12 @@ class MlflowSweepCallback(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         checks.exit_on_bad_jobs(config)  # a single run: a bad value creates nothing either
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The joblib and submitit launchers pickle Hydra's context, callbacks included, into every
+        # job process. A job's copy gets neither the client nor the heartbeat thread (it holds a
+        # lock, which does not pickle): without a client it can never end the parent.
+        return {"client": None, "parent_run_id": self.parent_run_id, "heartbeat": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         checks.exit_on_bad_jobs(config)  # every job, before the first and before the store is touched
@@ -60,6 +67,7 @@ class MlflowSweepCallback(Callback):
         self.parent_run_id = run.info.run_id
         self.heartbeat = lifecycle.Heartbeat(self.client, self.parent_run_id, config.tracking.heartbeat_seconds)
         self.heartbeat.start()
+        _drive(self)
         atexit.register(self._end_parent, RunStatus.FAILED)
         log.info(
             "MLflow sweep run %s (sweep %s) in experiment %r", run.info.run_id, sweep_id, config.tracking.experiment
@@ -81,13 +89,22 @@ class MlflowSweepCallback(Callback):
         children = self._children()
         for child in children:
             if child.info.status == "RUNNING":
-                self.client.set_terminated(child.info.run_id, "KILLED" if _interrupted else "FAILED")
+                self._end_orphan(child.info.run_id)
         statuses = {self.client.get_run(child.info.run_id).info.status for child in children}
         if _interrupted or "KILLED" in statuses:
             status = RunStatus.KILLED
         elif statuses - {"FINISHED"}:
             status = RunStatus.FAILED
         self.client.set_terminated(self.parent_run_id, RunStatus.to_string(status))
+
+    def _end_orphan(self, run_id: str) -> None:
+        """End a child whose process ended before its run did (a launcher may SIGKILL a job: loky
+        kills the other workers as soon as one exits)."""
+        tags = {schema.ENDED_BY: f"sweep run {self.parent_run_id}: the job's process ended before its run"}
+        if _interrupted:
+            tags[schema.ERROR] = f"interrupted ({_interrupted})"
+        self.client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+        self.client.set_terminated(run_id, "KILLED" if _interrupted else "FAILED")
 
     def _children(self) -> list:
         parent = self.client.get_run(self.parent_run_id)
@@ -105,10 +122,31 @@ class MlflowSweepCallback(Callback):
         log.info("trained %d config(s): %s", len(trained), "; ".join(trained) or "none")
 
 
-_interrupted = False
+class EndedSweep(NamedTuple):
+    run_id: str
+    status: str
+    killed_jobs: dict[str, str]  # run id -> status of each job that ended KILLED
 
 
-def note_interrupted() -> None:
-    """Called by the app on Ctrl-C, so that the exit hook ends the sweep KILLED, not FAILED."""
+_current: MlflowSweepCallback | None = None  # the sweep this process drives
+_interrupted: str | None = None  # the signal that interrupted it, e.g. "SIGTERM"
+
+
+def _drive(sweep: MlflowSweepCallback) -> None:
+    global _current
+    _current = sweep
+
+
+def end_interrupted(signal_name: str) -> EndedSweep | None:
+    """End the sweep this process drives KILLED, and any of its jobs still RUNNING, after `signal_name`.
+
+    Call it once the job processes are gone; None when no sweep had started.
+    """
     global _interrupted
-    _interrupted = True
+    _interrupted = signal_name
+    if _current is None or _current.client is None or _current.parent_run_id is None:
+        return None
+    _current._end_parent(RunStatus.KILLED)
+    parent = _current.client.get_run(_current.parent_run_id)
+    killed = {child.info.run_id: child.info.status for child in _current._children() if child.info.status == "KILLED"}
+    return EndedSweep(parent.info.run_id, parent.info.status, killed)

@@ -1,6 +1,7 @@
 """`python -m simpsons.train`: the Hydra app; each job is one tracked run (simpsons/job.py).
 
 `-m` sweeps a grid with Hydra's multirun; simpsons.sweep nests every job's run under one parent.
+SIGINT and SIGTERM end the runs KILLED, in one line (simpsons.signals).
 """
 
 from __future__ import annotations
@@ -8,11 +9,12 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from typing import NoReturn
 
 import hydra
 from omegaconf import DictConfig
 
-from simpsons import checks, config
+from simpsons import checks, config, signals
 from simpsons.errors import ConfigError, SimpsonsError
 
 log = logging.getLogger("simpsons.train")
@@ -21,17 +23,19 @@ config.register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def hydra_main(cfg: DictConfig) -> None:
-    # Imported here, so that `--help` and bad group choices answer without loading TensorFlow.
-    from simpsons.job import JobContext, train
+    # The task function: a launcher's job process (a loky worker, a submitit task) starts here, not in main().
+    with signals.job_process():
+        # Imported here, so that `--help` and bad group choices answer without loading TensorFlow.
+        from simpsons.job import JobContext, train
 
-    job = JobContext.from_hydra()
-    try:
-        train(cfg, job)
-    except SimpsonsError as error:
-        log.error("error: %s", error)
-        if job.sweep_dir is None:
-            sys.exit(2)
-        raise  # in a sweep: this job is FAILED, the others go on
+        job = JobContext.from_hydra()
+        try:
+            train(cfg, job)
+        except SimpsonsError as error:
+            log.error("error: %s", error)
+            if job.sweep_dir is None:
+                sys.exit(2)
+            raise  # in a sweep: this job is FAILED, the others go on
 
 
 def check_group_overrides(args: list[str]) -> None:
@@ -41,22 +45,39 @@ def check_group_overrides(args: list[str]) -> None:
         raise ConfigError(errors[0])
 
 
-def _interrupt_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main() -> None:
+    signals.install(driver=True)
     # Unknown group choices and keys, before Hydra composes (it would say so in several lines);
     # every value of every job is checked next, before anything starts, by the sweep callback.
     checks.exit_on_bad_command_line(sys.argv[1:])
-    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)  # Slurm and `kill` end runs as KILLED too
     try:
         hydra_main()
     except KeyboardInterrupt:
-        from simpsons import sweep  # loaded already when a sweep is running
+        _exit_interrupted()
 
-        sweep.note_interrupted()
-        raise
+
+def _exit_interrupted() -> NoReturn:
+    """After SIGINT or SIGTERM, the job processes gone: end the sweep KILLED, say in one line how
+    the runs ended, exit 130 or 143."""
+    received = signals.received() or signal.SIGINT  # a KeyboardInterrupt that no signal of ours raised
+    sweep = sys.modules.get("simpsons.sweep")  # loaded by Hydra, as a callback, once the app has started
+    ended = sweep.end_interrupted(received.name) if sweep is not None else None
+    if ended is not None:
+        line = signals.summary(received, ended.killed_jobs, (ended.run_id, ended.status))
+    else:
+        line = signals.summary(received, _interrupted_run(), None)
+    print(line, file=sys.stderr)
+    sys.exit(signals.exit_code(received))
+
+
+def _interrupted_run() -> dict[str, str]:
+    """A single run's id and status, read back: it was the active run when the signal came."""
+    run_id = signals.interrupted_run_id()
+    if run_id is None:
+        return {}
+    from mlflow.tracking import MlflowClient
+
+    return {run_id: MlflowClient().get_run(run_id).info.status}
 
 
 if __name__ == "__main__":

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from dataclasses import astuple
 from pathlib import Path
 
@@ -157,35 +154,6 @@ def test_a_failing_job_is_failed_with_its_error_and_the_sweep_goes_on(image_fold
     assert "class 'red_circle'" in failed.data.tags["error"] and "has no usable images" in failed.data.tags["error"]
     assert "red_circle/img_0000.jpg" in failed.data.tags["error"]  # the skipped files, named
     assert "error.txt" in artifact_paths(MlflowClient(tracking_uri), failed.info.run_id)
-
-
-def test_ctrl_c_in_a_sweep_marks_the_run_and_the_sweep_killed_and_keeps_what_was_logged(
-    image_folders, tracking_uri, tmp_path
-):
-    args = ["-m", "dropout=0.2,0.4", *TINY_MODEL, *folder_data(image_folders), "epochs=500"]
-    command = [sys.executable, "-m", "simpsons.train", *args, f"tracking.uri={tracking_uri}"]
-    process = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 180
-    client = MlflowClient(tracking_uri)
-    while time.monotonic() < deadline and process.poll() is None:
-        experiment = client.get_experiment_by_name("simpsons")
-        runs = (
-            client.search_runs([experiment.experiment_id], "tags.`simpsons.run_type` = 'train'") if experiment else []
-        )
-        if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 2:
-            break
-        time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail(f"training never started: {process.stderr.read().decode()[-2000:]}")
-    process.send_signal(signal.SIGINT)
-    process.wait(timeout=120)
-
-    runs = runs_of(tracking_uri, "simpsons")
-    assert {r.data.tags["simpsons.run_type"]: r.info.status for r in runs} == {"sweep": "KILLED", "train": "KILLED"}
-    [job] = [r for r in runs if r.data.tags["simpsons.run_type"] == "train"]
-    assert job.data.tags["error"] == "interrupted"
-    assert len(client.get_metric_history(job.info.run_id, "loss")) >= 2
 
 
 def test_the_same_config_twice_gives_identical_metrics(image_folders, tracking_uri):

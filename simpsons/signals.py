@@ -1,0 +1,195 @@
+"""SIGINT and SIGTERM: every run ends KILLED, no job process outlives the driver, one line says so.
+
+The driver (`python -m simpsons.train`) and every job process a Hydra launcher starts handle both
+signals the same way: on the first one, end this process's descendants (SIGTERM, a bounded wait,
+then SIGKILL), then raise KeyboardInterrupt, which `lifecycle.tracked_run` turns into a KILLED run.
+In the driver the descendants are the launcher's job processes: each gets SIGTERM and ends its own
+run KILLED, and only once they are gone does the driver end the sweep (`simpsons.train`). A job
+process of a launcher then dies of the signal (`job_process`).
+
+Why each launcher needs what it gets here (read in hydra-joblib-launcher 1.2.0 / joblib 1.6's loky,
+and hydra-submitit-launcher 1.2.0 / submitit 1.5):
+
+- joblib: loky workers are fork-exec'ed children of the driver in its session (no setsid), and run
+  the task function, not our main(): the handler is installed by the task function (`job_process`).
+  A worker catches BaseException from a task and waits for the next one, so a KeyboardInterrupt
+  alone does not end it: it dies of the signal once its run has ended. As soon as one worker has
+  exited, loky SIGKILLs the others; a run so left RUNNING, the driver ends KILLED
+  (`sweep.end_interrupted`). Loky's resource tracker ignores SIGINT and SIGTERM and exits when the
+  driver does: it is not waited for.
+- submitit_local: each job is a controller (`python -m submitit.local._local`) that starts the task
+  (`python -m submitit.core._submit`). The task sets SIGTERM to "bypass" just before it calls our
+  task function, which installs the handler again; a SIGTERM that falls in between is lost, so it
+  is sent again until the process is gone. The controller forwards SIGTERM to its task and waits
+  for it, but answers SIGINT by SIGKILLing it after about a second: SIGTERM is what gets forwarded.
+
+Ctrl-C in a terminal reaches every process of the foreground group, the jobs of both launchers
+included: a job already ending ignores the driver's SIGTERM that follows, and a run whose process
+was SIGKILLed (by a submitit controller) is ended KILLED by the driver.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import NoReturn
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+HANDLED = (signal.SIGINT, signal.SIGTERM)
+GRACE_SECONDS = 30.0  # for the job processes to end their runs and exit, before SIGKILL
+RESEND_SECONDS = 1.0
+POLL_SECONDS = 0.1
+
+_received: signal.Signals | None = None
+_run_id: str | None = None  # the MLflow run active in this process when the signal came
+_driver_pid: int | None = None
+
+
+def install(driver: bool = False) -> None:
+    """Handle SIGINT and SIGTERM in this process (again: no change). `driver`: this is main()."""
+    global _driver_pid
+    if driver:
+        _driver_pid = os.getpid()
+    if threading.current_thread() is not threading.main_thread():
+        return  # Python runs signal handlers in the main thread only, and sets them there only
+    for signum in HANDLED:
+        signal.signal(signum, _on_signal)
+
+
+def received() -> signal.Signals | None:
+    """The signal that interrupted this process, if one did."""
+    return _received
+
+
+def interrupted_run_id() -> str | None:
+    """The MLflow run active in this process when the signal came: a single run's, or a job's of the
+    default launcher, which runs jobs in the driver."""
+    return _run_id
+
+
+def exit_code(signum: signal.Signals) -> int:
+    """128 + the signal's number (130, 143): what a shell reports for a process the signal ended."""
+    return 128 + int(signum)
+
+
+def summary(signum: signal.Signals, runs: dict[str, str], sweep: tuple[str, str] | None) -> str:
+    """The one line an interrupted command ends with; `runs` and `sweep` map run ids to statuses."""
+    ended = [f"run {run_id} {status}" for run_id, status in runs.items()]
+    if sweep is not None:
+        ended.append(f"sweep {sweep[0]} {sweep[1]}")
+    return f"interrupted ({signum.name}): {', '.join(ended) or 'no run had started'}"
+
+
+@contextlib.contextmanager
+def job_process() -> Iterator[None]:
+    """Around the task function. In a job process of a launcher (not the driver), install the handler,
+    and once an interrupted job has ended its run, end the process by the signal."""
+    if os.getpid() == _driver_pid:
+        yield  # the default launcher runs jobs in the driver: main() ends the sweep and exits
+        return
+    install()
+    try:
+        yield
+    except KeyboardInterrupt:
+        if _received is None:
+            raise
+        _die_of(_received)
+
+
+def end_descendants(grace: float = GRACE_SECONDS) -> None:
+    """SIGTERM every descendant of this process until it exits; SIGKILL those left after `grace` s."""
+    seen: dict[int, psutil.Process] = {}
+    deadline = time.monotonic() + grace
+    next_signal = 0.0
+    while (waiting := _running_descendants(seen)) and time.monotonic() < deadline:
+        if time.monotonic() >= next_signal:
+            _send(waiting, signal.SIGTERM)  # again later: see the module's docstring (submitit's bypass)
+            next_signal = time.monotonic() + RESEND_SECONDS
+        time.sleep(POLL_SECONDS)
+    if waiting:
+        log.warning("%d process(es) still running %g s after SIGTERM: SIGKILL", len(waiting), grace)
+        _send(waiting, signal.SIGKILL)
+        deadline = time.monotonic() + grace
+        while any(_alive(process) for process in waiting) and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    global _received, _run_id
+    if _received is not None:
+        return  # already ending: a second Ctrl-C, or the SIGTERM submitit forwards, must not cut the cleanup short
+    _received = signal.Signals(signum)
+    _run_id = _active_run_id()
+    # Before raising: the launchers react to the exception by killing their workers at once (joblib
+    # aborts with SIGKILL), which would leave the jobs no time to end their runs.
+    end_descendants()
+    raise KeyboardInterrupt(_received.name)
+
+
+def _active_run_id() -> str | None:
+    mlflow = sys.modules.get("mlflow")  # not imported yet: no run can be active
+    run = mlflow.active_run() if mlflow is not None else None
+    return run.info.run_id if run is not None else None
+
+
+def _die_of(signum: signal.Signals) -> NoReturn:
+    """End this process by `signum`'s default action, so that its parent sees it die of it.
+
+    First the exit handlers a normal exit runs: there multiprocessing unregisters its semaphores
+    (tqdm's lock), which its resource tracker in the driver would otherwise report as leaked."""
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    os._exit(exit_code(signum))  # not reached: the signal is delivered before kill() returns
+
+
+def _running_descendants(seen: dict[int, psutil.Process]) -> list[psutil.Process]:
+    """The descendants still running, but for those that ignore SIGTERM. `seen` remembers every one
+    found so far, so that a job process that starts meanwhile, or whose parent (a submitit
+    controller) exits first and leaves it to init, is still waited for."""
+    with contextlib.suppress(psutil.Error):
+        seen.update((process.pid, process) for process in psutil.Process().children(recursive=True))
+    return [process for process in seen.values() if _alive(process) and not _ignores_sigterm(process)]
+
+
+def _alive(process: psutil.Process) -> bool:
+    """Running, and not a zombie: one whose parent has not reaped it yet has ended all the same."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _ignores_sigterm(process: psutil.Process) -> bool:
+    """Whether the process set SIGTERM to be ignored (loky's resource tracker): waiting is useless.
+
+    Read from /proc (Linux); elsewhere every process is waited for."""
+    try:
+        status = Path(f"/proc/{process.pid}/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("SigIgn:"):
+            return bool((int(line.split()[1], 16) >> (signal.SIGTERM - 1)) & 1)
+    return False
+
+
+def _send(processes: list[psutil.Process], signum: signal.Signals) -> None:
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.send_signal(signum)

@@ -1,0 +1,325 @@
+"""SIGINT and SIGTERM: runs end KILLED in one line, under every launcher, and no job process is left.
+
+Real processes on a real SQLite store. Every wait is a bounded poll on a condition: its deadline
+only guards against a hang, it never decides an outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import psutil
+import pytest
+from conftest import TINY_MODEL, folder_data
+from mlflow.entities import Run, RunStatus
+from mlflow.tracking import MlflowClient
+
+from simpsons import signals
+from simpsons.sweep import MlflowSweepCallback
+from simpsons.tracking import lifecycle, store
+
+T = TypeVar("T")
+STARTUP_DEADLINE = 600.0  # TensorFlow in up to three processes on a loaded 2-core machine
+EXIT_DEADLINE = 180.0
+UNSTOPPABLE = ["epochs=1000000"]  # with the tiny cached model: hours, so no job can finish before the signal
+JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+SUBMITIT = ["hydra/launcher=submitit_local"]
+
+
+@pytest.fixture
+def client(tracking_uri: str) -> MlflowClient:
+    """A client of the test's store, set up before the command starts: creating the schema from two
+    processes at once (the command, and this one on its first read) breaks it."""
+    return MlflowClient(store.configure(tracking_uri))
+
+
+def poll(condition: Callable[[], T], what: str, deadline: float, process: subprocess.Popen | None = None) -> T:
+    """`condition()` once it is truthy; fails if `process` ends first, or at the deadline (a hang)."""
+    end = time.monotonic() + deadline
+    while not (value := condition()):
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"the command ended ({process.returncode}) before {what}")
+        if time.monotonic() > end:
+            pytest.fail(f"no {what} after {deadline:g} s")
+        time.sleep(0.2)
+    return value
+
+
+@contextmanager
+def cli(args: list[str], cwd: Path) -> Iterator[subprocess.Popen]:
+    """`python -m simpsons.train ARGS` in the background, output in cwd/stdout.txt and stderr.txt;
+    whatever is still running of it at the end (a failed test) is killed."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    with (cwd / "stdout.txt").open("w") as stdout, (cwd / "stderr.txt").open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "simpsons.train", *args], cwd=cwd, env=env, stdout=stdout, stderr=stderr
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:  # a failed test: nothing of it may go on using the CPUs
+            with contextlib.suppress(psutil.Error):
+                for leftover in psutil.Process(process.pid).children(recursive=True):
+                    leftover.kill()
+            process.kill()
+        process.wait(timeout=EXIT_DEADLINE)
+
+
+def train_runs(client: MlflowClient) -> list[Run]:
+    experiment = client.get_experiment_by_name("simpsons")
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id], "tags.`simpsons.run_type` = 'train'")
+
+
+def training(client: MlflowClient, jobs: int, epochs: int) -> list[Run]:
+    """The job runs, once `jobs` of them have logged at least `epochs` epochs; else []."""
+    runs = [r for r in train_runs(client) if len(client.get_metric_history(r.info.run_id, "loss")) >= epochs]
+    return runs if len(runs) >= jobs else []
+
+
+def signal_while_stopped(process: subprocess.Popen, client: MlflowClient, run_id: str, signum: int) -> None:
+    """Send `signum` to a process seen stopped with its run RUNNING: stopped, it cannot end the run,
+    so the signal, delivered when it continues, finds the run RUNNING. (SQLite in WAL mode: reading
+    does not wait for a writer, even a stopped one.)"""
+    os.kill(process.pid, signal.SIGSTOP)
+    poll(lambda: psutil.Process(process.pid).status() == psutil.STATUS_STOPPED, "stopped process", 60, process)
+    assert client.get_run(run_id).info.status == "RUNNING"
+    os.kill(process.pid, signum)
+    os.kill(process.pid, signal.SIGCONT)
+
+
+def ended(process: subprocess.Popen, cwd: Path) -> tuple[int, str]:
+    """The exit code and stderr of the command, once it has exited."""
+    returncode = process.wait(timeout=EXIT_DEADLINE)
+    return returncode, (cwd / "stderr.txt").read_text()
+
+
+def interrupted_line(stderr: str) -> tuple[str, set[str]]:
+    """The one line an interrupted command ends with, as its head ('interrupted (SIGINT)') and its
+    parts ('run <id> KILLED', 'sweep <id> KILLED')."""
+    lines = [line for line in stderr.splitlines() if line.startswith("interrupted")]
+    assert len(lines) == 1, stderr[-3000:]
+    assert stderr.rstrip().splitlines()[-1] == lines[0], stderr[-3000:]
+    head, _, parts = lines[0].partition(": ")
+    return head, set(parts.split(", "))
+
+
+def alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def describe(process: psutil.Process) -> str:
+    with contextlib.suppress(psutil.Error):
+        return f"{process.pid} {' '.join(process.cmdline())}"
+    return str(process.pid)
+
+
+def assert_killed_keeping_metrics(client: MlflowClient, run_id: str, epochs: int) -> None:
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["error"].startswith("interrupted"), run.data.tags["error"]
+    assert len(client.get_metric_history(run_id, "loss")) >= epochs
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_sweep_marks_the_run_and_the_sweep_killed_and_keeps_what_was_logged(
+    image_folders, tracking_uri, client, tmp_path
+):
+    """Why timing cannot decide the outcome: the job has a million epochs, so it cannot finish
+    however fast or slow the machine; once it has logged two, the process is stopped and seen
+    stopped, so its run, read back as RUNNING, is still RUNNING when SIGINT is delivered (sent while
+    it is stopped, delivered when it continues). Every wait is a poll on a condition."""
+    args = ["-m", "dropout=0.2,0.4", *TINY_MODEL, *folder_data(image_folders), *UNSTOPPABLE]
+    with cli([*args, f"tracking.uri={tracking_uri}"], tmp_path) as process:
+        [job] = poll(lambda: training(client, jobs=1, epochs=2), "job with 2 epochs", STARTUP_DEADLINE, process)
+        signal_while_stopped(process, client, job.info.run_id, signal.SIGINT)
+        returncode, stderr = ended(process, tmp_path)
+
+    assert returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    [sweep] = [r for r in client.search_runs([job.info.experiment_id]) if r.data.tags["simpsons.run_type"] == "sweep"]
+    head, parts = interrupted_line(stderr)
+    assert (head, parts) == (
+        "interrupted (SIGINT)",
+        {f"run {job.info.run_id} KILLED", f"sweep {sweep.info.run_id} KILLED"},
+    )
+    assert [r.info.run_id for r in train_runs(client)] == [job.info.run_id]  # the sweep stopped there
+    assert sweep.info.status == "KILLED"
+    assert_killed_keeping_metrics(client, job.info.run_id, epochs=2)
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_single_run_killed_in_one_line_with_143(image_folders, tracking_uri, client, tmp_path):
+    """As above: a run that cannot finish, signalled while it is seen stopped and RUNNING."""
+    args = [*TINY_MODEL, *folder_data(image_folders), *UNSTOPPABLE, f"tracking.uri={tracking_uri}"]
+    with cli(args, tmp_path) as process:
+        [run] = poll(lambda: training(client, jobs=1, epochs=2), "run with 2 epochs", STARTUP_DEADLINE, process)
+        signal_while_stopped(process, client, run.info.run_id, signal.SIGTERM)
+        returncode, stderr = ended(process, tmp_path)
+
+    assert returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert interrupted_line(stderr) == ("interrupted (SIGTERM)", {f"run {run.info.run_id} KILLED"})
+    assert_killed_keeping_metrics(client, run.info.run_id, epochs=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "launcher,ending_their_own_runs",
+    # Under joblib the first worker to exit makes loky SIGKILL the others at once (the driver then
+    # ends their runs KILLED); that first one had ended its run itself.
+    [(JOBLIB, 1), (SUBMITIT, 2)],
+    ids=["joblib", "submitit_local"],
+)
+def test_sigterm_to_the_driver_of_a_parallel_sweep_ends_every_job_process_and_run(
+    launcher, ending_their_own_runs, image_folders, tracking_uri, client, tmp_path
+):
+    """SIGTERM to the driver only. Two jobs run at once, each in a process below the driver; no job
+    can finish (a million epochs), so both are RUNNING when the signal comes, and must end KILLED.
+    A job that ends its run itself (no `ended_by` tag) shows its process had the handler."""
+    args = ["-m", *launcher, "dropout=0.2,0.4", *TINY_MODEL, *folder_data(image_folders), *UNSTOPPABLE]
+    with cli([*args, f"tracking.uri={tracking_uri}"], tmp_path) as process:
+        jobs = poll(lambda: training(client, jobs=2, epochs=1), "2 jobs training", STARTUP_DEADLINE, process)
+        descendants = psutil.Process(process.pid).children(recursive=True)
+        job_pids = {int(job.data.tags["simpsons.pid"]) for job in jobs}
+        assert job_pids <= {p.pid for p in descendants}, "the jobs run in processes below the driver"
+        assert {client.get_run(job.info.run_id).info.status for job in jobs} == {"RUNNING"}
+        process.send_signal(signal.SIGTERM)
+        returncode, stderr = ended(process, tmp_path)
+        end = time.monotonic() + 60  # the loky resource tracker exits once the driver has
+        while (left := [p for p in descendants if alive(p)]) and time.monotonic() < end:
+            time.sleep(0.2)
+        left_running = [describe(p) for p in left]
+        for process_left in left:  # no longer below the driver: `cli` would not see them
+            with contextlib.suppress(psutil.Error):
+                process_left.kill()
+
+    assert not left_running, f"left running after the driver exited: {left_running}"
+    assert returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr
+    runs = client.search_runs([jobs[0].info.experiment_id])
+    [sweep] = [r for r in runs if r.data.tags["simpsons.run_type"] == "sweep"]
+    assert sweep.info.status == "KILLED"
+    assert {r.info.run_id for r in runs} == {sweep.info.run_id, *(job.info.run_id for job in jobs)}
+    for job in jobs:
+        assert_killed_keeping_metrics(client, job.info.run_id, epochs=1)
+    by_itself = [job for job in jobs if "simpsons.ended_by" not in client.get_run(job.info.run_id).data.tags]
+    assert len(by_itself) >= ending_their_own_runs
+    expected = {*(f"run {job.info.run_id} KILLED" for job in jobs), f"sweep {sweep.info.run_id} KILLED"}
+    assert interrupted_line(stderr) == ("interrupted (SIGTERM)", expected)
+
+
+END_DESCENDANTS = """
+import json, subprocess, sys
+import psutil
+from simpsons import signals
+
+def child(code, **options):
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, **options)
+    words = process.stdout.readline().split()
+    assert words[0] == "ready", words
+    return [psutil.Process(process.pid), *(psutil.Process(int(pid)) for pid in words[1:])]
+
+SLEEP = "import time; time.sleep(600)"
+READY = "print('ready', flush=True); " + SLEEP
+[polite] = child(READY)
+# in a session of its own, with a child of its own (as a submitit job may be)
+GRANDCHILD = f"import subprocess, sys; g = subprocess.Popen([sys.executable, '-c', {SLEEP!r}]); "
+session, grandchild = child(GRANDCHILD + "print('ready', g.pid, flush=True); " + SLEEP, start_new_session=True)
+[stubborn] = child("import signal; signal.signal(signal.SIGTERM, lambda *a: None); " + READY)
+# like loky's resource tracker: ignores SIGTERM, exits when its parent does (end of its stdin)
+[tracker] = child(
+    "import signal, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); sys.stdin.read()",
+    stdin=subprocess.PIPE,
+)
+signals.end_descendants(grace=1.0)
+processes = dict(polite=polite, session=session, grandchild=grandchild, stubborn=stubborn, tracker=tracker)
+print(json.dumps({name: [p.pid, p.is_running() and p.status() != "zombie"] for name, p in processes.items()}))
+"""
+
+
+def test_end_descendants_ends_children_and_grandchildren_kills_holdouts_and_leaves_sigterm_ignorers():
+    result = subprocess.run([sys.executable, "-c", END_DESCENDANTS], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert {name: still for name, (_, still) in report.items()} == {
+        "polite": False,
+        "session": False,
+        "grandchild": False,
+        "stubborn": False,  # SIGKILL after the grace period
+        "tracker": True,  # not waited for, not killed: it ends when its parent does
+    }
+    tracker = report["tracker"][0]
+    poll(lambda: not psutil.pid_exists(tracker) or psutil.Process(tracker).status() == "zombie", "tracker exit", 60)
+
+
+LOKY_LIKE_WORKER = """
+import os, signal
+from simpsons import signals
+
+def task():
+    with signals.job_process():
+        try:
+            print("ready", flush=True)
+            while True:
+                signal.pause()
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # a second signal during the cleanup
+            for _ in range(1000):  # Python runs signal handlers at jumps like this loop's
+                pass
+            print("cleaned up", flush=True)
+
+while True:  # as a loky worker does: an exception from a task is its result, then the next task
+    try:
+        task()
+    except BaseException as error:
+        print("swallowed", type(error).__name__, flush=True)
+"""
+
+
+def test_a_job_process_ends_its_cleanup_then_dies_of_the_signal_even_in_a_loop_that_swallows_it():
+    worker = subprocess.Popen([sys.executable, "-c", LOKY_LIKE_WORKER], stdout=subprocess.PIPE, text=True)
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(worker.stdout, selectors.EVENT_READ)
+            assert selector.select(timeout=60), "the worker did not start"
+        assert worker.stdout.readline() == "ready\n"
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=60)
+    finally:
+        worker.kill()
+    assert output == "cleaned up\n"  # not interrupted by the second signal, and not swallowed
+    assert worker.returncode == -signal.SIGTERM
+
+
+def test_the_sweep_callback_pickles_for_the_job_processes_without_its_client_and_heartbeat(tracking_uri):
+    callback = MlflowSweepCallback()
+    callback.client = MlflowClient(tracking_uri)
+    callback.parent_run_id = "0123456789abcdef"
+    callback.heartbeat = lifecycle.Heartbeat(callback.client, callback.parent_run_id, 30)
+    copy = pickle.loads(pickle.dumps(callback))
+    assert (copy.client, copy.heartbeat, copy.parent_run_id) == (None, None, "0123456789abcdef")
+    copy._end_parent(RunStatus.FAILED)  # a job's copy cannot end the parent: it has no client
+
+
+def test_the_line_and_the_exit_codes():
+    sigterm = signals.summary(signal.SIGTERM, {"a1": "KILLED", "b2": "KILLED"}, ("c3", "KILLED"))
+    assert sigterm == "interrupted (SIGTERM): run a1 KILLED, run b2 KILLED, sweep c3 KILLED"
+    assert signals.summary(signal.SIGINT, {}, None) == "interrupted (SIGINT): no run had started"
+    assert (signals.exit_code(signal.SIGINT), signals.exit_code(signal.SIGTERM)) == (130, 143)
