@@ -111,6 +111,8 @@ def missing_root_hint(name: str, data_dir: str | None) -> str:
 
 
 TEST_ROOT_HINT = "set data.test_root=null to train without a test set"
+IMAGE_FORMATS = "JPEG, PNG, GIF, BMP or WebP"  # what tf.io.decode_image reads (simpsons/pipeline.py)
+LISTED_FILES = 10  # unusable files named in the error of a class without images
 
 
 # One job's config.
@@ -235,7 +237,48 @@ def _data_root_errors(data: tuple[str | None, str | None, str | None, str | None
     # folder is missing too, and the hint above covers both.
     if test_root is not None and not Path(test_root).expanduser().is_dir():
         return [f"data.test_root={test_root!r} is not a folder; {TEST_ROOT_HINT}"]
-    return []
+    return _classes_without_images(unnested_root(Path(root).expanduser().resolve()))
+
+
+def unnested_root(root: Path) -> Path:
+    """The training folder, looking through Kaggle's archive, which nests simpsons_dataset/simpsons_dataset/."""
+    nested = root / root.name
+    if nested.is_dir() and [p.name for p in root.iterdir() if not p.name.startswith(".")] == [root.name]:
+        return nested
+    return root
+
+
+def _classes_without_images(root: Path) -> list[str]:
+    """Class folders in which Pillow opens no file at all, found here in a moment, before
+    TensorFlow loads: a class is fine as soon as one file opens (the job then checks every file
+    with TensorFlow's decoder), so this reads about one file per class."""
+    from PIL import Image, UnidentifiedImageError  # only this check needs it
+
+    def opens(path: Path) -> bool:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+            return True
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+            return False
+
+    errors = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        if files and not any(opens(path) for path in files):
+            names = [path.relative_to(root).as_posix() for path in files]
+            errors.append(no_usable_images_error(folder.name, root, names))
+    return errors
+
+
+def no_usable_images_error(label: str, root: Path, skipped_names: list[str]) -> str:
+    """One line: the class, and its unusable files (the first LISTED_FILES, then how many more)."""
+    listed = ", ".join(skipped_names[:LISTED_FILES])
+    more = f" and {len(skipped_names) - LISTED_FILES} more" if len(skipped_names) > LISTED_FILES else ""
+    return (
+        f"class {label!r} in {str(root)!r} has no usable images: its {len(skipped_names)} file(s) are not "
+        f"decodable images ({IMAGE_FORMATS}): {listed}{more}"
+    )
 
 
 def _cache_dir_errors(cache_dir: str | None) -> list[str]:

@@ -25,7 +25,6 @@ from simpsons.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 FLAT_NAME = re.compile(r"^(?P<label>.+)_(?P<index>\d+)\.[^.]+$")
-LISTED_SKIPPED = 10  # skipped files named in the error about a class without usable images
 
 
 @dataclass(frozen=True)
@@ -153,10 +152,7 @@ def _existing_root(value: str | None, key: str, missing_hint: str) -> Path:
     root = Path(value).expanduser().resolve()
     if not root.is_dir():
         raise DataError(f"{key}={str(value)!r} is not a folder; {missing_hint}")
-    nested = root / root.name
-    if nested.is_dir() and [p.name for p in root.iterdir() if not p.name.startswith(".")] == [root.name]:
-        root = nested  # Kaggle's archive nests simpsons_dataset/simpsons_dataset/
-    return root
+    return checks.unnested_root(root)
 
 
 def _unlabelled(files: Iterable[_File]) -> list[tuple[_File, str]]:
@@ -191,15 +187,9 @@ def _select_classes(
 
 
 def _no_usable_images(label: str, root: Path, skipped: list[SkippedFile]) -> str:
-    """One line: the class, and its skipped files (the first LISTED_SKIPPED, then how many more)."""
     folder = root / label
     names = sorted(Path(s.path).relative_to(root).as_posix() for s in skipped if Path(s.path).is_relative_to(folder))
-    listed = ", ".join(names[:LISTED_SKIPPED])
-    more = f" and {len(names) - LISTED_SKIPPED} more" if len(names) > LISTED_SKIPPED else ""
-    return (
-        f"class {label!r} in {str(root)!r} has no usable images: its {len(names)} file(s) are not decodable images "
-        f"({pipeline.IMAGE_FORMATS}): {listed}{more}"
-    )
+    return checks.no_usable_images_error(label, root, names)
 
 
 def _stratified_split(

@@ -107,6 +107,7 @@ def train(cfg: DictConfig, job: JobContext) -> str:
         _say_started(run, name, uri, backups if resumed else None)
         _train_and_log(cfg, job, data, backbone, optimizer, backups)
         shutil.rmtree(backups, ignore_errors=True)
+        _lock_path(backups).unlink(missing_ok=True)
         return run_id
 
 

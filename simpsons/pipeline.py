@@ -17,8 +17,10 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from simpsons import checks
+
 PREFETCH_BATCHES = 2
-IMAGE_FORMATS = "JPEG, PNG, GIF, BMP or WebP"  # what tf.io.decode_image reads
+IMAGE_FORMATS = checks.IMAGE_FORMATS  # what tf.io.decode_image reads
 
 
 def decode_rgb(contents: tf.Tensor) -> tf.Tensor:

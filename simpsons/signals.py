@@ -62,6 +62,11 @@ def install(driver: bool = False) -> None:
     global _driver_pid
     if driver:
         _driver_pid = os.getpid()
+        # loky (the joblib launcher) leaves its semaphores to multiprocessing's resource tracker
+        # when its workers are ended; the tracker, a process started with this environment, would
+        # warn of "leaked semaphore objects" after the one line an interrupted command ends with.
+        quiet = "ignore:resource_tracker:UserWarning"
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
     if threading.current_thread() is not threading.main_thread():
         return  # Python runs signal handlers in the main thread only, and sets them there only
     for signum in HANDLED:

@@ -295,3 +295,21 @@ def test_a_class_without_usable_images_lists_its_skipped_files(tmp_path, image_f
     assert "\n" not in message
     assert message.startswith(f"class 'maggie' in '{root}' has no usable images: its 13 file(s) are not decodable")
     assert message.endswith(", ".join(f"maggie/pic_{i:02d}.jpg" for i in range(10)) + " and 3 more")
+
+
+def test_a_class_whose_files_pillow_cannot_open_fails_before_tensorflow_loads(image_folders, tmp_path):
+    root = tmp_path / "train"
+    shutil.copytree(image_folders / "train", root)
+    for image in (root / "red_circle").iterdir():
+        image.write_bytes(b"not an image")
+    args = cli_args([f"data.root={root}"], tmp_path, image_folders)
+    command = [sys.executable, "-X", "importtime", "-m", "simpsons.train", *args]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 2, result.stderr[-3000:]
+    [line] = error_lines(result)
+    assert line.startswith(f"error: class 'red_circle' in '{root}' has no usable images: its 12 file(s)"), line
+    assert line.endswith(", red_circle/img_0009.jpg and 2 more")
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
+    assert not imported & {"tensorflow", "keras"}
+    assert_nothing_created(tmp_path)

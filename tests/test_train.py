@@ -140,8 +140,9 @@ def test_a_2x2_multirun_gives_one_parent_and_four_finished_children(image_folder
 def test_a_failing_job_is_failed_with_its_error_and_the_sweep_goes_on(image_folders, tracking_uri, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(image_folders / "train", broken)
-    for image in (broken / "red_circle").iterdir():
-        image.write_bytes(b"not an image")  # a class with no usable image: found when the job reads its data
+    for image in sorted((broken / "red_circle").iterdir()):  # TIFF: Pillow opens it, TensorFlow cannot decode it,
+        Image.open(image).save(image.with_suffix(".tif"))  # so only the job that reads the data finds the class empty
+        image.unlink()
     roots = f"data.root={image_folders / 'train'},{broken}"
     args = ["-m", roots, *TINY_MODEL, *folder_data(image_folders)[:1], f"data.test_root={image_folders / 'test'}"]
     result = run_cli([*args, "epochs=1", f"tracking.uri={tracking_uri}"], cwd=tmp_path)
@@ -152,7 +153,7 @@ def test_a_failing_job_is_failed_with_its_error_and_the_sweep_goes_on(image_fold
     assert statuses == {"sweep": "FAILED", "broken": "FAILED", "train": "FINISHED"}
     [failed] = [r for r in runs if r.data.params.get("data.root") == str(broken)]
     assert "class 'red_circle'" in failed.data.tags["error"] and "has no usable images" in failed.data.tags["error"]
-    assert "red_circle/img_0000.jpg" in failed.data.tags["error"]  # the skipped files, named
+    assert "red_circle/img_0000.tif" in failed.data.tags["error"]  # the skipped files, named
     assert "error.txt" in artifact_paths(MlflowClient(tracking_uri), failed.info.run_id)
 
 
