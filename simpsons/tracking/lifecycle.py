@@ -122,7 +122,23 @@ def tracked_run(
             _record_error(f"{type(error).__name__}: {error}", error)
             raise
         finally:
-            mlflow.end_run(RunStatus.to_string(status))
+            _end_active_run(RunStatus.to_string(status))
+
+
+def _end_active_run(status: str, attempts: int = 3) -> None:
+    """End the active run with `status`, trying again on a store error.
+
+    A signal can land inside a store call and cut its database session short; the next attempt
+    gets a new connection. Should every attempt fail, the error is logged, not raised, so that it
+    does not replace the exception that ended the run (a Ctrl-C stays a Ctrl-C): the run, left
+    RUNNING by a process that then exits, is ended KILLED by the next command (end_dead_runs).
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            mlflow.end_run(status)
+            return
+        except Exception as error:  # any store error: SQLAlchemy, HTTP, MLflow's own
+            log.warning("could not end the run %s (attempt %d of %d): %s", status, attempt, attempts, error)
 
 
 def _record_error(message: str, error: BaseException | None) -> None:
