@@ -127,7 +127,7 @@ def end_descendants(grace: float = GRACE_SECONDS) -> None:
         log.warning("%d process(es) still running %g s after SIGTERM: SIGKILL", len(waiting), grace)
         _send(waiting, signal.SIGKILL)
         deadline = time.monotonic() + grace
-        while any(_alive(process) for process in waiting) and time.monotonic() < deadline:
+        while any(alive(process) for process in waiting) and time.monotonic() < deadline:
             time.sleep(POLL_SECONDS)
 
 
@@ -169,10 +169,10 @@ def _running_descendants(seen: dict[int, psutil.Process]) -> list[psutil.Process
     controller) exits first and leaves it to init, is still waited for."""
     with contextlib.suppress(psutil.Error):
         seen.update((process.pid, process) for process in psutil.Process().children(recursive=True))
-    return [process for process in seen.values() if _alive(process) and not _ignores_sigterm(process)]
+    return [process for process in seen.values() if alive(process) and not _ignores_sigterm(process)]
 
 
-def _alive(process: psutil.Process) -> bool:
+def alive(process: psutil.Process) -> bool:
     """Running, and not a zombie: one whose parent has not reaped it yet has ended all the same."""
     try:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE

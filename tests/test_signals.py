@@ -117,13 +117,6 @@ def interrupted_line(stderr: str) -> tuple[str, set[str]]:
     return head, set(parts.split(", "))
 
 
-def alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def describe(process: psutil.Process) -> str:
     with contextlib.suppress(psutil.Error):
         return f"{process.pid} {' '.join(process.cmdline())}"
@@ -203,7 +196,7 @@ def test_sigterm_to_the_driver_of_a_parallel_sweep_ends_every_job_process_and_ru
         process.send_signal(signal.SIGTERM)
         returncode, stderr = ended(process, tmp_path)
         end = time.monotonic() + 60  # the loky resource tracker exits once the driver has
-        while (left := [p for p in descendants if alive(p)]) and time.monotonic() < end:
+        while (left := [p for p in descendants if signals.alive(p)]) and time.monotonic() < end:
             time.sleep(0.2)
         left_running = [describe(p) for p in left]
         for process_left in left:  # no longer below the driver: `cli` would not see them
