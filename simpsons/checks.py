@@ -198,7 +198,20 @@ def _run_errors(job: DictConfig) -> list[str]:
             errors.append(XLA_NEEDS_NO_DETERMINISM)
         elif deterministic == "auto" and not _gpu_may_be_visible():
             errors.append(f"{XLA_NEEDS_NO_DETERMINISM}; deterministic=auto turns it on here: no GPU is visible")
+    errors.append(_liveness_error(_value(job, "tracking.heartbeat_seconds"), _value(job, "tracking.stale_after")))
     return [error for error in errors if error]
+
+
+def _liveness_error(heartbeat: Any, stale_after: Any) -> str | None:
+    """A run on another host is ended KILLED after stale_after seconds without a heartbeat: a
+    limit within two beats would end live runs."""
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (heartbeat, stale_after))
+    if not numbers or stale_after > 2 * heartbeat:
+        return None  # each key's own range is checked with the plain keys
+    return (
+        f"tracking.stale_after={stale_after} is within two heartbeats (tracking.heartbeat_seconds={heartbeat}); "
+        "use a stale_after above twice the heartbeat"
+    )
 
 
 def _gpu_may_be_visible() -> bool:

@@ -37,7 +37,9 @@ from simpsons.training import fit, resolve_deterministic, seed_everything, set_p
 
 log = logging.getLogger("simpsons.train")
 
-NOT_IDENTITY = ("tracking", "cache_dir", "reuse")  # where results go and whether to reuse, not what they are
+# Where data and results lie, and whether to reuse: not what the results are (the data
+# fingerprint stands for the data's content wherever it lies).
+NOT_IDENTITY = ("tracking", "cache_dir", "reuse", "data.dir", "data.root", "data.test_root")
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,8 @@ def train(cfg: DictConfig, job: JobContext) -> str:
         return done.info.run_id
 
     with contextlib.ExitStack() as stack:
-        resumed = _claim_resumable(client, experiment_id, identity, cfg, stack) if _end_to_end(cfg) else None
+        resumable = cfg.reuse and _end_to_end(cfg)  # reuse=false trains everything again, from epoch 0
+        resumed = _claim_resumable(client, experiment_id, identity, cfg, stack) if resumable else None
         resume_id = resumed.info.run_id if resumed else None
         run = stack.enter_context(
             lifecycle.tracked_run(experiment_id, name, parent, tags, resume_id, cfg.tracking.heartbeat_seconds)
@@ -153,9 +156,12 @@ def run_name(backbone: str, optimizer: str, overrides: list[str]) -> str:
 
 
 def _training_config(cfg: DictConfig) -> dict:
-    """The resolved config that decides a run's results (see NOT_IDENTITY for what is left out)."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    return {key: value for key, value in resolved.items() if key not in NOT_IDENTITY}
+    """The resolved config that decides a run's results (NOT_IDENTITY left out), with `auto`
+    determinism and XLA resolved: a GPU run does not stand for a CPU one."""
+    flat = store.flatten(OmegaConf.to_container(cfg, resolve=True))
+    identity = {key: value for key, value in flat.items() if not key.startswith(NOT_IDENTITY)}
+    deterministic = resolve_deterministic(cfg.deterministic)
+    return identity | {"deterministic": deterministic, "jit_compile": use_xla(cfg.jit_compile, deterministic)}
 
 
 def _load_sweep_job_data(
@@ -186,28 +192,44 @@ def _lock_path(backups: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _exclusive(path: Path, wait: bool = True) -> Iterator[IO[str]]:
+def _exclusive(path: Path) -> Iterator[IO[str]]:
     """An flock held while the run trains: no two processes train (or resume) the same run."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        fcntl.flock(lock, fcntl.LOCK_EX)
         yield lock
 
 
 def _claim_resumable(
     client: MlflowClient, experiment_id: str, identity: str, cfg: DictConfig, stack: contextlib.ExitStack
 ) -> Run | None:
-    """The newest KILLED or FAILED run of this config with a backup that no other process holds."""
+    """The newest KILLED or FAILED run of this config with a backup that no other process holds.
+
+    Checked again once locked: the run may have been resumed and finished meanwhile by another
+    process, which deletes the backup (and the lock file) when it is done."""
     for run in lifecycle.resumable_runs(client, experiment_id, identity):
         backups = _checkpoints(cfg) / run.info.run_id
         if not backups.is_dir():
             continue
-        try:
-            stack.enter_context(_exclusive(_lock_path(backups), wait=False))
-        except BlockingIOError:
-            continue  # another process is resuming it
-        return run
+        lock = _try_lock(_lock_path(backups))
+        if lock is None:
+            continue  # another process is training it
+        if client.get_run(run.info.run_id).info.status in ("KILLED", "FAILED") and backups.is_dir():
+            stack.callback(lock.close)
+            return run
+        lock.close()
     return None
+
+
+def _try_lock(path: Path) -> IO[str] | None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.open("a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
 
 
 def _say_started(run: Run, name: str, uri: str, resumed_from: Path | None) -> None:

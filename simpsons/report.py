@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     except SimpsonsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    lifecycle.end_dead_runs(client, [experiment], args.stale_after)
+    lifecycle.end_dead_runs(client, [experiment], args.stale_after)  # the store answered just now
     direction = args.direction or ("min" if "loss" in args.metric else "max")
     training, ensembles, superseded = results(client, experiment, sweep, args.metric, descending=direction == "max")
     if not training and not ensembles:

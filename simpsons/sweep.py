@@ -34,6 +34,7 @@ class MlflowSweepCallback(Callback):
         self.client: MlflowClient | None = None
         self.parent_run_id: str | None = None
         self.heartbeat: lifecycle.Heartbeat | None = None
+        self.stale_after = lifecycle.STALE_AFTER_SECONDS
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         checks.exit_on_bad_jobs(config)  # a single run: a bad value creates nothing either
@@ -49,7 +50,8 @@ class MlflowSweepCallback(Callback):
         uri = store.configure(config.tracking.uri)
         experiment_id = store.ensure_experiment(uri, config.tracking.experiment)
         self.client = MlflowClient(uri)
-        lifecycle.end_dead_runs(self.client, [experiment_id], config.tracking.stale_after)
+        self.stale_after = config.tracking.stale_after
+        lifecycle.end_dead_runs(self.client, [experiment_id], self.stale_after)
         sweep_id = config.hydra.job.env_set[SWEEP_ID_VARIABLE]
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         run = self.client.create_run(
@@ -62,6 +64,7 @@ class MlflowSweepCallback(Callback):
                 schema.HYDRA_OVERRIDES: " ".join(config.hydra.overrides.task),
                 **store.git_tags(),
                 **lifecycle.process_tags(),
+                schema.HEARTBEAT_SECONDS: f"{config.tracking.heartbeat_seconds:g}",
             },
         )
         self.parent_run_id = run.info.run_id
@@ -87,8 +90,8 @@ class MlflowSweepCallback(Callback):
         if parent.info.status != "RUNNING":
             return
         children = self._children()
-        for child in children:
-            if child.info.status == "RUNNING":
+        for child in children:  # a job on another node (Slurm) may still run: only the dead are ended
+            if child.info.status == "RUNNING" and lifecycle.why_dead(child, self.stale_after) is not None:
                 self._end_orphan(child.info.run_id)
         statuses = {self.client.get_run(child.info.run_id).info.status for child in children}
         if _interrupted or "KILLED" in statuses:

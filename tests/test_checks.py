@@ -313,3 +313,14 @@ def test_a_class_whose_files_pillow_cannot_open_fails_before_tensorflow_loads(im
     imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
     assert not imported & {"tensorflow", "keras"}
     assert_nothing_created(tmp_path)
+
+
+def test_a_staleness_limit_within_two_heartbeats_is_refused(image_folders, tmp_path):
+    args = cli_args(["tracking.heartbeat_seconds=30", "tracking.stale_after=45"], tmp_path, image_folders)
+    result = run_cli(args, cwd=tmp_path, timeout=60)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert error_lines(result) == [
+        "error: tracking.stale_after=45 is within two heartbeats (tracking.heartbeat_seconds=30); "
+        "use a stale_after above twice the heartbeat"
+    ]
+    assert_nothing_created(tmp_path)

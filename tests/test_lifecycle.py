@@ -77,6 +77,11 @@ def test_runs_whose_process_is_gone_are_ended_killed_and_live_ones_are_left_alon
         "this process": lifecycle.process_tags(),
         "silent other host": {schema.HOST: "node-7", schema.PID: "1", schema.HEARTBEAT: str(hour_ago)},
         "beating other host": {schema.HOST: "node-8", schema.PID: "1", schema.HEARTBEAT: str(time.time())},
+        "slowly beating other host": {  # beats every 5 min: 12 min without a beat is not yet dead
+            schema.HOST: "node-9",
+            schema.HEARTBEAT: str(time.time() - 720),
+            schema.HEARTBEAT_SECONDS: "300",
+        },
     }
     ids = {name: client.create_run(experiment, run_name=name, tags=tags).info.run_id for name, tags in owners.items()}
 
@@ -89,6 +94,7 @@ def test_runs_whose_process_is_gone_are_ended_killed_and_live_ones_are_left_alon
         "this process": "RUNNING",
         "silent other host": "KILLED",
         "beating other host": "RUNNING",
+        "slowly beating other host": "RUNNING",
     }
     assert statuses["dead process here"].data.tags[schema.ENDED_BY] == f"its process {gone.pid} on {here} is gone"
     assert statuses["silent other host"].data.tags[schema.ENDED_BY].startswith("no heartbeat from node-7 for 36")
@@ -176,10 +182,11 @@ def test_a_killed_finetuning_run_resumes_at_the_epoch_after_its_last_backup_in_t
     kill_9(first)
     [killed] = all_runs(tracking_uri)
 
-    rerun = run_cli(args, cwd=tmp_path)
+    rerun = run_cli([*args, "tracking.heartbeat_seconds=20"], cwd=tmp_path)  # a key outside the config hash
     output = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, output[-3000:]
     [run] = all_runs(tracking_uri)
+    assert run.data.params["tracking.heartbeat_seconds"] == "30"  # params keep the first start's values
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
     resumed_at = int(run.data.tags[schema.RESUMED_AT_EPOCH])
     assert resumed_at >= 2, "resumed from before its last fine-tuning backup"

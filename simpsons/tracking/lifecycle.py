@@ -98,12 +98,14 @@ def tracked_run(
     """An active MLflow run that ends FINISHED, FAILED (with the error logged) or KILLED (Ctrl-C,
     SIGTERM). With `resume_run_id`, that earlier run goes on, moved under `parent_run_id`."""
     client = MlflowClient()
-    owner = process_tags()
+    owner = process_tags() | {schema.HEARTBEAT_SECONDS: f"{heartbeat_seconds:g}"}
     if resume_run_id:
         moved = {schema.PARENT_RUN: parent_run_id} if parent_run_id else {}
         client.log_batch(resume_run_id, tags=[RunTag(k, v) for k, v in (tags | owner | moved).items()])
-        if schema.ENDED_BY in client.get_run(resume_run_id).data.tags:
-            client.delete_tag(resume_run_id, schema.ENDED_BY)
+        earlier = client.get_run(resume_run_id).data.tags
+        for stale in (schema.ENDED_BY, schema.ERROR):  # how it ended before; it goes on now
+            if stale in earlier:
+                client.delete_tag(resume_run_id, stale)
         run = mlflow.start_run(run_id=resume_run_id)
     else:
         run = mlflow.start_run(
@@ -128,17 +130,24 @@ def tracked_run(
 def _end_active_run(status: str, attempts: int = 3) -> None:
     """End the active run with `status`, trying again on a store error.
 
-    A signal can land inside a store call and cut its database session short; the next attempt
-    gets a new connection. Should every attempt fail, the error is logged, not raised, so that it
-    does not replace the exception that ended the run (a Ctrl-C stays a Ctrl-C): the run, left
-    RUNNING by a process that then exits, is ended KILLED by the next command (end_dead_runs).
+    A signal can land inside a store call and cut its database session short. mlflow.end_run
+    drops the run from its active-run stack before it writes the status, so the retries write it
+    with a new client (a new session). Should every attempt fail, the error is logged, not raised,
+    so that it does not replace the exception that ended the run (a Ctrl-C stays a Ctrl-C): the run,
+    left RUNNING by a process that then exits, is ended KILLED by the next command (end_dead_runs).
     """
-    for attempt in range(1, attempts + 1):
+    run_id = mlflow.active_run().info.run_id
+    try:
+        mlflow.end_run(status)
+        return
+    except Exception as error:  # any store error: SQLAlchemy, HTTP, MLflow's own
+        log.warning("could not end run %s %s: %s; trying again", run_id, status, error)
+    for attempt in range(2, attempts + 1):
         try:
-            mlflow.end_run(status)
+            MlflowClient().set_terminated(run_id, status)
             return
-        except Exception as error:  # any store error: SQLAlchemy, HTTP, MLflow's own
-            log.warning("could not end the run %s (attempt %d of %d): %s", status, attempt, attempts, error)
+        except Exception as error:
+            log.warning("could not end run %s %s (attempt %d of %d): %s", run_id, status, attempt, attempts, error)
 
 
 def _record_error(message: str, error: BaseException | None) -> None:
@@ -188,6 +197,8 @@ def why_dead(run: Run, stale_after: float, now: float | None = None) -> str | No
         return f"its process {pid} on {host} is gone"
     now = time.time() if now is None else now
     last = float(tags.get(schema.HEARTBEAT) or run.info.start_time / 1000)
+    # A run that beats less often than the reader's limit would look dead between two beats.
+    stale_after = max(stale_after, 3 * float(tags.get(schema.HEARTBEAT_SECONDS, 0)))
     if now - last <= stale_after:
         return None
     return f"no heartbeat from {host or 'its process'} for {now - last:.0f} s (tracking.stale_after={stale_after:g})"

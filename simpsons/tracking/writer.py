@@ -41,13 +41,21 @@ def log_config(cfg: DictConfig, hydra_dir: Path | None) -> None:
     commit tag plus the diff reproduce the code.
     """
     resolved = resolved_config(cfg)
-    mlflow.log_params(flatten(resolved))
+    mlflow.log_params(_not_yet_logged(flatten(resolved)))
     mlflow.log_text(OmegaConf.to_yaml(resolved), schema.CONFIG_YAML)
     if hydra_dir is not None and hydra_dir.is_dir():
         mlflow.log_artifacts(str(hydra_dir), schema.HYDRA_FILES)
     diff = git("diff", "HEAD")
     if diff:
         mlflow.log_text(diff, schema.GIT_DIFF)
+
+
+def _not_yet_logged(params: dict[str, Any]) -> dict[str, Any]:
+    """The params the active run does not have yet. A resumed run has them all from its first start,
+    and MLflow refuses a changed value: keys outside the config hash (tracking.*, cache_dir, reuse,
+    where the data lies) keep the first start's values; config.yaml has this start's."""
+    logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    return {key: value for key, value in params.items() if key not in logged}
 
 
 def log_data(data: DataSet) -> None:
