@@ -55,6 +55,8 @@ POLL_SECONDS = 0.1
 _received: signal.Signals | None = None
 _run_id: str | None = None  # the MLflow run active in this process when the signal came
 _driver_pid: int | None = None
+_holding = False  # inside held(): a signal waits for the block to end
+_pending: signal.Signals | None = None
 
 
 def install(driver: bool = False) -> None:
@@ -131,8 +133,30 @@ def end_descendants(grace: float = GRACE_SECONDS) -> None:
             time.sleep(POLL_SECONDS)
 
 
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """A SIGINT or SIGTERM that arrives inside the block is acted on when the block ends.
+
+    For writes to the store: an interrupt raised inside one (between the SQL statements of an
+    SQLite write transaction) was seen to leave the transaction's lock with the process, so that
+    ending the run then failed with "database is locked". Python runs signal handlers in the main
+    thread, whichever thread the OS delivered the signal to, so a flag checked here suffices.
+    """
+    global _holding
+    _holding = True
+    try:
+        yield
+    finally:
+        _holding = False
+    if _pending is not None:
+        _on_signal(_pending, None)
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    global _received, _run_id
+    global _received, _run_id, _pending
+    if _holding:
+        _pending = _pending or signal.Signals(signum)
+        return
     if _received is not None:
         return  # already ending: a second Ctrl-C, or the SIGTERM submitit forwards, must not cut the cleanup short
     _received = signal.Signals(signum)

@@ -10,6 +10,7 @@ import mlflow
 import tensorflow as tf
 from tensorflow.python.framework.config import disable_op_determinism  # no public twin of enable_op_determinism
 
+from simpsons import signals
 from simpsons.checks import XLA_NEEDS_NO_DETERMINISM
 from simpsons.errors import ConfigError
 
@@ -71,7 +72,8 @@ class MlflowEpochMetrics(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
-        mlflow.log_metrics({name: float(logs[name]) for name in EPOCH_METRICS if name in logs}, step=epoch)
+        with signals.held():  # a Ctrl-C waits for the write: the run must still be ended afterwards
+            mlflow.log_metrics({name: float(logs[name]) for name in EPOCH_METRICS if name in logs}, step=epoch)
 
 
 def fit(
