@@ -142,6 +142,14 @@ def _undecodable(files: tuple[tuple[Path, str], ...]) -> tuple[Path, ...]:
 
 
 def _sha256(path: Path) -> str:
+    status = path.stat()
+    return _sha256_of_version(path, status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _sha256_of_version(path: Path, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
+    """Keyed by the file's stat, as git's index is: the jobs of a sweep (one process) read each file
+    once, and a file rewritten or replaced between jobs changes its ctime or inode, so it is read again."""
     with path.open("rb") as file:
         return hashlib.file_digest(file, "sha256").hexdigest()
 

@@ -32,6 +32,7 @@ from simpsons.features import cache_key, cached_features, extract
 from simpsons.model import build_classifier, feature_extractor, head, unfreeze_top
 from simpsons.optimizers import build_optimizer
 from simpsons.pipeline import image_dataset, load_image, without_autotuner
+from simpsons.stopwatch import Stopwatch
 from simpsons.tracking import lifecycle, schema, store, writer
 from simpsons.training import fit, resolve_deterministic, seed_everything, set_precision, use_xla
 
@@ -122,26 +123,44 @@ def _train_and_log(
     optimizer: keras.optimizers.Optimizer,
     backups: Path,
 ) -> None:
-    """Inside the active run: config and data, then model -> fit -> evaluate -> log."""
-    writer.log_config(cfg, job.hydra_dir)
-    deterministic = seed_everything(cfg.seed, cfg.deterministic)
-    mlflow.set_tag(schema.DETERMINISTIC, str(deterministic).lower())
-    xla = use_xla(cfg.jit_compile, deterministic)
-    set_precision(cfg.precision)
-    _report(data)
-    writer.log_data(data)
+    """Inside the active run: config and data, then model -> fit -> evaluate -> log.
 
-    model = build_classifier(backbone, cfg.image_size, len(data.class_names), cfg.dropout, cfg.augment, seed=cfg.seed)
+    Each phase's wall seconds are logged too (`seconds/*`): what a run of a grid costs, and where.
+    """
+    stopwatch = Stopwatch()
+    with stopwatch.phase("log_config"):
+        writer.log_config(cfg, job.hydra_dir)
+        deterministic = seed_everything(cfg.seed, cfg.deterministic)
+        mlflow.set_tag(schema.DETERMINISTIC, str(deterministic).lower())
+        xla = use_xla(cfg.jit_compile, deterministic)
+        set_precision(cfg.precision)
+        _report(data)
+        writer.log_data(data)
+
+    with stopwatch.phase("build_model"):
+        model = build_classifier(
+            backbone,
+            cfg.image_size,
+            len(data.class_names),
+            cfg.dropout,
+            cfg.augment,
+            seed=cfg.seed,
+            share_backbone=not _end_to_end(cfg),  # frozen for good: the sweep's jobs share it
+        )
     if _end_to_end(cfg):
-        scored = _train_end_to_end(model, optimizer, data, cfg, xla, backups)
+        with stopwatch.phase("fit"):
+            scored = _train_end_to_end(model, optimizer, data, cfg, xla, backups)
     else:
-        scored = _train_head_on_cached_features(model, backbone, optimizer, data, cfg, xla)
-    run_id = mlflow.active_run().info.run_id
-    val_history = MlflowClient().get_metric_history(run_id, "val_accuracy")  # across a resume, too
-    mlflow.log_metric("best_val_accuracy", max(m.value for m in val_history))
-    _evaluate_and_log(scored, data)
-    example = load_image(data.val.paths[0], cfg.image_size).numpy()[None]
-    writer.log_model(model, example, data.class_names)
+        scored = _train_head_on_cached_features(model, backbone, optimizer, data, cfg, xla, stopwatch)
+    with stopwatch.phase("evaluate"):
+        run_id = mlflow.active_run().info.run_id
+        val_history = MlflowClient().get_metric_history(run_id, "val_accuracy")  # across a resume, too
+        mlflow.log_metric("best_val_accuracy", max(m.value for m in val_history))
+        _evaluate_and_log(scored, data)
+    with stopwatch.phase("log_model"):
+        example = load_image(data.val.paths[0], cfg.image_size).numpy()[None]
+        writer.log_model(model, example, data.class_names)
+    mlflow.log_metrics(stopwatch.metrics())
 
 
 def run_name(backbone: str, optimizer: str, overrides: list[str]) -> str:
@@ -319,22 +338,27 @@ def _train_head_on_cached_features(
     data: DataSet,
     cfg: DictConfig,
     xla: bool,
-) -> dict[str, tuple[keras.Model, tf.data.Dataset]]:
+    stopwatch: Stopwatch,
+) -> dict[str, tuple[keras.Model, np.ndarray]]:
     """The backbone runs once per image (or never, on a cache hit); the head trains on features.
 
-    Seconds per run, so a killed one simply trains again (no backups)."""
+    Seconds per run, so a killed one simply trains again (no backups). Returns each scored
+    split's features, which the head scores in eager calls: no predict function to trace."""
     extractor = feature_extractor(model)
     extractor.jit_compile = xla  # predict_on_batch compiles with XLA if asked
     compute = {"precision": cfg.precision, "xla": extractor.jit_compile}
+    if backbone.weights is None:
+        compute["seed"] = cfg.seed  # random weights are the seed's: another seed, another backbone
     splits = {name: split for name, split in {"train": data.train, "val": data.val, "test": data.test}.items() if split}
-    lookups = {
-        name: cached_features(
-            Path(cfg.cache_dir),
-            cache_key(backbone, cfg.image_size, split, compute),
-            lambda split=split: extract(extractor, _batches(split, cfg), len(split)),
-        )
-        for name, split in splits.items()
-    }
+    with stopwatch.phase("features"):
+        lookups = {
+            name: cached_features(
+                Path(cfg.cache_dir),
+                cache_key(backbone, cfg.image_size, split, compute),
+                lambda split=split: extract(extractor, _batches(split, cfg), len(split)),
+            )
+            for name, split in splits.items()
+        }
     _log_cache_use(lookups)
 
     def features(name: str, shuffle_seed: int | None = None) -> tf.data.Dataset:
@@ -344,10 +368,11 @@ def _train_head_on_cached_features(
         return without_autotuner(dataset.batch(cfg.batch_size))
 
     classifier_head = head(model)
-    fit(classifier_head, optimizer, features("train", cfg.seed), features("val"), cfg.epochs, jit_compile=xla)
+    with stopwatch.phase("fit"):
+        fit(classifier_head, optimizer, features("train", cfg.seed), features("val"), cfg.epochs, jit_compile=xla)
     phases = f"head on cached features: epochs 0-{cfg.epochs - 1}"
     mlflow.set_tags({schema.PHASES: phases, schema.XLA: str(extractor.jit_compile).lower()})
-    return {name: (classifier_head, features(name)) for name in splits if name != "train"}
+    return {name: (classifier_head, np.asarray(lookups[name].features)) for name in splits if name != "train"}
 
 
 def _log_cache_use(lookups: dict) -> None:
@@ -361,7 +386,7 @@ def _log_cache_use(lookups: dict) -> None:
     log.info("feature cache %s; extraction %.1f s", "miss" if computed else "hit", seconds)
 
 
-def _evaluate_and_log(scored: dict[str, tuple[keras.Model, tf.data.Dataset]], data: DataSet) -> None:
+def _evaluate_and_log(scored: dict[str, tuple[keras.Model, tf.data.Dataset | np.ndarray]], data: DataSet) -> None:
     """Softmax outputs of each split from the model (or head) that scores it, in file order."""
     for name, (model, batches) in scored.items():
         split = data.val if name == "val" else data.test

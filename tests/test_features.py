@@ -42,6 +42,7 @@ def test_a_second_run_reuses_the_cache_and_a_changed_file_or_size_invalidates_it
 
     second = run_with(["dropout=0.1", "optimizer=rmsprop"], images, tracking_uri, cache)
     assert second["feature_cache"] == "hit" and second["metric:feature_extraction_seconds"] == 0
+    assert run_with(["seed=7"], images, tracking_uri, cache)["feature_cache"] == "miss"  # random weights: the seed's
 
     Image.new("RGB", (40, 40), (255, 0, 255)).save(images / "train" / "red_circle" / "img_0001.jpg")
     assert run_with([], images, tracking_uri, cache)["feature_cache"] == "miss"

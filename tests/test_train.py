@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from PIL import Image
 
+from simpsons import model
 from simpsons.config import PROJECT_ROOT
 from simpsons.job import JobContext, run_name, train
 from simpsons.tracking.predictions import from_csv
@@ -176,6 +177,28 @@ def test_the_same_config_twice_gives_identical_metrics(image_folders, tracking_u
         for r in (first, second)
     ]
     assert csvs[0].read_text() == csvs[1].read_text()
+
+
+def test_a_config_gives_the_same_results_after_another_in_the_same_process_as_alone(image_folders, tracking_uri):
+    """The jobs of a cached sweep share one backbone (simpsons.model.shared_backbone); the head must
+    not start from what the first job's backbone build left of the random state. VGG16: a random
+    MobileNet's pooled features are all about 1e-17, which no head initialisation can tell apart."""
+    vgg = ["backbone=vgg16", "image_size=32", *TINY]
+    overrides = [*vgg, *folder_data(image_folders), "epochs=2", "reuse=false", f"tracking.uri={tracking_uri}"]
+    second = compose_train([*overrides, "dropout=0.5", "optimizer=rmsprop"])
+    train(compose_train([*overrides, "dropout=0.1"]), JobContext(overrides=[]))
+    after_another = train(second, JobContext(overrides=[]))
+    model._SHARED.clear()  # as in a new process
+    alone = train(second, JobContext(overrides=[]))
+
+    client, runs = MlflowClient(tracking_uri), (after_another, alone)
+    for name in [*EPOCH_METRICS, "test_accuracy", "test_loss"]:
+        histories = [[m.value for m in client.get_metric_history(run, name)] for run in runs]
+        assert histories[0] == histories[1], name
+    csvs = [mlflow.artifacts.download_artifacts(run_id=r, artifact_path="predictions/test.csv") for r in runs]
+    assert Path(csvs[0]).read_text() == Path(csvs[1]).read_text()
+    phases = {k for k in client.get_run(alone).data.metrics if k.startswith("seconds/")}
+    assert phases == {f"seconds/{p}" for p in ("log_config", "build_model", "features", "fit", "evaluate", "log_model")}
 
 
 def test_run_names_show_choices_then_overrides_but_not_paths():
