@@ -38,6 +38,10 @@ from simpsons.training import fit, resolve_deterministic, seed_everything, set_p
 
 log = logging.getLogger("simpsons.train")
 
+# The logged model's input example: a validation image at this size. The model resizes any size,
+# and MLflow writes the example as JSON twice: at 150 px that was 2 x 67,500 numbers a run.
+EXAMPLE_SIZE = 32
+
 # Where data and results lie, and whether to reuse: not what the results are (the data
 # fingerprint stands for the data's content wherever it lies).
 NOT_IDENTITY = ("tracking", "cache_dir", "reuse", "data.dir", "data.root", "data.test_root")
@@ -158,7 +162,7 @@ def _train_and_log(
         mlflow.log_metric("best_val_accuracy", max(m.value for m in val_history))
         _evaluate_and_log(scored, data)
     with stopwatch.phase("log_model"):
-        example = load_image(data.val.paths[0], cfg.image_size).numpy()[None]
+        example = load_image(data.val.paths[0], EXAMPLE_SIZE).numpy()[None]
         writer.log_model(model, example, data.class_names)
     mlflow.log_metrics(stopwatch.metrics())
 

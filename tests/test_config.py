@@ -52,6 +52,21 @@ def test_every_option_composes_and_resolves(group, option):
         assert resolved[group]["name"] == option
 
 
+@pytest.mark.parametrize("preset", group_options("hydra/launcher"))
+def test_every_launcher_preset_composes_into_its_plugins_launcher(preset):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"hydra/launcher={preset}"], return_hydra_config=True)
+    module, _, name = cfg.hydra.launcher._target_.rpartition(".")
+    plugin = pytest.importorskip(module, reason=f"the plugin of hydra/launcher={preset} is not installed")
+    assert getattr(plugin, name).__name__.endswith("Launcher")
+
+
+def test_the_parallel_preset_runs_two_joblib_jobs_at_once():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["hydra/launcher=parallel"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 2
+
+
 def test_defaults_follow_the_seed_study_common_setting():
     cfg = compose_train([])
     assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.dropout, cfg.image_size, cfg.batch_size) == (

@@ -34,7 +34,7 @@ T = TypeVar("T")
 STARTUP_DEADLINE = 600.0  # TensorFlow in up to three processes on a loaded 2-core machine
 EXIT_DEADLINE = 180.0
 UNSTOPPABLE = ["epochs=1000000"]  # with the tiny cached model: hours, so no job can finish before the signal
-JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+JOBLIB = ["hydra/launcher=parallel"]  # the preset: joblib, 2 jobs at once
 SUBMITIT = ["hydra/launcher=submitit_local"]
 
 
