@@ -84,6 +84,8 @@ TRAINING_KEY_CHECKS = [  # key, test, what is accepted
     ("tracking.experiment", lambda v: isinstance(v, str) and v.strip() != "", "a non-empty name"),
     ("tracking.heartbeat_seconds", _positive, "a positive number"),
     ("tracking.stale_after", _positive, "a positive number"),
+    ("gpu.memory_growth", lambda v: isinstance(v, bool), "true or false"),
+    ("gpu.one_per_job", lambda v: isinstance(v, bool), "true or false"),
 ]
 
 

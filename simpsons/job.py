@@ -34,7 +34,15 @@ from simpsons.optimizers import build_optimizer
 from simpsons.pipeline import image_dataset, load_image, without_autotuner
 from simpsons.stopwatch import Stopwatch
 from simpsons.tracking import lifecycle, schema, store, writer
-from simpsons.training import fit, resolve_deterministic, seed_everything, set_precision, use_xla
+from simpsons.training import (
+    configure_gpus,
+    fit,
+    gpu_setting,
+    resolve_deterministic,
+    seed_everything,
+    set_precision,
+    use_xla,
+)
 
 log = logging.getLogger("simpsons.train")
 
@@ -44,7 +52,8 @@ EXAMPLE_SIZE = 32
 
 # Where data and results lie, and whether to reuse: not what the results are (the data
 # fingerprint stands for the data's content wherever it lies).
-NOT_IDENTITY = ("tracking", "cache_dir", "reuse", "data.dir", "data.root", "data.test_root")
+# Nor which GPU computes them, nor how its memory is mapped (gpu.*).
+NOT_IDENTITY = ("tracking", "cache_dir", "reuse", "data.dir", "data.root", "data.test_root", "gpu.")
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,8 @@ def _train_and_log(
         writer.log_config(cfg, job.hydra_dir)
         deterministic = seed_everything(cfg.seed, cfg.deterministic)
         mlflow.set_tag(schema.DETERMINISTIC, str(deterministic).lower())
+        if gpu_setting() is not None:
+            mlflow.set_tag(schema.GPU, gpu_setting())
         xla = use_xla(cfg.jit_compile, deterministic)
         set_precision(cfg.precision)
         _report(data)
@@ -300,8 +311,12 @@ def _sweep_parent(client: MlflowClient, experiment_id: str, job: JobContext) -> 
 
 def _checked_parts(cfg: DictConfig) -> tuple[BackboneSpec, keras.optimizers.Optimizer]:
     """Every config check that needs no data, so that a bad value fails before anything is created
-    (no store, experiment or run): simpsons/checks.py's, then what only TensorFlow and Keras can say."""
+    (no store, experiment or run): simpsons/checks.py's, then what only TensorFlow and Keras can say.
+
+    The GPUs are set up in between: after the gpu.* values are checked, before anything (an
+    optimizer's variables) starts TensorFlow's runtime, after which they can no longer be set."""
     checks.raise_config_errors(cfg)
+    configure_gpus(cfg.gpu.memory_growth, cfg.gpu.one_per_job, Path(cfg.cache_dir))
     use_xla(cfg.jit_compile, resolve_deterministic(cfg.deterministic))  # is a GPU visible to TensorFlow?
     return BackboneSpec.from_config(cfg.backbone), build_optimizer(cfg.optimizer)
 

@@ -10,7 +10,7 @@ import mlflow
 import tensorflow as tf
 from tensorflow.python.framework.config import disable_op_determinism  # no public twin of enable_op_determinism
 
-from simpsons import signals
+from simpsons import gpus, signals
 from simpsons.checks import XLA_NEEDS_NO_DETERMINISM
 from simpsons.errors import ConfigError
 
@@ -21,6 +21,59 @@ log = logging.getLogger(__name__)
 
 def gpu_visible() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
+
+
+_gpu_setting: str | None = None  # what configure_gpus did in this process, said again to later jobs
+
+
+def configure_gpus(memory_growth: bool, one_per_job: bool, cache_dir: Path) -> str | None:
+    """Before TensorFlow's runtime starts: which GPU this process uses, and whether its memory grows.
+
+    By default TensorFlow maps nearly all memory of every GPU it sees in every process, so a second
+    job on the same GPU fails for memory; with growth on, each process takes what it uses. With
+    several GPUs visible and `one_per_job`, the process claims one (simpsons/gpus.py) and shows
+    TensorFlow that one only. Both are settings of the process: its first job decides them, and the
+    later jobs of a sweep the default launcher runs in the same process keep them.
+
+    Returns what was done, for the run's tags; None without a GPU.
+    """
+    global _gpu_setting
+    if _gpu_setting is not None:
+        return _gpu_setting
+    physical = tf.config.list_physical_devices("GPU")
+    if not physical:
+        return None
+    used = physical
+    claim = None
+    if one_per_job and len(physical) > 1:
+        claim = gpus.claim(gpus.lock_dir(cache_dir), gpus.visible_names(len(physical)))
+        used = [physical[claim.index]]
+    try:
+        if claim is not None:
+            tf.config.set_visible_devices(used, "GPU")
+        for gpu in used:
+            tf.config.experimental.set_memory_growth(gpu, memory_growth)
+    except RuntimeError:  # raised once the runtime has started: e.g. a caller that already ran TensorFlow ops
+        log.warning("GPU settings left as they were: TensorFlow had already started in this process")
+        _gpu_setting = f"{len(physical)} GPU(s), as TensorFlow had already set them up"
+        return _gpu_setting
+    _gpu_setting = _describe_gpus(len(physical), claim, memory_growth)
+    log.info("GPU: %s", _gpu_setting)
+    return _gpu_setting
+
+
+def gpu_setting() -> str | None:
+    """What configure_gpus did in this process; None before it ran, or without a GPU."""
+    return _gpu_setting
+
+
+def _describe_gpus(count: int, claim: gpus.Claim | None, memory_growth: bool) -> str:
+    """E.g. 'GPU 1 of 4 (claimed, alone on it); memory growth on'."""
+    growth = f"memory growth {'on' if memory_growth else 'off'}"
+    if claim is None:
+        return f"{'all ' if count > 1 else ''}{count} GPU(s); {growth}"
+    sharing = "alone on it" if claim.others == 0 else f"shared with {claim.others} other process(es): all were taken"
+    return f"GPU {claim.name} of {count} (claimed, {sharing}); {growth}"
 
 
 def seed_everything(seed: int, deterministic: bool | str) -> bool:

@@ -45,6 +45,8 @@ BAD_INPUTS = [  # (test id, overrides, how the one line starts); {tmp}: the test
     ("lr", ["optimizer.lr=0"], "optimizer.lr=0 is invalid; expected a positive number"),
     ("class", ["optimizer.keras_class=Adamax9"], "optimizer.keras_class='Adamax9' is not a keras.optimizers class;"),
     ("xla", ["jit_compile=true", "deterministic=true"], "jit_compile=true needs deterministic=false"),
+    ("gpu key", ["gpu.grow=true"], "unknown key 'gpu.grow' (gpu.grow=true); gpu takes: memory_growth, one_per_job"),
+    ("gpu value", ["-m", "gpu.memory_growth=maybe,true"], "gpu.memory_growth='maybe' is invalid; expected true or"),
     ("weights", [f"backbone.weights={MISSING}"], f"backbone.weights='{MISSING}' is not a file; use imagenet, null,"),
     (
         "kaggle",
