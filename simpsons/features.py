@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from simpsons.backbones import BackboneSpec
 from simpsons.data import Split
+from simpsons.pipeline import JPEG_DCT_METHOD
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ def cache_key(backbone: BackboneSpec, image_size: int, split: Split, compute: di
         "kwargs": backbone.kwargs,
         "weights": weights,
         "preprocess": backbone.preprocess,
+        "jpeg_dct_method": JPEG_DCT_METHOD,
         "image_size": image_size,
         "keras": keras.__version__,
         "files": split.digests,
