@@ -11,6 +11,7 @@ other (MLflow's busy timeout) instead of failing.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import functools
@@ -44,6 +45,11 @@ ACCEPTED_URIS = "sqlite:///path/to/mlflow.db, http(s)://host:port of an mlflow s
 PROBE_SECONDS = 5  # each reachability check; a bad store fails in one line well within 10 s
 SQLITE_HEADER = b"SQLite format 3\x00"
 CODE_PACKAGES = ("tensorflow", "keras", "numpy")  # their versions are part of the code version
+# MLflow's client reads a server's credentials from these; so does the probe, to check them first.
+USERNAME_VARIABLE = "MLFLOW_TRACKING_USERNAME"
+PASSWORD_VARIABLE = "MLFLOW_TRACKING_PASSWORD"
+TOKEN_VARIABLE = "MLFLOW_TRACKING_TOKEN"
+SEARCH_PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
 
 
 def configure(uri: str) -> str:
@@ -192,11 +198,61 @@ def _within_deadline(uri: str, probe: Callable[[str], None]) -> None:
 
 
 def _probe_server(uri: str) -> None:
+    """The server answers, and lets this process's user in (MLFLOW_TRACKING_USERNAME/PASSWORD).
+
+    /health answers anyone; a search of experiments is what any user may do, so a refusal
+    there means the credentials, not the user's permissions.
+    """
+    _refuse_password_in(uri)
+    base = uri.rstrip("/")
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_SECONDS).close()
+        urllib.request.urlopen(base + "/health", timeout=PROBE_SECONDS).close()
+        search = urllib.request.Request(base + SEARCH_PROBE, headers=_credential_headers())
+        urllib.request.urlopen(search, timeout=PROBE_SECONDS).close()
+    except urllib.error.HTTPError as error:
+        if error.code == 401:
+            raise ConfigError(_refused(uri)) from error
+        raise ConfigError(
+            f"tracking.uri={redact_uri(uri)}: the server answered HTTP {error.code} ({error.reason})"
+        ) from error
     except (OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
         raise ConfigError(f"tracking.uri={redact_uri(uri)}: no MLflow server answers ({reason})") from error
+
+
+def _refuse_password_in(uri: str) -> None:
+    """A password inside a server URL would reach the logs and the overrides Hydra saves."""
+    if urlsplit(uri).password is not None:
+        raise ConfigError(
+            f"tracking.uri={redact_uri(uri)} has a password in it; leave it out and set "
+            f"{USERNAME_VARIABLE} and {PASSWORD_VARIABLE} instead"
+        )
+
+
+def _credential_headers() -> dict[str, str]:
+    """The Authorization header MLflow's client would send (basic auth, else a bearer token)."""
+    username, password = os.environ.get(USERNAME_VARIABLE), os.environ.get(PASSWORD_VARIABLE)
+    if username and password:
+        token = base64.b64encode(f"{username}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+    if os.environ.get(TOKEN_VARIABLE):
+        return {"Authorization": f"Bearer {os.environ[TOKEN_VARIABLE]}"}
+    return {}
+
+
+def _refused(uri: str) -> str:
+    """One line: the server, the user it refused, and which variables to fix."""
+    fix = f"set {USERNAME_VARIABLE} and {PASSWORD_VARIABLE} to your user on that server"
+    username = os.environ.get(USERNAME_VARIABLE)
+    if username and os.environ.get(PASSWORD_VARIABLE):
+        return (
+            f"tracking.uri={redact_uri(uri)} refused user {username!r} (HTTP 401: wrong username or password); "
+            f"fix {USERNAME_VARIABLE} and {PASSWORD_VARIABLE}"
+        )
+    if username or os.environ.get(PASSWORD_VARIABLE):
+        missing = PASSWORD_VARIABLE if username else USERNAME_VARIABLE
+        return f"tracking.uri={redact_uri(uri)} refused the request (HTTP 401): {missing} is not set; {fix}"
+    return f"tracking.uri={redact_uri(uri)} refuses anonymous access (HTTP 401); {fix}"
 
 
 def _probe_database(uri: str) -> None:
