@@ -46,7 +46,7 @@ DEFAULT_PORT = 5000
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
 MIN_PASSWORD_LENGTH = 12  # MLflow refuses shorter passwords
-BACKEND_SCHEMES = ("postgresql", "postgresql+psycopg2")
+BACKEND_SCHEMES = ("postgresql", "postgresql+psycopg")
 START_SECONDS = 120  # for the server to answer /health after it was started
 REQUEST_SECONDS = 30
 
