@@ -26,6 +26,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from simpsons import server as team_server
+from simpsons.tracking import schema
 
 POSTGRES_BINARIES = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
 # Fresh per test session: whatever leaks is found by its value, which nothing else could contain.
@@ -280,7 +281,7 @@ def test_postgres_sweep_of_four_jobs_two_at_a_time_over_http_then_ensemble_and_r
     assert ensemble.returncode == 0, ensemble.stderr[-3000:]
     [ensemble_run] = [r for r in runs_of(as_alice, "team-sweep") if run_type(r) == "ensemble"]
     assert ensemble_run.info.status == "FINISHED"
-    assert set(ensemble_run.data.tags["simpsons.members"].split(",")) == {c.info.run_id for c in children}
+    assert set(ensemble_run.data.tags[schema.MEMBERS].split(",")) == {c.info.run_id for c in children}
     report = simpsons("report", ["--experiment", "team-sweep", "--sweep", "latest"], tmp_path, env)
     assert report.returncode == 0, report.stderr[-3000:]
     assert all(c.info.run_name in report.stdout for c in children)

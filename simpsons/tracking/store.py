@@ -50,6 +50,7 @@ USERNAME_VARIABLE = "MLFLOW_TRACKING_USERNAME"
 PASSWORD_VARIABLE = "MLFLOW_TRACKING_PASSWORD"
 TOKEN_VARIABLE = "MLFLOW_TRACKING_TOKEN"
 SEARCH_PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
+LOGIN_PROBE_SECONDS = 30  # a server that answered /health: its first search may wait for the store
 
 
 def configure(uri: str) -> str:
@@ -166,15 +167,17 @@ def _prepare_sqlite(path: Path) -> None:
 def _check_remote(uri: str) -> None:
     scheme = urlsplit(uri).scheme.split("+")[0]
     if scheme in SERVER_SCHEMES:
+        _refuse_password_in(uri)
         _within_deadline(uri, _probe_server)
+        _within_deadline(uri, _probe_login, LOGIN_PROBE_SECONDS)
     elif scheme in DATABASE_SCHEMES:
         _within_deadline(uri, _probe_database)
     else:
         raise ConfigError(f"tracking.uri={redact_uri(uri)!r} is not a supported store; use {ACCEPTED_URIS}")
 
 
-def _within_deadline(uri: str, probe: Callable[[str], None]) -> None:
-    """Run `probe(uri)`, but answer within PROBE_SECONDS + 1 s whatever it does.
+def _within_deadline(uri: str, probe: Callable[[str], None], seconds: float | None = None) -> None:
+    """Run `probe(uri)`, but answer within `seconds` (PROBE_SECONDS) + 1 s whatever it does.
 
     Socket timeouts do not bound everything a probe waits for: a hanging DNS look-up, or a
     database driver that ignores connect_timeout. The probe goes on in a daemon thread, harmlessly.
@@ -190,25 +193,32 @@ def _within_deadline(uri: str, probe: Callable[[str], None]) -> None:
 
     thread = threading.Thread(target=run, name="store-probe", daemon=True)
     thread.start()
-    thread.join(PROBE_SECONDS + 1)
+    limit = (PROBE_SECONDS if seconds is None else seconds) + 1
+    thread.join(limit)
     if not outcome:
-        raise ConfigError(f"tracking.uri={redact_uri(uri)}: no answer within {PROBE_SECONDS + 1} s")
+        raise ConfigError(f"tracking.uri={redact_uri(uri)}: no answer within {limit:g} s")
     if outcome[0] is not None:
         raise outcome[0]
 
 
 def _probe_server(uri: str) -> None:
-    """The server answers, and lets this process's user in (MLFLOW_TRACKING_USERNAME/PASSWORD).
-
-    /health answers anyone; a search of experiments is what any user may do, so a refusal
-    there means the credentials, not the user's permissions.
-    """
-    _refuse_password_in(uri)
-    base = uri.rstrip("/")
     try:
-        urllib.request.urlopen(base + "/health", timeout=PROBE_SECONDS).close()
-        search = urllib.request.Request(base + SEARCH_PROBE, headers=_credential_headers())
-        urllib.request.urlopen(search, timeout=PROBE_SECONDS).close()
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_SECONDS).close()
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise ConfigError(f"tracking.uri={redact_uri(uri)}: no MLflow server answers ({reason})") from error
+
+
+def _probe_login(uri: str) -> None:
+    """The server lets this process's user in (MLFLOW_TRACKING_USERNAME/PASSWORD), or needs no login.
+
+    A search of experiments is what any user may do, so a refusal there is about the credentials,
+    not the user's permissions. It may take seconds more than /health: a server worker's first
+    request sets up its connection to the store.
+    """
+    search = urllib.request.Request(uri.rstrip("/") + SEARCH_PROBE, headers=_credential_headers())
+    try:
+        urllib.request.urlopen(search, timeout=LOGIN_PROBE_SECONDS).close()
     except urllib.error.HTTPError as error:
         if error.code == 401:
             raise ConfigError(_refused(uri)) from error
@@ -217,7 +227,7 @@ def _probe_server(uri: str) -> None:
         ) from error
     except (OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
-        raise ConfigError(f"tracking.uri={redact_uri(uri)}: no MLflow server answers ({reason})") from error
+        raise ConfigError(f"tracking.uri={redact_uri(uri)}: the server did not answer a search ({reason})") from error
 
 
 def _refuse_password_in(uri: str) -> None:
