@@ -87,6 +87,10 @@ def start_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
+    parser.add_argument(
+        "--allowed-hosts",
+        help="host names teammates reach it by, e.g. mlflow.lab:5000 (MLflow already allows localhost and private IPs)",
+    )
     parser.add_argument("--workers", type=int, default=4, help="server worker processes (4)")
     parser.add_argument(
         "--auth-database-uri", help="where users and permissions live (default: the backend store's database)"
@@ -124,6 +128,9 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def mlflow_server_command(args: argparse.Namespace, backend: str, artifacts: str) -> list[str]:
+    # MLflow refuses requests whose Host header it does not know (DNS rebinding): a server reached
+    # by name needs that name listed.
+    allowed = ["--allowed-hosts", args.allowed_hosts] if args.allowed_hosts else []
     return [
         sys.executable,
         "-m",
@@ -142,6 +149,7 @@ def mlflow_server_command(args: argparse.Namespace, backend: str, artifacts: str
         str(args.port),
         "--workers",
         str(args.workers),
+        *allowed,
     ]
 
 
