@@ -13,13 +13,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import mlflow
+import psutil
 import pytest
 from conftest import TINY_MODEL, folder_data, free_port, serving
 from mlflow.entities import Run
@@ -335,3 +337,42 @@ def test_postgres_four_parallel_writers_of_two_users_lose_no_run(team, as_alice,
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert all(len(as_alice.get_metric_history(r.info.run_id, "val_accuracy")) == 2 for r in runs)
     assert files_with_secrets(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_postgres_server_restarted_with_another_admin_password_warns_and_stops_whole(team, postgres, tmp_path):
+    """A second start on the same database: the admin exists, so MLflow ignores the new password,
+    and the server says so. Its auth config is private while it runs; stopped, nothing is left."""
+    port, private = free_port(), tmp_path / "tmp"
+    private.mkdir()
+    command = [sys.executable, "-m", "simpsons.server", "--backend-store-uri", postgres, "--port", str(port)]
+    command += ["--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"]
+    env = clean_environment() | {"PGPASSWORD": DATABASE_PASSWORD, "TMPDIR": str(private)}
+    env["MLFLOW_AUTH_ADMIN_PASSWORD"] = "another-" + ADMIN_PASSWORD
+    log = tmp_path / "server.log"
+    with log.open("w") as output:
+        server = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        warning = poll(lambda: "warning: " in log.read_text(), server, log)
+        [config] = private.glob("simpsons-basic-auth-*.ini")
+        assert config.stat().st_mode & 0o777 == 0o600
+        processes = psutil.Process(server.pid).children(recursive=True)
+        assert processes  # mlflow server, its uvicorn and worker
+    finally:
+        server.terminate()
+        server.wait(timeout=120)
+    assert warning
+    [line] = [line for line in log.read_text().splitlines() if line.startswith("warning: ")]
+    assert line.startswith(f"warning: http://127.0.0.1:{port} refused admin user 'admin' (HTTP 401: wrong password)")
+    assert list(private.iterdir()) == []
+    assert not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def poll(condition: Callable[[], bool], process: subprocess.Popen, log: Path, seconds: float = 300) -> bool:
+    """True once `condition()` is; fails if the process ends first or at the deadline (a hang)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"not seen before the server ended or {seconds:g} s passed: {log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    return True
