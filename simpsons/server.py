@@ -208,13 +208,15 @@ def _check_database(uri: str) -> None:
 @contextlib.contextmanager
 def _auth_config(database_uri: str, default_permission: str) -> Iterator[Path]:
     """MLflow's basic_auth.ini for this server, in a private temporary file (mkstemp: mode 0600)."""
-    config = configparser.ConfigParser(interpolation=None)
-    config["mlflow"] = {
+    values = {
         "default_permission": default_permission,
         "database_uri": database_uri,
         "admin_username": os.environ.get(ADMIN_USERNAME_VARIABLE) or DEFAULT_ADMIN,
         "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
     }
+    config = configparser.ConfigParser(interpolation=None)
+    # MLflow reads the file with interpolation: a URI's %-escapes (%40 for @) are written as %%.
+    config["mlflow"] = {key: value.replace("%", "%%") for key, value in values.items()}
     descriptor, name = tempfile.mkstemp(prefix="simpsons-basic-auth-", suffix=".ini")
     path = Path(name)
     try:

@@ -7,6 +7,7 @@ and in folders of its own, so workers never share one.
 
 from __future__ import annotations
 
+import configparser
 import os
 import secrets
 import shutil
@@ -204,6 +205,10 @@ def test_the_auth_config_is_private_and_gone_after_the_server():
         assert "default_permission = EDIT" in text
         assert "password" not in text  # MLflow reads the admin's from MLFLOW_AUTH_ADMIN_PASSWORD
     assert not path.exists()
+    with team_server._auth_config("postgresql://ml%40flow@db/mlflow", "READ") as path:
+        parser = configparser.ConfigParser()  # as MLflow reads it
+        parser.read(path)
+        assert parser["mlflow"]["database_uri"] == "postgresql://ml%40flow@db/mlflow"
 
 
 # The running server.
