@@ -11,6 +11,7 @@ other (MLflow's busy timeout) instead of failing.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import functools
@@ -44,6 +45,12 @@ ACCEPTED_URIS = "sqlite:///path/to/mlflow.db, http(s)://host:port of an mlflow s
 PROBE_SECONDS = 5  # each reachability check; a bad store fails in one line well within 10 s
 SQLITE_HEADER = b"SQLite format 3\x00"
 CODE_PACKAGES = ("tensorflow", "keras", "numpy")  # their versions are part of the code version
+# MLflow's client reads a server's credentials from these; so does the probe, to check them first.
+USERNAME_VARIABLE = "MLFLOW_TRACKING_USERNAME"
+PASSWORD_VARIABLE = "MLFLOW_TRACKING_PASSWORD"
+TOKEN_VARIABLE = "MLFLOW_TRACKING_TOKEN"
+SEARCH_PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
+LOGIN_PROBE_SECONDS = 30  # a server that answered /health: its first search may wait for the store
 
 
 def configure(uri: str) -> str:
@@ -160,15 +167,17 @@ def _prepare_sqlite(path: Path) -> None:
 def _check_remote(uri: str) -> None:
     scheme = urlsplit(uri).scheme.split("+")[0]
     if scheme in SERVER_SCHEMES:
+        _refuse_password_in(uri)
         _within_deadline(uri, _probe_server)
+        _within_deadline(uri, _probe_login, LOGIN_PROBE_SECONDS)
     elif scheme in DATABASE_SCHEMES:
         _within_deadline(uri, _probe_database)
     else:
         raise ConfigError(f"tracking.uri={redact_uri(uri)!r} is not a supported store; use {ACCEPTED_URIS}")
 
 
-def _within_deadline(uri: str, probe: Callable[[str], None]) -> None:
-    """Run `probe(uri)`, but answer within PROBE_SECONDS + 1 s whatever it does.
+def _within_deadline(uri: str, probe: Callable[[str], None], seconds: float | None = None) -> None:
+    """Run `probe(uri)`, but answer within `seconds` (PROBE_SECONDS) + 1 s whatever it does.
 
     Socket timeouts do not bound everything a probe waits for: a hanging DNS look-up, or a
     database driver that ignores connect_timeout. The probe goes on in a daemon thread, harmlessly.
@@ -184,9 +193,10 @@ def _within_deadline(uri: str, probe: Callable[[str], None]) -> None:
 
     thread = threading.Thread(target=run, name="store-probe", daemon=True)
     thread.start()
-    thread.join(PROBE_SECONDS + 1)
+    limit = (PROBE_SECONDS if seconds is None else seconds) + 1
+    thread.join(limit)
     if not outcome:
-        raise ConfigError(f"tracking.uri={redact_uri(uri)}: no answer within {PROBE_SECONDS + 1} s")
+        raise ConfigError(f"tracking.uri={redact_uri(uri)}: no answer within {limit:g} s")
     if outcome[0] is not None:
         raise outcome[0]
 
@@ -197,6 +207,62 @@ def _probe_server(uri: str) -> None:
     except (OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
         raise ConfigError(f"tracking.uri={redact_uri(uri)}: no MLflow server answers ({reason})") from error
+
+
+def _probe_login(uri: str) -> None:
+    """The server lets this process's user in (MLFLOW_TRACKING_USERNAME/PASSWORD), or needs no login.
+
+    A search of experiments is what any user may do, so a refusal there is about the credentials,
+    not the user's permissions. It may take seconds more than /health: a server worker's first
+    request sets up its connection to the store.
+    """
+    search = urllib.request.Request(uri.rstrip("/") + SEARCH_PROBE, headers=_credential_headers())
+    try:
+        urllib.request.urlopen(search, timeout=LOGIN_PROBE_SECONDS).close()
+    except urllib.error.HTTPError as error:
+        if error.code == 401:
+            raise ConfigError(_refused(uri)) from error
+        raise ConfigError(
+            f"tracking.uri={redact_uri(uri)}: the server answered HTTP {error.code} ({error.reason})"
+        ) from error
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise ConfigError(f"tracking.uri={redact_uri(uri)}: the server did not answer a search ({reason})") from error
+
+
+def _refuse_password_in(uri: str) -> None:
+    """A password inside a server URL would reach the logs and the overrides Hydra saves."""
+    if urlsplit(uri).password is not None:
+        raise ConfigError(
+            f"tracking.uri={redact_uri(uri)} has a password in it; leave it out and set "
+            f"{USERNAME_VARIABLE} and {PASSWORD_VARIABLE} instead"
+        )
+
+
+def _credential_headers() -> dict[str, str]:
+    """The Authorization header MLflow's client would send (basic auth, else a bearer token)."""
+    username, password = os.environ.get(USERNAME_VARIABLE), os.environ.get(PASSWORD_VARIABLE)
+    if username and password:
+        token = base64.b64encode(f"{username}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+    if os.environ.get(TOKEN_VARIABLE):
+        return {"Authorization": f"Bearer {os.environ[TOKEN_VARIABLE]}"}
+    return {}
+
+
+def _refused(uri: str) -> str:
+    """One line: the server, the user it refused, and which variables to fix."""
+    fix = f"set {USERNAME_VARIABLE} and {PASSWORD_VARIABLE} to your user on that server"
+    username = os.environ.get(USERNAME_VARIABLE)
+    if username and os.environ.get(PASSWORD_VARIABLE):
+        return (
+            f"tracking.uri={redact_uri(uri)} refused user {username!r} (HTTP 401: wrong username or password); "
+            f"fix {USERNAME_VARIABLE} and {PASSWORD_VARIABLE}"
+        )
+    if username or os.environ.get(PASSWORD_VARIABLE):
+        missing = PASSWORD_VARIABLE if username else USERNAME_VARIABLE
+        return f"tracking.uri={redact_uri(uri)} refused the request (HTTP 401): {missing} is not set; {fix}"
+    return f"tracking.uri={redact_uri(uri)} refuses anonymous access (HTTP 401); {fix}"
 
 
 def _probe_database(uri: str) -> None:
