@@ -262,10 +262,27 @@ def test_scancel_of_slurm_jobs_ends_their_runs_killed(slurm, image_folders, tmp_
     assert all(state.startswith("CANCELLED") for state in states.values()), states
 
 
-def test_a_requeued_slurm_job_resumes_its_killed_run(slurm, image_folders, tmp_path):
-    """A job that Slurm requeues (preemption, or `scontrol requeue` as here) gets SIGTERM and ends
-    its run KILLED; once it runs again, an end-to-end run resumes in the same MLflow run from its
-    last epoch's backup in <cache_dir>/checkpoints."""
+REQUEUES = {
+    # Preemption on a cluster with PreemptMode=REQUEUE (the preset's --requeue makes the job eligible):
+    # Slurm sends SIGTERM, the run ends KILLED, the job goes back to the queue. Held there until
+    # released, so that the test sees the run KILLED before it resumes.
+    "preempted": (["scontrol", "requeuehold"], "KILLED"),
+    # The time limit's warning (signal_delay_s before it), or a preemption with preempt_send_user_signal:
+    # SIGUSR2, on which submitit requeues the job itself and exits (SystemExit): the run ends FAILED,
+    # and may be resumed before a poll could see that.
+    "signalled": (["scancel", "--signal=USR2"], None),
+}
+
+
+def resumed(run: Run) -> Run | None:
+    return run if schema.RESUMED_AT_EPOCH in run.data.tags and run.info.status == "RUNNING" else None
+
+
+@pytest.mark.parametrize("requeue", REQUEUES.values(), ids=REQUEUES.keys())
+def test_a_requeued_slurm_job_resumes_its_run(slurm, image_folders, tmp_path, requeue):
+    """A requeued job ends its run; once it runs again, an end-to-end run resumes in the same MLflow
+    run, from its last epoch's backup in <cache_dir>/checkpoints."""
+    command, ended_as = requeue
     uri = store.configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = MlflowClient(uri)
     args = [
@@ -279,20 +296,18 @@ def test_a_requeued_slurm_job_resumes_its_killed_run(slurm, image_folders, tmp_p
     ]
     with driver(args, tmp_path) as process:
         (run,) = poll(lambda: training_runs(client, epochs=2), "job training", process=process)
-        task = run.data.tags[schema.SLURM_JOB_ID]
-        backup = tmp_path / "cache" / "checkpoints" / run.info.run_id
+        run_id, task = run.info.run_id, run.data.tags[schema.SLURM_JOB_ID]
+        backup = tmp_path / "cache" / "checkpoints" / run_id
         poll(lambda: (backup / "head" / "training_metadata.json").is_file(), "backup", process=process)
-        subprocess.run(["scontrol", "requeue", task], check=True, timeout=60)
-
-        def resumed() -> Run | None:
-            again = client.get_run(run.info.run_id)
-            return again if schema.RESUMED_AT_EPOCH in again.data.tags and again.info.status == "RUNNING" else None
-
-        again = poll(resumed, "resumed run", process=process)
+        subprocess.run([*command, task], check=True, timeout=60)
+        if ended_as is not None:  # the job is held
+            poll(lambda: client.get_run(run_id).info.status == ended_as, f"run {ended_as}", process=process)
+            subprocess.run(["scontrol", "release", task], check=True, timeout=60)
+        again = poll(lambda: resumed(client.get_run(run_id)), "resumed run", process=process)
         assert int(again.data.tags[schema.RESUMED_AT_EPOCH]) >= 1
         assert again.data.tags[schema.PID] != run.data.tags[schema.PID]  # a new process, the same run
         assert again.data.tags[schema.SLURM_JOB_ID] == task
         assert len(children(client, the_sweep(client))) == 1
         subprocess.run(["scancel", task], check=True, timeout=60)
-        poll(lambda: client.get_run(run.info.run_id).info.status == "KILLED", "run KILLED")
+        poll(lambda: client.get_run(run_id).info.status == "KILLED", "run KILLED")
         process.wait(timeout=DEADLINE)
