@@ -113,7 +113,10 @@ def driver(args: list[str], cwd: Path) -> Iterator[subprocess.Popen]:
         yield process
     except BaseException:
         # Not after a passing test: a finished sweep's tasks may still be leaving squeue.
-        jobs = slurm_command("squeue", "-h", "-n", "train", "-o", "%F %o").splitlines()
+        queue = subprocess.run(
+            ["squeue", "-h", "-n", "train", "-o", "%F %o"], capture_output=True, text=True, timeout=60
+        )
+        jobs = queue.stdout.splitlines()  # empty if Slurm itself is what failed
         for array in {line.split()[0] for line in jobs if str(cwd) in line}:  # this test's, by their folder
             subprocess.run(["scancel", array], check=False, timeout=60)
         raise
