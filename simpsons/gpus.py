@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from simpsons import locks
+
 CLAIM_LOCK = "claim.lock"
 
 
@@ -70,7 +72,7 @@ def claim(directory: Path, names: list[str]) -> Claim:
         holders = [_holders(directory, name) for name in names]
         index = min(range(len(names)), key=lambda i: (len(holders[i]), i))
         slot = min(set(range(len(holders[index]) + 1)) - set(holders[index]))
-        lock = _try_lock(directory / f"{names[index]}.{slot}.lock")
+        lock = locks.try_lock(directory / f"{names[index]}.{slot}.lock")
     if lock is None:  # not reached: a slot counted free is free, as long as claims are serial
         raise RuntimeError(f"GPU {names[index]} slot {slot} was taken while claims were serialised")
     _held = Claim(index, names[index], len(holders[index]), lock)
@@ -89,19 +91,9 @@ def _holders(directory: Path, name: str) -> list[int]:
         slot = path.name[len(name) + 1 : -len(".lock")]
         if not slot.isdigit():
             continue
-        probe = _try_lock(path)
+        probe = locks.try_lock(path)
         if probe is None:
             taken.append(int(slot))
         else:
             probe.close()  # free: whoever held it has ended
     return sorted(taken)
-
-
-def _try_lock(path: Path) -> IO[str] | None:
-    handle = path.open("a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        return None
-    return handle

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import keras
 import mlflow
@@ -22,7 +19,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from simpsons import checks
+from simpsons import checks, locks
 from simpsons.backbones import BackboneSpec
 from simpsons.config import SWEEP_ID_VARIABLE
 from simpsons.data import DataSet, Split, load_dataset
@@ -120,7 +117,7 @@ def train(cfg: DictConfig, job: JobContext) -> str:
         run_id = run.info.run_id
         backups = _checkpoints(cfg) / run_id
         if resumed is None and _end_to_end(cfg):
-            stack.enter_context(_exclusive(_lock_path(backups)))
+            stack.enter_context(locks.exclusive(_lock_path(backups)))  # no two processes train (or resume) one run
         _say_started(run, name, uri, backups if resumed else None)
         _train_and_log(cfg, job, data, backbone, optimizer, backups)
         shutil.rmtree(backups, ignore_errors=True)
@@ -225,15 +222,6 @@ def _lock_path(backups: Path) -> Path:
     return backups.with_name(backups.name + ".lock")
 
 
-@contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[IO[str]]:
-    """An flock held while the run trains: no two processes train (or resume) the same run."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield lock
-
-
 def _claim_resumable(
     client: MlflowClient, experiment_id: str, identity: str, cfg: DictConfig, stack: contextlib.ExitStack
 ) -> Run | None:
@@ -245,7 +233,7 @@ def _claim_resumable(
         backups = _checkpoints(cfg) / run.info.run_id
         if not backups.is_dir():
             continue
-        lock = _try_lock(_lock_path(backups))
+        lock = locks.try_lock(_lock_path(backups))
         if lock is None:
             continue  # another process is training it
         if client.get_run(run.info.run_id).info.status in ("KILLED", "FAILED") and backups.is_dir():
@@ -253,17 +241,6 @@ def _claim_resumable(
             return run
         lock.close()
     return None
-
-
-def _try_lock(path: Path) -> IO[str] | None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = path.open("a")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        return None
-    return lock
 
 
 def _say_started(run: Run, name: str, uri: str, resumed_from: Path | None) -> None:

@@ -9,9 +9,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import keras
 import mlflow
@@ -139,3 +140,34 @@ def get_json(url: str, body: dict | None = None) -> dict:
 
 def requires(path: Path) -> pytest.MarkDecorator:
     return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent (shared data of this workplace)")
+
+
+T = TypeVar("T")
+
+
+def poll(
+    condition: Callable[[], T],
+    what: str,
+    deadline: float,
+    process: subprocess.Popen | None = None,
+    every: float = 0.2,
+) -> T:
+    """`condition()` once it is truthy; fails if `process` ends first, or at the deadline (a hang)."""
+    end = time.monotonic() + deadline
+    while not (value := condition()):
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"the command ended ({process.returncode}) before {what}")
+        if time.monotonic() > end:
+            pytest.fail(f"no {what} after {deadline:g} s")
+        time.sleep(every)
+    return value
+
+
+def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    """`python -m simpsons.train ARGS` in the background, without the environment's tracking URI,
+    its output in cwd/stdout.txt and cwd/stderr.txt."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    with (cwd / "stdout.txt").open("w") as stdout, (cwd / "stderr.txt").open("w") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "simpsons.train", *args], cwd=cwd, env=env, stdout=stdout, stderr=stderr
+        )

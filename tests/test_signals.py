@@ -15,14 +15,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
 import psutil
 import pytest
-from conftest import TINY_MODEL, folder_data
+from conftest import TINY_MODEL, folder_data, poll, start_cli
 from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
@@ -45,27 +45,11 @@ def client(tracking_uri: str) -> MlflowClient:
     return MlflowClient(store.configure(tracking_uri))
 
 
-def poll(condition: Callable[[], T], what: str, deadline: float, process: subprocess.Popen | None = None) -> T:
-    """`condition()` once it is truthy; fails if `process` ends first, or at the deadline (a hang)."""
-    end = time.monotonic() + deadline
-    while not (value := condition()):
-        if process is not None and process.poll() is not None:
-            pytest.fail(f"the command ended ({process.returncode}) before {what}")
-        if time.monotonic() > end:
-            pytest.fail(f"no {what} after {deadline:g} s")
-        time.sleep(0.2)
-    return value
-
-
 @contextmanager
 def cli(args: list[str], cwd: Path) -> Iterator[subprocess.Popen]:
     """`python -m simpsons.train ARGS` in the background, output in cwd/stdout.txt and stderr.txt;
     whatever is still running of it at the end (a failed test) is killed."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    with (cwd / "stdout.txt").open("w") as stdout, (cwd / "stderr.txt").open("w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "simpsons.train", *args], cwd=cwd, env=env, stdout=stdout, stderr=stderr
-        )
+    process = start_cli(args, cwd)
     try:
         yield process
     finally:

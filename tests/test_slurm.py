@@ -10,16 +10,15 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import conftest
 import psutil
 import pytest
-from conftest import TINY_MODEL, folder_data
+from conftest import TINY_MODEL, folder_data, start_cli
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
@@ -57,18 +56,8 @@ def slurm() -> Iterator[str]:
         subprocess.run(["bash", str(SLURM_SH), "stop", "--holder", holder], timeout=600, check=True)
 
 
-def poll(
-    condition: Callable[[], T], what: str, deadline: float = DEADLINE, process: subprocess.Popen | None = None
-) -> T:
-    """`condition()` once it is truthy; fails if `process` ends first, or at the deadline (a hang)."""
-    end = time.monotonic() + deadline
-    while not (value := condition()):
-        if process is not None and process.poll() is not None:
-            pytest.fail(f"the command ended ({process.returncode}) before {what}")
-        if time.monotonic() > end:
-            pytest.fail(f"no {what} after {deadline:g} s")
-        time.sleep(1)
-    return value
+def poll(condition: Callable[[], T], what: str, deadline: float = DEADLINE, process=None) -> T:
+    return conftest.poll(condition, what, deadline, process, every=1)
 
 
 def poll_for(fetch: Callable[[], T], accept: Callable[[T], bool], what: str, deadline: float = DEADLINE) -> T:
@@ -104,11 +93,7 @@ def array_job(runs: list[Run]) -> str:
 def driver(args: list[str], cwd: Path) -> Iterator[subprocess.Popen]:
     """The sweep's driver in the background, output in cwd/stdout.txt and stderr.txt. If the test
     fails, its Slurm jobs are cancelled; whatever happens, the driver is gone at the end."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    with (cwd / "stdout.txt").open("w") as stdout, (cwd / "stderr.txt").open("w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "simpsons.train", *args], cwd=cwd, env=env, stdout=stdout, stderr=stderr
-        )
+    process = start_cli(args, cwd)
     try:
         yield process
     except BaseException:
