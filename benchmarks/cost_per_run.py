@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from simpsons.stopwatch import METRIC_PREFIX  # noqa: E402  (after the path: runs from a checkout)
+from simpsons.tracking import schema  # noqa: E402
 
 CASES = [("mobilenetv2", 128), ("resnet50v2", 150)]
 GRIDS = {"1x1": ["optimizer=adam", "dropout=0.2"], "2x2": ["optimizer=adam,rmsprop", "dropout=0.2,0.5"]}
@@ -59,12 +60,13 @@ def print_breakdown(uri: str) -> None:
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("simpsons").experiment_id
-    runs = client.search_runs([experiment], "tags.`simpsons.run_type` = 'train'", order_by=["attributes.start_time"])
+    query = f"tags.`{schema.RUN_TYPE}` = '{schema.TRAIN}'"
+    runs = client.search_runs([experiment], query, order_by=["attributes.start_time"])
     for run in runs:
         phases = {k.removeprefix(METRIC_PREFIX): v for k, v in run.data.metrics.items() if k.startswith(METRIC_PREFIX)}
         wall = (run.info.end_time - run.info.start_time) / 1000
         listed = " ".join(f"{name} {seconds:.2f}" for name, seconds in phases.items())
-        print(f"    {run.info.run_id[:8]} cache {run.data.tags['feature_cache']:4} run {wall:5.2f} s: {listed}")
+        print(f"    {run.info.run_id[:8]} cache {run.data.tags[schema.FEATURE_CACHE]:4} run {wall:5.2f} s: {listed}")
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import keras
 from omegaconf import DictConfig
@@ -39,7 +40,8 @@ def build_classifier(
     base.trainable = False
     x = base(x, training=False)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    x = keras.layers.Dropout(dropout, seed=seed, name="dropout")(x)
+    dropout_seed = None if seed is None else seed + 1  # not the stream the head's weights came from
+    x = keras.layers.Dropout(dropout, seed=dropout_seed, name="dropout")(x)
     outputs = keras.layers.Dense(
         num_classes,
         activation="softmax",
@@ -50,22 +52,29 @@ def build_classifier(
     return keras.Model(inputs, outputs, name=f"{backbone.name}_classifier")
 
 
-_SHARED: dict[str, keras.Model] = {}
+_SHARED: dict[str, keras.Model] = {}  # least recently used first
+SHARED_BACKBONES = 2  # a grid written `dropout=... backbone=a,b` alternates between two
 
 
 def shared_backbone(backbone: BackboneSpec, image_size: int, seed: int | None) -> keras.Model:
-    """The backbone that the last call with the same arguments (and dtype policy) built, in this process.
+    """The backbone an earlier call with the same arguments (and dtype policy) built, in this process.
 
     The jobs of a cached sweep run in one process and never change the backbone's weights, so
     they share one instead of building it again: 1 to 2 s a run for ResNet50V2 on 2 CPU cores.
-    Random weights (weights=null) depend on the seed, hence it is part of the key. Only the last
-    one is kept: a sweep over backbones holds one at a time.
+    Random weights (weights=null) depend on the seed, and a weights file on its content (a file
+    replaced at the same path: its size and time change), hence both are part of the key.
     """
-    key = json.dumps([dataclasses.asdict(backbone), image_size, seed, keras.config.dtype_policy().name])
-    if key not in _SHARED:
-        _SHARED.clear()
-        _SHARED[key] = backbone.build(image_size)
-    return _SHARED[key]
+    weights = backbone.weights
+    if weights not in (None, "imagenet"):
+        status = Path(weights).stat()
+        weights = [weights, status.st_size, status.st_mtime_ns]
+    identity = dataclasses.asdict(backbone) | {"weights": weights, "seed": seed if weights is None else None}
+    key = json.dumps([identity, image_size, keras.config.dtype_policy().name])
+    shared = _SHARED.pop(key, None) or backbone.build(image_size)
+    _SHARED[key] = shared
+    while len(_SHARED) > SHARED_BACKBONES:
+        del _SHARED[next(iter(_SHARED))]
+    return shared
 
 
 def augmentation_layers(augment: DictConfig | None, seed: int | None) -> list[keras.layers.Layer]:

@@ -311,7 +311,9 @@ def _new_user_password(username: str) -> str:
         if getpass.getpass("again: ") != password:
             raise ServerError("the two passwords differ; nothing was changed")
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise ServerError(f"{username}'s password is {len(password)} characters long; MLflow needs at least 12")
+        raise ServerError(
+            f"{username}'s password is {len(password)} characters long; MLflow needs at least {MIN_PASSWORD_LENGTH}"
+        )
     return password
 
 

@@ -13,6 +13,8 @@ METRIC_PREFIX = "seconds/"
 
 
 class Stopwatch:
+    """Seconds per named phase; a phase entered again adds up (fit, in two fine-tuning phases)."""
+
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 

@@ -67,8 +67,13 @@ BAD_INPUTS = [  # (test id, overrides, how the one line starts); {tmp}: the test
     ),
     (
         "database",
+        ["tracking.uri=postgresql://u@127.0.0.1:{port}/db"],
+        "tracking.uri=postgresql://u@127.0.0.1:",
+    ),
+    (
+        "database password",
         ["tracking.uri=postgresql://u:secret@127.0.0.1:{port}/db"],
-        "tracking.uri=postgresql://u:***@127.0.0.1:",
+        "tracking.uri=postgresql://u:***@127.0.0.1:{port}/db has a password in it; leave it out and give it to",
     ),
     ("store", ["tracking.uri=sqlite:////etc/hostname/x.db"], "tracking.uri=sqlite:////etc/hostname/x.db: cannot write"),
     ("cache", ["cache_dir=/etc/hostname/sub"], "cache_dir='/etc/hostname/sub' cannot be written (/etc/hostname is not"),

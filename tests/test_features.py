@@ -15,12 +15,13 @@ from conftest import TINY_MODEL, compose_train, folder_data
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from simpsons import model as model_module
 from simpsons.backbones import BackboneSpec
 from simpsons.demo_data import write_demo_data
 from simpsons.errors import ConfigError
 from simpsons.features import cached_features
 from simpsons.job import JobContext, train
-from simpsons.model import backbone_of, build_classifier, unfreeze_top
+from simpsons.model import backbone_of, build_classifier, shared_backbone, unfreeze_top
 from simpsons.tracking.predictions import from_csv
 from simpsons.training import gpu_visible, use_xla
 
@@ -143,3 +144,21 @@ def test_light_augmentation_changes_images_only_in_training():
     images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(augmented(images, training=False), images, atol=1e-3)
     assert not np.allclose(augmented(images, training=True), images, atol=1.0)
+
+
+def test_a_shared_backbone_is_the_one_built_for_the_same_weights_size_and_random_seed(tmp_path):
+    model_module._SHARED.clear()
+    random = BackboneSpec.from_config(compose_train(TINY_MODEL).backbone)
+    first = shared_backbone(random, 32, seed=1)
+    assert shared_backbone(random, 32, seed=1) is first
+    assert shared_backbone(random, 32, seed=2) is not first  # random weights are the seed's
+    assert shared_backbone(random, 40, seed=1) is not first
+    assert shared_backbone(random, 32, seed=1) is not first  # only the last two are kept
+
+    weights = tmp_path / "mobilenet.weights.h5"
+    backbone_of(build_classifier(random, 32, num_classes=3, dropout=0.0)).save_weights(weights)
+    from_file = BackboneSpec.from_config(compose_train([*TINY_MODEL, f"backbone.weights={weights}"]).backbone)
+    kept = shared_backbone(from_file, 32, seed=1)
+    assert shared_backbone(from_file, 32, seed=2) is kept  # a file's weights are not the seed's
+    weights.write_bytes(weights.read_bytes())  # the same path, rewritten: maybe other weights
+    assert shared_backbone(from_file, 32, seed=1) is not kept

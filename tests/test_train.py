@@ -181,13 +181,19 @@ def test_the_same_config_twice_gives_identical_metrics(image_folders, tracking_u
 
 
 def test_a_config_gives_the_same_results_after_another_in_the_same_process_as_alone(image_folders, tracking_uri):
-    """The jobs of a cached sweep share one backbone (simpsons.model.shared_backbone); the head must
-    not start from what the first job's backbone build left of the random state."""
+    """The jobs of a cached sweep share one backbone (simpsons.model.shared_backbone): no job may
+    change it, each logged model must still reproduce its softmax, and the head must not start from
+    what the first job's backbone build left of the random state."""
     overrides = [*IMAGE_SENSITIVE_MODEL, *folder_data(image_folders), "epochs=2", "reuse=false"]
     overrides.append(f"tracking.uri={tracking_uri}")
     second = compose_train([*overrides, "dropout=0.5", "optimizer=rmsprop"])
+    model._SHARED.clear()  # what earlier tests in this process left
     train(compose_train([*overrides, "dropout=0.1"]), JobContext(overrides=[]))
+    [shared] = model._SHARED.values()
+    weights = shared.get_weights()
     after_another = train(second, JobContext(overrides=[]))
+    assert list(model._SHARED.values()) == [shared], "the second job shares the first one's backbone"
+    assert all(np.array_equal(a, b) for a, b in zip(weights, shared.get_weights(), strict=True))
     model._SHARED.clear()  # as in a new process
     alone = train(second, JobContext(overrides=[]))
 
@@ -197,6 +203,12 @@ def test_a_config_gives_the_same_results_after_another_in_the_same_process_as_al
         assert histories[0] == histories[1], name
     csvs = [mlflow.artifacts.download_artifacts(run_id=r, artifact_path="predictions/test.csv") for r in runs]
     assert Path(csvs[0]).read_text() == Path(csvs[1]).read_text()
+    names, _, recorded = astuple(from_csv(Path(csvs[0]).read_text()))
+    experiment = client.get_run(after_another).info.experiment_id
+    query = f"source_run_id = '{after_another}'"
+    [logged] = mlflow.search_logged_models([experiment], filter_string=query, output_format="list")
+    raw = np.stack([np.asarray(Image.open(image_folders / "test" / n), dtype=np.float32) for n in names])
+    np.testing.assert_allclose(mlflow.pyfunc.load_model(logged.model_uri).predict(raw), recorded, atol=1e-5)
     phases = {k for k in client.get_run(alone).data.metrics if k.startswith("seconds/")}
     assert phases == {f"seconds/{p}" for p in ("log_config", "build_model", "features", "fit", "evaluate", "log_model")}
 

@@ -167,10 +167,11 @@ def _prepare_sqlite(path: Path) -> None:
 def _check_remote(uri: str) -> None:
     scheme = urlsplit(uri).scheme.split("+")[0]
     if scheme in SERVER_SCHEMES:
-        _refuse_password_in(uri)
+        _refuse_password_in(uri, f"set {USERNAME_VARIABLE} and {PASSWORD_VARIABLE} instead")
         _within_deadline(uri, _probe_server)
         _within_deadline(uri, _probe_login, LOGIN_PROBE_SECONDS)
     elif scheme in DATABASE_SCHEMES:
+        _refuse_password_in(uri, "give it to the database's client instead (PostgreSQL: PGPASSWORD or ~/.pgpass)")
         _within_deadline(uri, _probe_database)
     else:
         raise ConfigError(f"tracking.uri={redact_uri(uri)!r} is not a supported store; use {ACCEPTED_URIS}")
@@ -230,13 +231,11 @@ def _probe_login(uri: str) -> None:
         raise ConfigError(f"tracking.uri={redact_uri(uri)}: the server did not answer a search ({reason})") from error
 
 
-def _refuse_password_in(uri: str) -> None:
-    """A password inside a server URL would reach the logs and the overrides Hydra saves."""
+def _refuse_password_in(uri: str, instead: str) -> None:
+    """A password inside a URI would reach the logs, the run's overrides tag and the .hydra files
+    logged with every run."""
     if urlsplit(uri).password is not None:
-        raise ConfigError(
-            f"tracking.uri={redact_uri(uri)} has a password in it; leave it out and set "
-            f"{USERNAME_VARIABLE} and {PASSWORD_VARIABLE} instead"
-        )
+        raise ConfigError(f"tracking.uri={redact_uri(uri)} has a password in it; leave it out and {instead}")
 
 
 def _credential_headers() -> dict[str, str]:

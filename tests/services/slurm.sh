@@ -180,6 +180,15 @@ live_holders() {
     done <"$file" | sort -u
 }
 
+# Every job cancelled, and gone: slurmstepd processes outlive slurmd, so no job may be left running.
+cancel_jobs() {
+    scancel --full --user=root 2>/dev/null || true
+    local deadline=$((SECONDS + DEADLINE_SECONDS))
+    while [[ -n $(squeue -h -t running,completing -o %i 2>/dev/null) ]] && ((SECONDS < deadline)); do
+        sleep 0.5
+    done
+}
+
 start() {
     require
     local fresh=0
@@ -192,6 +201,10 @@ start() {
         fi
     done
     ((fresh == 0)) || check_cluster
+    if ((fresh == 0)) && [[ -z $(live_holders) ]]; then
+        say "cancelling the jobs of earlier users, who are gone"  # e.g. a session killed before its stop
+        cancel_jobs
+    fi
     if [[ -n $HOLDER ]]; then
         { live_holders; echo "$HOLDER"; } | sort -u >"$(holders_file).new"
         mv "$(holders_file).new" "$(holders_file)"
@@ -209,14 +222,7 @@ stop() {
             return 0
         fi
     fi
-    if alive slurmctld; then
-        # Jobs first: slurmstepd processes outlive slurmd, so no job may be left running.
-        scancel --full --user=root 2>/dev/null || true
-        local deadline=$((SECONDS + DEADLINE_SECONDS))
-        while [[ -n $(squeue -h -t running,completing -o %i 2>/dev/null) ]] && ((SECONDS < deadline)); do
-            sleep 0.5
-        done
-    fi
+    if alive slurmctld; then cancel_jobs; fi
     local reversed=()
     for daemon in "${DAEMONS[@]}"; do reversed=("$daemon" "${reversed[@]}"); done
     for daemon in "${reversed[@]}"; do
