@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from simpsons import checks
 from simpsons.config import check_choice
+from simpsons.data import file_sha256
 from simpsons.errors import ConfigError
 
 
@@ -40,6 +41,15 @@ class BackboneSpec:
             min_image_size=cfg.min_image_size,
             kwargs=OmegaConf.to_container(cfg.kwargs, resolve=True) if cfg.kwargs else {},
         )
+
+    def weights_identity(self, seed: int | None) -> str | dict[str, int | None]:
+        """What the built backbone's weights are: ImageNet's, a weights file's content, or random
+        ones, which the seed decides. Keys the feature cache and the backbones a sweep shares."""
+        if self.weights is None:
+            return {"random_seed": seed}
+        if self.weights == "imagenet":
+            return self.weights
+        return file_sha256(Path(self.weights))
 
     def check_image_size(self, image_size: int) -> None:
         error = checks.image_size_error(self.name, self.min_image_size, image_size)

@@ -130,7 +130,7 @@ def discover_test(root: Path, layout: str) -> list[_File]:
 def scan(paths: list[Path]) -> tuple[dict[Path, str], tuple[Path, ...]]:
     """SHA-256 of every file, and the files the training pipeline's decoder cannot read (sorted)."""
     with ThreadPoolExecutor() as pool:
-        digests = dict(zip(paths, pool.map(_sha256, paths), strict=True))
+        digests = dict(zip(paths, pool.map(file_sha256, paths), strict=True))
     return digests, _undecodable(tuple(digests.items()))
 
 
@@ -141,7 +141,8 @@ def _undecodable(files: tuple[tuple[Path, str], ...]) -> tuple[Path, ...]:
     return tuple(sorted(Path(p) for p in pipeline.find_undecodable([str(path) for path, _ in files])))
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's content, read once per process for as long as its stat stays the same."""
     status = path.stat()
     return _sha256_of_version(path, status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino)
 

@@ -37,18 +37,16 @@ class Lookup:
     images_per_second: float | None
 
 
-def cache_key(backbone: BackboneSpec, image_size: int, split: Split, compute: dict) -> str:
+def cache_key(backbone: BackboneSpec, image_size: int, split: Split, compute: dict, seed: int | None) -> str:
     """SHA-256 over everything the pooled features depend on.
 
     `compute`: how the backbone ran (precision, XLA); float16 features differ from float32 ones.
+    `seed`: what random weights (weights=null) were drawn from.
     """
-    weights = backbone.weights
-    if weights not in (None, "imagenet"):
-        weights = _file_sha256(Path(weights))
     identity = {
         "constructor": backbone.constructor,
         "kwargs": backbone.kwargs,
-        "weights": weights,
+        "weights": backbone.weights_identity(seed),
         "preprocess": backbone.preprocess,
         "jpeg_dct_method": JPEG_DCT_METHOD,
         "image_size": image_size,
@@ -94,8 +92,3 @@ def extract(extractor: keras.Model, batches: Iterable[tuple[tf.Tensor, Any]], co
             outputs.append(extractor.predict_on_batch(padded)[:size])
             progress.update(size)
     return np.concatenate(outputs).astype(np.float32)
-
-
-def _file_sha256(path: Path) -> str:
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()

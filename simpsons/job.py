@@ -343,14 +343,12 @@ def _train_head_on_cached_features(
     extractor = feature_extractor(model)
     extractor.jit_compile = xla  # predict_on_batch compiles with XLA if asked
     compute = {"precision": cfg.precision, "xla": extractor.jit_compile}
-    if backbone.weights is None:
-        compute["seed"] = cfg.seed  # random weights are the seed's: another seed, another backbone
     splits = {name: split for name, split in {"train": data.train, "val": data.val, "test": data.test}.items() if split}
     with stopwatch.phase("features"):
         lookups = {
             name: cached_features(
                 Path(cfg.cache_dir),
-                cache_key(backbone, cfg.image_size, split, compute),
+                cache_key(backbone, cfg.image_size, split, compute, cfg.seed),
                 lambda split=split: extract(extractor, _batches(split, cfg), len(split)),
             )
             for name, split in splits.items()

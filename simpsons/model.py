@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import keras
 from omegaconf import DictConfig
@@ -61,14 +60,10 @@ def shared_backbone(backbone: BackboneSpec, image_size: int, seed: int | None) -
 
     The jobs of a cached sweep run in one process and never change the backbone's weights, so
     they share one instead of building it again: 1 to 2 s a run for ResNet50V2 on 2 CPU cores.
-    Random weights (weights=null) depend on the seed, and a weights file on its content (a file
-    replaced at the same path: its size and time change), hence both are part of the key.
+    Random weights (weights=null) depend on the seed, and a weights file on its content, hence
+    the key holds the backbone's weights_identity, as the feature cache's does.
     """
-    weights = backbone.weights
-    if weights not in (None, "imagenet"):
-        status = Path(weights).stat()
-        weights = [weights, status.st_size, status.st_mtime_ns]
-    identity = dataclasses.asdict(backbone) | {"weights": weights, "seed": seed if weights is None else None}
+    identity = dataclasses.asdict(backbone) | {"weights": backbone.weights_identity(seed)}
     key = json.dumps([identity, image_size, keras.config.dtype_policy().name])
     shared = _SHARED.pop(key, None) or backbone.build(image_size)
     _SHARED[key] = shared
