@@ -41,6 +41,8 @@ def slurm() -> Iterator[str]:
     started = subprocess.run(
         ["bash", str(SLURM_SH), "start", "--holder", holder], capture_output=True, text=True, timeout=600
     )
+    if started.returncode == 3:  # no Slurm packages, or not root: .ci/run installs them, as root
+        pytest.skip(started.stderr.strip().splitlines()[-1])
     if started.returncode != 0:
         pytest.fail(f"{SLURM_SH.name} start failed: {started.stderr[-3000:]}")
     conf = started.stdout.strip().splitlines()[-1].removeprefix("export SLURM_CONF=")
