@@ -16,7 +16,6 @@ No TensorFlow here: the claim logic is tested as plain Python across real proces
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import socket
@@ -66,9 +65,7 @@ def claim(directory: Path, names: list[str]) -> Claim:
     global _held
     if _held is not None:
         return _held
-    directory.mkdir(parents=True, exist_ok=True)
-    with (directory / CLAIM_LOCK).open("a") as serial:
-        fcntl.flock(serial, fcntl.LOCK_EX)  # one claim at a time: two processes never count the same free GPU
+    with locks.exclusive(directory / CLAIM_LOCK):  # one claim at a time: two never count the same free GPU
         holders = [_holders(directory, name) for name in names]
         index = min(range(len(names)), key=lambda i: (len(holders[i]), i))
         slot = min(set(range(len(holders[index]) + 1)) - set(holders[index]))
