@@ -9,7 +9,6 @@ and an entry is renamed into place only when complete, so no one reads a partial
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -24,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from simpsons import locks
 from simpsons.backbones import BackboneSpec
 from simpsons.data import Split
 from simpsons.pipeline import JPEG_DCT_METHOD
@@ -61,8 +61,7 @@ def cached_features(directory: Path, key: str, compute: Callable[[], np.ndarray]
     """The entry for `key`, computed with `compute` (under a lock) if it is not there yet."""
     directory.mkdir(parents=True, exist_ok=True)
     entry = directory / f"{key}.npy"
-    with (directory / f"{key}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locks.exclusive(directory / f"{key}.lock"):
         hit = entry.is_file()
         started = time.perf_counter()
         if not hit:
