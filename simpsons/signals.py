@@ -53,6 +53,7 @@ RESEND_SECONDS = 1.0
 POLL_SECONDS = 0.1
 
 _received: signal.Signals | None = None
+_raised: KeyboardInterrupt | None = None  # the exception raised for it, to raise again if swallowed
 _run_id: str | None = None  # the MLflow run active in this process when the signal came
 _driver_pid: int | None = None
 _holding = False  # inside held(): a signal waits for the block to end
@@ -150,6 +151,7 @@ def held() -> Iterator[None]:
         _holding = False
     if _pending is not None:
         _on_signal(_pending, None)
+    _raise_again_if_swallowed()
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -164,7 +166,28 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     # Before raising: the launchers react to the exception by killing their workers at once (joblib
     # aborts with SIGKILL), which would leave the jobs no time to end their runs.
     end_descendants()
-    raise KeyboardInterrupt(_received.name)
+    _raise()
+
+
+def _raise() -> NoReturn:
+    global _raised
+    _raised = KeyboardInterrupt(_received.name)
+    raise _raised
+
+
+def _raise_again_if_swallowed() -> None:
+    """Once a signal came, code that runs on (the next epoch's metrics write) means some code
+    between swallowed the interrupt: seen under load, a Slurm job that trained on after scancel's
+    only SIGTERM until SIGKILL left its run RUNNING. Raised again here, at a point outside the store.
+    Not while the interrupt is being handled up the stack (the run being ended)."""
+    if _received is None:
+        return
+    error = sys.exc_info()[1]
+    while error is not None:
+        if error is _raised:
+            return
+        error = error.__context__
+    _raise()
 
 
 def _active_run_id() -> str | None:

@@ -300,3 +300,27 @@ def test_the_line_and_the_exit_codes():
     assert sigterm == "interrupted (SIGTERM): run a1 KILLED, run b2 KILLED, sweep c3 KILLED"
     assert signals.summary(signal.SIGINT, {}, None) == "interrupted (SIGINT): no run had started"
     assert (signals.exit_code(signal.SIGINT), signals.exit_code(signal.SIGTERM)) == (130, 143)
+
+
+SWALLOWED_THEN_EPOCH = """
+import os, signal
+from simpsons import signals
+signals.install()
+try:
+    os.kill(os.getpid(), signal.SIGTERM)  # handled at once: KeyboardInterrupt, which this code swallows
+    signal.pause()
+except KeyboardInterrupt:
+    pass
+try:
+    with signals.held():  # the next epoch's metrics write
+        pass
+    print("trained on")
+except KeyboardInterrupt as error:
+    print(f"interrupted again: {error}")
+"""
+
+
+def test_an_interrupt_that_some_code_swallowed_is_raised_again_at_the_next_epoch_end():
+    """scancel sends one SIGTERM: if its KeyboardInterrupt is swallowed, the job must still stop."""
+    result = subprocess.run([sys.executable, "-c", SWALLOWED_THEN_EPOCH], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "interrupted again: SIGTERM", result.stderr[-2000:]
