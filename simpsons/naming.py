@@ -1,0 +1,120 @@
+"""Names people read in the MLflow UI and the terminal: runs, sweeps and logged models.
+
+The UI's runs table cuts names at about 20-30 characters, so a sweep's jobs are named by what
+tells them apart, the swept values, in the order they were swept; what all jobs share (the
+experiment preset, the data, constant overrides) is said once, by the sweep's parent. Every
+override stays in the runs' params and `hydra.overrides` tag. No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from pathlib import PurePath
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from simpsons.config import CONF_DIR
+
+# Overrides that say where things are or how they are tracked, not what is trained, and the
+# experiment preset (its sweep's parent names it): left out of a single run's name. A sweep's jobs
+# still show them when they are what was swept.
+NOT_IN_NAMES = ("data", "experiment", "tracking", "cache_dir", "reuse", "data.dir", "data.root", "data.test_root")
+NOT_IN_NAMES_UNDER = ("tracking.", "hydra.", "gpu.")
+# MLflow refuses these characters in a logged model's name.
+MODEL_NAME_FORBIDDEN = re.compile(r"""[/:.%"']""")
+
+
+def sweep_grid(sweeper_params: Mapping[str, str], overrides: Iterable[str]) -> dict[str, list[str]]:
+    """Each key of a multirun and its values, in the order Hydra's basic sweeper takes them.
+
+    The sweeper's params (an experiment's `hydra.sweeper.params`) come first, then the command
+    line's overrides, which replace a param of the same key but keep its place.
+    """
+    arguments = [f"{key}={value}" for key, value in sweeper_params.items()] + list(overrides)
+    grid: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides(arguments):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            grid[key] = list(override.sweep_string_iterator())
+        else:
+            grid[key] = [override.get_value_element_as_str()]
+    return grid
+
+
+def swept(grid: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    """The keys of a grid with more than one value: what tells its jobs apart."""
+    return {_plain(key): values for key, values in grid.items() if len(values) > 1}
+
+
+def constant_overrides(overrides: Iterable[str], swept_keys: list[str]) -> list[str]:
+    """The overrides, as typed, that are the same in every job of a sweep."""
+    return [override for override in overrides if _plain(_split(override)[0]) not in swept_keys]
+
+
+def run_name(overrides: Iterable[str], swept_keys: list[str] | None = None, backbone: str | None = None) -> str:
+    """A run's name, e.g. 'rmsprop dropout=0.2' for a job of an optimizer x dropout sweep.
+
+    In a sweep (`swept_keys` given, not empty): the job's values of the swept keys, in sweep order.
+    Alone: the backbone, then the overrides that change what is trained, e.g.
+    'vgg16 image_size=32 lr=1e-3'.
+    """
+    values = {_plain(key): value for key, value in (_split(o) for o in overrides)}
+    if swept_keys:
+        return _join([(key, values[key]) for key in swept_keys if key in values])
+    parts = [(key, value) for key, value in values.items() if key != "backbone" and not _not_in_names(key)]
+    return " ".join(filter(None, [backbone or values.get("backbone"), _join(parts)]))
+
+
+def sweep_name(grid: Mapping[str, list[str]], started: datetime | None = None) -> str:
+    """E.g. '2026-11-28 12:40 optimizer×dropout (2×2)': when, what was swept, and how many values each."""
+    started = started or datetime.now()
+    varying = swept(grid)
+    what = "×".join(_label(key) for key in varying) or "1 job"
+    sizes = f" ({'×'.join(str(len(values)) for values in varying.values())})" if varying else ""
+    return f"{started:%Y-%m-%d %H:%M} {what}{sizes}"
+
+
+def model_name(name: str, backbone: str) -> str:
+    """A logged model's name from its run's: the backbone first (a sweep's job names may not say
+    it), and the characters MLflow refuses in model names replaced, e.g. 'resnet50v2 adam dropout=0_2'."""
+    full = name if name.split(" ", 1)[0] == backbone else f"{backbone} {name}".strip()
+    return MODEL_NAME_FORBIDDEN.sub("_", full)
+
+
+def _split(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key, value
+
+
+def _plain(key: str) -> str:
+    """The config key of an override's key: 'backbone.kwargs.alpha' for '++backbone.kwargs.alpha'."""
+    return key.lstrip("+~")
+
+
+def _not_in_names(key: str) -> bool:
+    return key in NOT_IN_NAMES or key.startswith(NOT_IN_NAMES_UNDER)
+
+
+def _join(parts: list[tuple[str, str]]) -> str:
+    """'adam dropout=0.2': a group's choice alone, any other key by its last part (its full key
+    when two parts would read alike), paths by their last component."""
+    leaves = [_label(key) for key, _ in parts]
+    words = []
+    for (key, value), leaf in zip(parts, leaves, strict=True):
+        if _is_group(key):
+            words.append(value)
+            continue
+        label = key if leaves.count(leaf) > 1 else leaf
+        words.append(f"{label}={PurePath(value).name or value if '/' in value else value}")
+    return " ".join(words)
+
+
+def _label(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _is_group(key: str) -> bool:
+    """A config group's choice (backbone=mobilenet), as opposed to a value (backbone.weights=null)."""
+    return "." not in key and (CONF_DIR / key).is_dir()
