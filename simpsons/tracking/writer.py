@@ -119,7 +119,8 @@ def log_dataset_inputs(data: DataSet, data_name: str, root: str, test_root: str 
         )
         for key, split in logged.items()
     ]
-    mlflow.log_inputs(datasets=datasets, contexts=[schema.DATASET_CONTEXTS[key] for key in logged])
+    contexts = [schema.DATASET_CONTEXTS[key] for key in logged]
+    mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=[None] * len(datasets))
 
 
 def log_evaluation(evaluation: Evaluation, class_names: list[str], with_metrics: bool = True) -> None:
