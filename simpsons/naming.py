@@ -22,6 +22,18 @@ from simpsons.config import CONF_DIR
 # still show them when they are what was swept.
 NOT_IN_NAMES = ("data", "experiment", "tracking", "cache_dir", "reuse", "data.dir", "data.root", "data.test_root")
 NOT_IN_NAMES_UNDER = ("tracking.", "hydra.", "gpu.")
+# Keys often swept whose last part is long or unclear, in short: sibling runs must differ within the
+# ~20 characters the runs table shows ('mobilenet dropout=0.2' and '...0.4' would not).
+WORDS = {
+    "dropout": "drop={}",
+    "image_size": "{}px",
+    "batch_size": "bs={}",
+    "epochs": "ep={}",
+    "augment": "aug={}",
+    "finetune.layers": "ft_layers={}",
+    "finetune.lr": "ft_lr={}",
+    "finetune.epochs": "ft_ep={}",
+}
 # MLflow refuses these characters in a logged model's name.
 MODEL_NAME_FORBIDDEN = re.compile(r"""[/:.%"']""")
 
@@ -54,11 +66,11 @@ def constant_overrides(overrides: Iterable[str], swept_keys: list[str]) -> list[
 
 
 def run_name(overrides: Iterable[str], swept_keys: list[str] | None = None, backbone: str | None = None) -> str:
-    """A run's name, e.g. 'rmsprop dropout=0.2' for a job of an optimizer x dropout sweep.
+    """A run's name, e.g. 'rmsprop drop=0.2' for a job of an optimizer x dropout sweep.
 
     In a sweep (`swept_keys` given, not empty): the job's values of the swept keys, in sweep order.
     Alone: the backbone, then the overrides that change what is trained, e.g.
-    'vgg16 image_size=32 lr=1e-3'.
+    'vgg16 32px lr=1e-3'.
     """
     values = {_plain(key): value for key, value in (_split(o) for o in overrides)}
     if swept_keys:
@@ -78,7 +90,7 @@ def sweep_name(grid: Mapping[str, list[str]], started: datetime | None = None) -
 
 def model_name(name: str, backbone: str) -> str:
     """A logged model's name from its run's: the backbone first (a sweep's job names may not say
-    it), and the characters MLflow refuses in model names replaced, e.g. 'resnet50v2 adam dropout=0_2'."""
+    it), and the characters MLflow refuses in model names replaced, e.g. 'resnet50v2 adam drop=0_2'."""
     full = name if name.split(" ", 1)[0] == backbone else f"{backbone} {name}".strip()
     return MODEL_NAME_FORBIDDEN.sub("_", full)
 
@@ -98,16 +110,19 @@ def _not_in_names(key: str) -> bool:
 
 
 def _join(parts: list[tuple[str, str]]) -> str:
-    """'adam dropout=0.2': a group's choice alone, any other key by its last part (its full key
-    when two parts would read alike), paths by their last component."""
+    """'mobilenetv2 drop=0.2 160px': a config group's choice alone, keys of WORDS in their short
+    form, any other key by its last part (its full key when two would read alike); a path by its
+    last component."""
     leaves = [_label(key) for key, _ in parts]
     words = []
     for (key, value), leaf in zip(parts, leaves, strict=True):
-        if _is_group(key):
-            words.append(value)
-            continue
-        label = key if leaves.count(leaf) > 1 else leaf
-        words.append(f"{label}={PurePath(value).name or value if '/' in value else value}")
+        shown = PurePath(value).name or value if "/" in value else value
+        if key in WORDS:
+            words.append(WORDS[key].format(shown))
+        elif _is_group(key):
+            words.append(shown)
+        else:
+            words.append(f"{key if leaves.count(leaf) > 1 else leaf}={shown}")
     return " ".join(words)
 
 
