@@ -113,16 +113,16 @@ def _join(parts: list[tuple[str, str]]) -> str:
     """'mobilenetv2 drop=0.2 160px': a config group's choice alone, keys of WORDS in their short
     form, any other key by its last part (its full key when two would read alike); a path by its
     last component."""
-    leaves = [_label(key) for key, _ in parts]
+    leaves = [_label(key) for key, _ in parts if key not in WORDS and not _is_group(key)]
     words = []
-    for (key, value), leaf in zip(parts, leaves, strict=True):
+    for key, value in parts:
         shown = PurePath(value).name or value if "/" in value else value
         if key in WORDS:
             words.append(WORDS[key].format(shown))
         elif _is_group(key):
             words.append(shown)
         else:
-            words.append(f"{key if leaves.count(leaf) > 1 else leaf}={shown}")
+            words.append(f"{key if leaves.count(_label(key)) > 1 else _label(key)}={shown}")
     return " ".join(words)
 
 

@@ -1,0 +1,82 @@
+"""Run, sweep and model names: short, told apart within what the MLflow runs table shows."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime
+
+import pytest
+
+from simpsons.naming import constant_overrides, model_name, run_name, sweep_grid, sweep_name, swept
+
+DEMO_PARAMS = {"optimizer": "adam,rmsprop", "dropout": "0.2,0.5"}  # conf/experiment/demo.yaml
+SHOWN = 20  # characters of a name the runs table shows before cutting it
+
+
+def jobs(grid: dict[str, list[str]]) -> list[list[str]]:
+    """Each job's overrides, as Hydra's basic sweeper makes them."""
+    return [[f"{k}={v}" for k, v in zip(grid, values, strict=True)] for values in itertools.product(*grid.values())]
+
+
+@pytest.mark.parametrize(
+    ("params", "command_line", "expected"),
+    [
+        (DEMO_PARAMS, ["experiment=demo", "tracking.uri=sqlite:////tmp/x.db"], ["adam drop=0.2", "rmsprop drop=0.5"]),
+        ({}, ["backbone=mobilenet,mobilenetv2", "dropout=0.2,0.4", "++backbone.kwargs.alpha=0.35", "epochs=1"],
+         ["mobilenet drop=0.2", "mobilenetv2 drop=0.4"]),
+        ({}, ["data=simpsons", "image_size=128,160", "optimizer=adam,rmsprop", "optimizer.lr=3e-3"],
+         ["128px adam", "160px rmsprop"]),
+        ({}, ["optimizer.lr=1e-3,3e-3", "finetune.layers=0,20"], ["lr=0.001 ft_layers=0", "lr=0.003 ft_layers=20"]),
+        ({}, ["data.root=/data/a/train,/data/b/train2", "seed=1,2"], ["root=train seed=1", "root=train2 seed=2"]),
+    ],
+)  # fmt: skip
+def test_a_sweeps_jobs_are_named_by_their_swept_values_alone_and_differ_within_what_the_table_shows(
+    params, command_line, expected
+):
+    grid = sweep_grid(params, command_line)
+    keys = list(swept(grid))
+    names = [run_name(overrides, keys, "resnet50v2") for overrides in jobs(grid)]
+    assert names[0] == expected[0] and names[-1] == expected[-1]  # swept values as Hydra writes them
+    assert len({name[:SHOWN] for name in names}) == len(names) == 4
+    for overrides, name in zip(jobs(grid), names, strict=True):
+        swept_values = [o.split("=", 1)[1].rsplit("/", 1)[-1] for o in overrides if o.split("=")[0].lstrip("+") in keys]
+        assert all(value in name for value in swept_values)
+        assert not any(word in name for word in ("experiment", "demo", "simpsons", "tracking", "alpha", "epochs"))
+
+
+def test_two_swept_keys_with_the_same_last_part_are_named_by_their_full_keys():
+    keys = ["optimizer.kwargs.momentum", "backbone.kwargs.momentum"]
+    overrides = ["optimizer.kwargs.momentum=0.9", "backbone.kwargs.momentum=0.1"]
+    assert run_name(overrides, keys) == "optimizer.kwargs.momentum=0.9 backbone.kwargs.momentum=0.1"
+
+
+def test_the_command_line_replaces_an_experiments_sweep_of_a_key_but_keeps_its_place():
+    grid = sweep_grid(DEMO_PARAMS, ["optimizer=sgd", "dropout=0.1,0.2,0.3", "seed=1,2"])
+    assert swept(grid) == {"dropout": ["0.1", "0.2", "0.3"], "seed": ["1", "2"]}
+    assert list(grid) == ["optimizer", "dropout", "seed"]
+    assert constant_overrides(["optimizer=sgd", "dropout=0.1,0.2,0.3", "seed=1,2"], list(swept(grid))) == [
+        "optimizer=sgd"
+    ]
+
+
+def test_a_single_run_is_named_by_its_backbone_and_what_differs_from_the_defaults():
+    overrides = ["backbone=vgg16", "image_size=32", "backbone.weights=null", "batch_size=16", "optimizer.lr=1e-3"]
+    overrides += ["data=folder", "data.root=/x/train", "data.test_root=/x/test", "epochs=2", "tracking.uri=sqlite:///a"]
+    overrides += ["tracking.experiment=e2e", "reuse=false", "gpu.one_per_job=false", "cache_dir=/c"]
+    assert run_name(overrides, None, "vgg16") == "vgg16 32px weights=null bs=16 lr=1e-3 ep=2"
+    assert run_name(["experiment=demo"], None, "resnet50v2") == "resnet50v2"  # the preset is no difference
+    assert run_name(["optimizer=rmsprop", "augment=light"], [], "densenet201") == "densenet201 rmsprop aug=light"
+    assert run_name(["finetune.layers=20", "finetune.lr=1e-5"], None, "xception") == "xception ft_layers=20 ft_lr=1e-5"
+
+
+def test_sweep_names_say_when_and_what_was_swept():
+    started = datetime(2026, 11, 28, 12, 40)
+    assert sweep_name(sweep_grid(DEMO_PARAMS, []), started) == "2026-11-28 12:40 optimizer×dropout (2×2)"
+    assert sweep_name(sweep_grid({}, ["dropout=0.1,0.2,0.3", "epochs=2"]), started) == "2026-11-28 12:40 dropout (3)"
+    assert sweep_name(sweep_grid({}, ["epochs=2"]), started) == "2026-11-28 12:40 1 job"
+
+
+def test_model_names_say_the_backbone_and_have_no_character_mlflow_refuses():
+    assert model_name("adam drop=0.2", "resnet50v2") == "resnet50v2 adam drop=0_2"
+    assert model_name("vgg16 32px lr=1e-3", "vgg16") == "vgg16 32px lr=1e-3"
+    assert model_name("root=train2 seed=2", "mobilenet") == "mobilenet root=train2 seed=2"
