@@ -82,13 +82,13 @@ class MlflowSweepCallback(Callback):
             },
         )
         self.parent_run_id = run.info.run_id
+        _drive(self)
+        atexit.register(self._end_at_exit)  # from here on, the parent is ended whatever happens
+        self.heartbeat = lifecycle.Heartbeat(self.client, self.parent_run_id, config.tracking.heartbeat_seconds)
+        self.heartbeat.start()
         params = {key: ",".join(values) for key, values in varying.items()} | {"num_jobs": _jobs(grid)}
         self.client.log_batch(self.parent_run_id, params=[Param(key, str(value)) for key, value in params.items()])
         self.client.log_text(self.parent_run_id, OmegaConf.to_yaml(config), schema.MULTIRUN_YAML)  # what Hydra saves
-        self.heartbeat = lifecycle.Heartbeat(self.client, self.parent_run_id, config.tracking.heartbeat_seconds)
-        self.heartbeat.start()
-        _drive(self)
-        atexit.register(self._end_at_exit)
         log.info(
             "MLflow sweep run %s (%s; sweep %s) in experiment %r",
             run.info.run_id,
@@ -172,7 +172,8 @@ def _plan(grid: dict[str, list[str]], overrides: list[str], sweep_dir: Path) -> 
     varying = naming.swept(grid)
     fixed = naming.constant_overrides(overrides, list(varying))
     lines = [
-        f"Sweep of {' × '.join(varying) or 'one config'}: {_jobs(grid)} job(s); Hydra output in `{sweep_dir}`.",
+        f"Sweep of {' × '.join(varying) or 'one config'}: {_jobs(grid)} job{'s' * (_jobs(grid) != 1)}; "
+        f"Hydra output in `{sweep_dir}`.",
         "",
         f"`python -m simpsons.train -m {' '.join(overrides)}`",
     ]

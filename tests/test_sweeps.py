@@ -10,7 +10,7 @@ from simpsons.config import default_tracking_uri
 from simpsons.tracking import lifecycle, schema, sweeps
 from simpsons.tracking.store import configure, ensure_experiment
 
-PLAN = "Sweep of dropout: 4 job(s)."
+PLAN = "Sweep of dropout: 4 jobs."
 
 
 def sweep_with_jobs(uri: str) -> tuple[MlflowClient, str, dict[str, str]]:

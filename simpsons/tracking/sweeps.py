@@ -19,7 +19,8 @@ from simpsons.tracking import schema
 from simpsons.tracking.store import redact_uri
 
 METRIC = "best_val_accuracy"  # what the jobs are ranked by: the ensemble's default too
-COLUMNS = (METRIC, "val_macro_f1", "test_accuracy", "test_macro_f1")
+COLUMNS = (METRIC, "val_macro_f1", "test_accuracy", "test_macro_f1")  # the description's table
+TERMINAL_COLUMNS = COLUMNS[:3]  # the terminal's, narrower
 DECIMALS = 4
 OUTCOME_HEADING = "**Outcome:**"  # where the outcome starts in the parent's description
 
@@ -103,9 +104,9 @@ def _value(job: Job, key: str) -> str:
     return f"{job.metrics[key]:.{DECIMALS}f}" if key in job.metrics else "-"
 
 
-def _columns(result: Outcome) -> list[str]:
-    """The metrics some job has, of COLUMNS: no test columns without a test set."""
-    return [key for key in COLUMNS if any(key in job.metrics for job in result.jobs)] or [METRIC]
+def _columns(result: Outcome, wanted: tuple[str, ...]) -> list[str]:
+    """The metrics some job has, of `wanted`: no test columns without a test set."""
+    return [key for key in wanted if any(key in job.metrics for job in result.jobs)] or [METRIC]
 
 
 def _status(job: Job) -> str:
@@ -114,7 +115,7 @@ def _status(job: Job) -> str:
 
 def table(result: Outcome) -> str:
     """The jobs best first, their metrics rounded, in aligned plain-text columns."""
-    columns = _columns(result)
+    columns = _columns(result, TERMINAL_COLUMNS)
     headers = ["run", *columns, "status", "run id"]
     rows = [[job.name, *(_value(job, key) for key in columns), _status(job), job.run_id[:8]] for job in result.jobs]
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
@@ -156,7 +157,7 @@ def summary(result: Outcome, uri: str) -> str:
 
 def markdown(result: Outcome, uri: str) -> str:
     """The outcome as the parent's description (Markdown, which the MLflow UI renders)."""
-    columns = _columns(result)
+    columns = _columns(result, COLUMNS)
     rows = [
         f"| {job.name} | {' | '.join(_value(job, key) for key in columns)} | {_status(job)} | {job.run_id} |"
         for job in result.jobs
