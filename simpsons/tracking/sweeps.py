@@ -15,7 +15,7 @@ from mlflow.entities import Metric, Run, RunTag
 from mlflow.tracking import MlflowClient
 
 from simpsons.config import default_tracking_uri
-from simpsons.tracking import schema
+from simpsons.tracking import reader, schema
 from simpsons.tracking.store import redact_uri
 
 METRIC = "best_val_accuracy"  # what the jobs are ranked by: the ensemble's default too
@@ -53,7 +53,7 @@ class Outcome:
         """What the parent run logs: its best job's metric and how many jobs finished, failed and reused."""
         counts = {
             "jobs_finished": len(self.finished),
-            "jobs_failed": len(self.jobs) - len(self.finished),  # FAILED or KILLED
+            "jobs_failed": sum(job.status in ("FAILED", "KILLED") for job in self.jobs),
             "jobs_reused": sum(job.reused_run_id is not None for job in self.jobs),
         }
         best = self.best
@@ -65,7 +65,7 @@ def outcome(client: MlflowClient, parent: Run) -> Outcome:
     children = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.`{schema.PARENT_RUN}` = '{parent.info.run_id}'",
-        max_results=50_000,
+        max_results=reader.SEARCH_LIMIT,
     )
     jobs = [
         Job(
