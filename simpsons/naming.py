@@ -89,9 +89,10 @@ def sweep_name(grid: Mapping[str, list[str]], started: datetime | None = None) -
 
 
 def model_name(name: str, backbone: str) -> str:
-    """A logged model's name from its run's: the backbone first (a sweep's job names may not say
-    it), and the characters MLflow refuses in model names replaced, e.g. 'resnet50v2 adam drop=0_2'."""
-    full = name if name.split(" ", 1)[0] == backbone else f"{backbone} {name}".strip()
+    """A logged model's name: its run's, then the backbone where the run's does not say it (a
+    sweep's jobs may not), with the characters MLflow refuses in model names replaced, e.g.
+    'adam drop=0_2 resnet50v2'. The run's name comes first: the Models tab cuts names short too."""
+    full = name if backbone in name.split(" ") else f"{name} {backbone}".strip()
     return MODEL_NAME_FORBIDDEN.sub("_", full)
 
 

@@ -77,6 +77,7 @@ def test_sweep_names_say_when_and_what_was_swept():
 
 
 def test_model_names_say_the_backbone_and_have_no_character_mlflow_refuses():
-    assert model_name("adam drop=0.2", "resnet50v2") == "resnet50v2 adam drop=0_2"
+    assert model_name("adam drop=0.2", "resnet50v2") == "adam drop=0_2 resnet50v2"
     assert model_name("vgg16 32px lr=1e-3", "vgg16") == "vgg16 32px lr=1e-3"
-    assert model_name("root=train2 seed=2", "mobilenet") == "mobilenet root=train2 seed=2"
+    assert model_name("mobilenetv2 drop=0.4", "mobilenetv2") == "mobilenetv2 drop=0_4"
+    assert model_name("root=a/b:c seed=2", "mobilenet") == "root=a_b_c seed=2 mobilenet"
