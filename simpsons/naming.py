@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import PurePath
 
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from simpsons.config import CONF_DIR
@@ -42,11 +43,14 @@ def sweep_grid(sweeper_params: Mapping[str, str], overrides: Iterable[str]) -> d
     """Each key of a multirun and its values, in the order Hydra's basic sweeper takes them.
 
     The sweeper's params (an experiment's `hydra.sweeper.params`) come first, then the command
-    line's overrides, which replace a param of the same key but keep its place.
+    line's overrides, which replace a param of the same key but keep its place. Inside a Hydra
+    app (or compose), glob sweeps expand as Hydra expands them.
     """
     arguments = [f"{key}={value}" for key, value in sweeper_params.items()] + list(overrides)
+    hydra = GlobalHydra.instance()
+    parser = OverridesParser.create(config_loader=hydra.config_loader() if hydra.is_initialized() else None)
     grid: dict[str, list[str]] = {}
-    for override in OverridesParser.create().parse_overrides(arguments):
+    for override in parser.parse_overrides(arguments):  # glob(...) over a group's options needs the config loader
         key = override.get_key_element()
         if override.is_sweep_override():
             grid[key] = list(override.sweep_string_iterator())

@@ -6,7 +6,9 @@ import itertools
 from datetime import datetime
 
 import pytest
+from hydra import initialize_config_dir
 
+from simpsons.config import CONF_DIR, group_options
 from simpsons.naming import constant_overrides, model_name, run_name, sweep_grid, sweep_name, swept
 
 DEMO_PARAMS = {"optimizer": "adam,rmsprop", "dropout": "0.2,0.5"}  # conf/experiment/demo.yaml
@@ -42,6 +44,13 @@ def test_a_sweeps_jobs_are_named_by_their_swept_values_alone_and_differ_within_w
         swept_values = [o.split("=", 1)[1].rsplit("/", 1)[-1] for o in overrides if o.split("=")[0].lstrip("+") in keys]
         assert all(value in name for value in swept_values)
         assert not any(word in name for word in ("experiment", "demo", "simpsons", "tracking", "alpha", "epochs"))
+
+
+def test_a_glob_over_experiments_is_expanded_as_hydra_does_and_names_each_job_by_its_preset():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        grid = sweep_grid({}, ["experiment=glob(seed_*)", "epochs=1"])
+    assert swept(grid)["experiment"] == group_options("experiment")[1:]  # all but demo
+    assert run_name(["experiment=seed_vgg16", "epochs=1"], ["experiment"], "vgg16") == "seed_vgg16"
 
 
 def test_two_swept_keys_with_the_same_last_part_are_named_by_their_full_keys():
