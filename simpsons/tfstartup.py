@@ -76,9 +76,14 @@ def line_filter(min_log_level: int) -> Callable[[bytes], bool]:
 
 @contextmanager
 def filtered_stderr(keep: Callable[[bytes], bool]) -> Iterator[None]:
-    """File descriptor 2 through `keep`, line by line, until the block ends."""
-    sys.stderr.flush()
-    restore = os.dup(2)
+    """File descriptor 2 through `keep`, line by line, until the block ends (unfiltered where the
+    process has no file descriptor 2)."""
+    _flush(sys.stderr)
+    try:
+        restore = os.dup(2)
+    except OSError:
+        yield
+        return
     forward_to = os.dup(2)
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
@@ -88,12 +93,18 @@ def filtered_stderr(keep: Callable[[bytes], bool]) -> Iterator[None]:
     try:
         yield
     finally:
-        sys.stderr.flush()
+        _flush(sys.stderr)
         os.dup2(restore, 2)  # the pipe's last writer is gone: the forwarder reads to its end
         os.close(restore)
         # A process started meanwhile may still hold the pipe: its lines keep flowing, but this
         # thread is not waited for beyond a moment.
         forwarder.join(timeout=5)
+
+
+def _flush(stream: object) -> None:
+    """Python's buffered stderr out before file descriptor 2 changes (None in some daemons)."""
+    if stream is not None:
+        stream.flush()
 
 
 def _forward(read_end: int, forward_to: int, keep: Callable[[bytes], bool]) -> None:
