@@ -119,7 +119,7 @@ def train(cfg: DictConfig, job: JobContext) -> str:
         if resumed is None and _end_to_end(cfg):
             stack.enter_context(locks.exclusive(_lock_path(backups)))  # no two processes train (or resume) one run
         _say_started(run, name, uri, backups if resumed else None)
-        _train_and_log(cfg, job, data, backbone, optimizer, backups, name)
+        _train_and_log(cfg, job, data, backbone, optimizer, backups, swept_keys)
         shutil.rmtree(backups, ignore_errors=True)
         _lock_path(backups).unlink(missing_ok=True)
         return run_id
@@ -132,7 +132,7 @@ def _train_and_log(
     backbone: BackboneSpec,
     optimizer: keras.optimizers.Optimizer,
     backups: Path,
-    name: str,
+    swept_keys: list[str] | None,
 ) -> None:
     """Inside the active run: config and data, then model -> fit -> evaluate -> log.
 
@@ -175,7 +175,7 @@ def _train_and_log(
     with stopwatch.phase("log_model"):
         example = load_image(data.val.paths[0], EXAMPLE_SIZE).numpy()[None]
         last_epoch = max(m.step for m in val_history)
-        model_name = naming.model_name(name, cfg.backbone.name)
+        model_name = naming.model_name(job.overrides, swept_keys, cfg.backbone.name)
         model_id = writer.log_model(model, example, data.class_names, model_name, last_epoch)
         mlflow.log_metrics(final, model_id=model_id)
     mlflow.log_metrics(stopwatch.metrics())

@@ -1,9 +1,13 @@
 """Names people read in the MLflow UI and the terminal: runs, sweeps and logged models.
 
-The UI's runs table cuts names at about 20-30 characters, so a sweep's jobs are named by what
-tells them apart, the swept values, in the order they were swept; what all jobs share (the
-experiment preset, the data, constant overrides) is said once, by the sweep's parent. Every
-override stays in the runs' params and `hydra.overrides` tag. No TensorFlow here.
+The UI's runs table shows about 13 characters of a sweep's job names (they are indented under
+the parent) and about 17 of a top-level run's, at its default column width. So a sweep's parent
+is named by what it sweeps first, then when ('optimizer×drop (2×2) 2026-11-28 12:40'), and its
+jobs by their swept values alone, in the same order ('rmsprop 0.2'): the parent just above reads
+as their legend. A sweep of one key names its jobs 'drop=0.2'. What all jobs share (the experiment
+preset, the data, constant overrides) is said once, by the parent's description. Every override
+stays in the runs' params and `hydra.overrides` tag. Logged models, listed without their sweep,
+say their keys: 'rmsprop drop=0_2 resnet50v2'. No TensorFlow here.
 """
 
 from __future__ import annotations
@@ -23,18 +27,17 @@ from simpsons.config import CONF_DIR
 # still show them when they are what was swept.
 NOT_IN_NAMES = ("data", "experiment", "tracking", "cache_dir", "reuse", "data.dir", "data.root", "data.test_root")
 NOT_IN_NAMES_UNDER = ("tracking.", "hydra.", "gpu.")
-# Keys often swept whose last part is long or unclear, in short: sibling runs must differ within the
-# ~20 characters the runs table shows ('mobilenet dropout=0.2' and '...0.4' would not).
+# Keys often swept, in short: 'drop=0.2' rather than 'dropout=0.2'; values keep their units.
 WORDS = {
-    "dropout": "drop={}",
-    "image_size": "{}px",
-    "batch_size": "bs={}",
-    "epochs": "ep={}",
-    "augment": "aug={}",
-    "finetune.layers": "ft_layers={}",
-    "finetune.lr": "ft_lr={}",
-    "finetune.epochs": "ft_ep={}",
+    "dropout": "drop",
+    "batch_size": "bs",
+    "epochs": "ep",
+    "augment": "aug",
+    "finetune.layers": "ft_layers",
+    "finetune.lr": "ft_lr",
+    "finetune.epochs": "ft_ep",
 }
+UNITS = {"image_size": "{}px"}
 # MLflow refuses these characters in a logged model's name.
 MODEL_NAME_FORBIDDEN = re.compile(r"""[/:.%"']""")
 
@@ -70,34 +73,47 @@ def constant_overrides(overrides: Iterable[str], swept_keys: list[str]) -> list[
 
 
 def run_name(overrides: Iterable[str], swept_keys: list[str] | None = None, backbone: str | None = None) -> str:
-    """A run's name, e.g. 'rmsprop drop=0.2' for a job of an optimizer x dropout sweep.
-
-    In a sweep (`swept_keys` given, not empty): the job's values of the swept keys, in sweep order.
-    Alone: the backbone, then the overrides that change what is trained, e.g.
-    'vgg16 32px lr=1e-3'.
+    """A run's name. A sweep's job (`swept_keys` given, not empty): its values of the swept keys,
+    in sweep order, e.g. 'rmsprop 0.2' (optimizer×drop) or 'drop=0.2' (dropout alone). A run
+    alone: the backbone, then the overrides that change what is trained, e.g. 'vgg16 32px lr=1e-3'.
     """
-    values = {_plain(key): value for key, value in (_split(o) for o in overrides)}
+    values = _values(overrides)
     if swept_keys:
-        return _join([(key, values[key]) for key in swept_keys if key in values])
-    parts = [(key, value) for key, value in values.items() if key != "backbone" and not _not_in_names(key)]
-    return " ".join(filter(None, [backbone or values.get("backbone"), _join(parts)]))
+        return _join([(key, values[key]) for key in swept_keys if key in values], labelled=len(swept_keys) == 1)
+    return _described(values, backbone)
+
+
+def model_name(overrides: Iterable[str], swept_keys: list[str] | None, backbone: str) -> str:
+    """A logged model's name, which the Models tab shows without its sweep: the swept keys with their
+    values, then the backbone where they do not say it, e.g. 'rmsprop drop=0_2 resnet50v2'; a run
+    alone's name. The characters MLflow refuses in model names are replaced."""
+    values = _values(overrides)
+    if swept_keys:
+        described = _join([(key, values[key]) for key in swept_keys if key in values], labelled=True)
+        name = described if "backbone" in swept_keys else f"{described} {backbone}"
+    else:
+        name = _described(values, backbone)
+    return MODEL_NAME_FORBIDDEN.sub("_", name)
 
 
 def sweep_name(grid: Mapping[str, list[str]], started: datetime | None = None) -> str:
-    """E.g. '2026-11-28 12:40 optimizer×dropout (2×2)': when, what was swept, and how many values each."""
+    """E.g. 'optimizer×drop (2×2) 2026-11-28 12:40': what was swept (short, as in the jobs' labelled
+    names), how many values each, when."""
     started = started or datetime.now()
     varying = swept(grid)
-    what = "×".join(_label(key) for key in varying) or "1 job"
     sizes = f" ({'×'.join(str(len(values)) for values in varying.values())})" if varying else ""
-    return f"{started:%Y-%m-%d %H:%M} {what}{sizes}"
+    what = "×".join(WORDS.get(key, _label(key)) for key in varying) + sizes or "1 job"
+    return f"{what} {started:%Y-%m-%d %H:%M}"
 
 
-def model_name(name: str, backbone: str) -> str:
-    """A logged model's name: its run's, then the backbone where the run's does not say it (a
-    sweep's jobs may not), with the characters MLflow refuses in model names replaced, e.g.
-    'adam drop=0_2 resnet50v2'. The run's name comes first: the Models tab cuts names short too."""
-    full = name if backbone in name.split(" ") else f"{name} {backbone}".strip()
-    return MODEL_NAME_FORBIDDEN.sub("_", full)
+def _values(overrides: Iterable[str]) -> dict[str, str]:
+    return {_plain(key): value for key, value in (_split(o) for o in overrides)}
+
+
+def _described(values: dict[str, str], backbone: str | None) -> str:
+    """A run alone: its backbone, then what it changes, labelled."""
+    parts = [(key, value) for key, value in values.items() if key != "backbone" and not _not_in_names(key)]
+    return " ".join(filter(None, [backbone or values.get("backbone"), _join(parts, labelled=True)]))
 
 
 def _split(override: str) -> tuple[str, str]:
@@ -114,18 +130,20 @@ def _not_in_names(key: str) -> bool:
     return key in NOT_IN_NAMES or key.startswith(NOT_IN_NAMES_UNDER)
 
 
-def _join(parts: list[tuple[str, str]]) -> str:
-    """'mobilenetv2 drop=0.2 160px': a config group's choice alone, keys of WORDS in their short
-    form, any other key by its last part (its full key when two would read alike); a path by its
-    last component."""
+def _join(parts: list[tuple[str, str]], labelled: bool) -> str:
+    """'mobilenetv2 drop=0.2 160px' (labelled) or 'mobilenetv2 0.2 160px': a config group's choice
+    alone, a path by its last component, an image size in px; labelled, the keys of WORDS in their
+    short form and any other key by its last part (its full key when two would read alike)."""
     leaves = [_label(key) for key, _ in parts if key not in WORDS and not _is_group(key)]
     words = []
     for key, value in parts:
         shown = PurePath(value).name or value if "/" in value else value
-        if key in WORDS:
-            words.append(WORDS[key].format(shown))
-        elif _is_group(key):
+        if key in UNITS:
+            words.append(UNITS[key].format(shown))
+        elif not labelled or (_is_group(key) and key not in WORDS):
             words.append(shown)
+        elif key in WORDS:
+            words.append(f"{WORDS[key]}={shown}")
         else:
             words.append(f"{key if leaves.count(_label(key)) > 1 else _label(key)}={shown}")
     return " ".join(words)
