@@ -179,8 +179,8 @@ live_holders() {
     local file
     file=$(holders_file)
     [[ -f $file ]] || return 0
-    while read -r pid; do
-        [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+    while read -r pid; do  # an `if`: a dead last holder must not fail the loop (set -e, pipefail)
+        if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then echo "$pid"; fi
     done <"$file" | sort -u
 }
 
