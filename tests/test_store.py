@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from simpsons.errors import ConfigError
-from simpsons.tracking.store import configure, ensure_experiment, redact_uri
+from simpsons.tracking.store import check, configure, ensure_experiment, redact_uri
 
 # One process of the concurrency test: set up the store, create the experiment, log a run. It
 # imports everything first and then waits for the test's go file, so that all processes hit the
@@ -91,3 +92,23 @@ def test_two_stores_in_one_folder_keep_their_own_artifacts(tmp_path):
         "mlflow": (tmp_path / "mlruns" / "simpsons").as_uri(),  # where a plain `mlflow ui` looks
         "other": (tmp_path / "other-mlruns" / "simpsons").as_uri(),
     }
+
+
+def test_checking_a_store_keeps_the_locks_this_process_holds_on_it(tmp_path):
+    """Closing any descriptor of a file drops every POSIX lock the process holds on it. A check that
+    opened the database itself dropped the shared lock of this process's live connection, so that
+    another process, at its close, took itself for the last user and reset the write-ahead log
+    under it: this process then read "database disk image is malformed"."""
+    uri = configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(uri)
+    client.get_experiment_by_name("Default")  # a live pooled connection, holding its locks
+    held = locks_of_this_process()
+    assert held, "no POSIX lock seen in /proc/locks: nothing to check"
+    check(uri)
+    assert locks_of_this_process() == held
+
+
+def locks_of_this_process() -> list[str]:
+    """This process's entries in /proc/locks, without their ordinal: kind, mode, file and range."""
+    entries = [line.split() for line in Path("/proc/locks").read_text().splitlines()]
+    return sorted(" ".join(fields[1:4] + fields[5:]) for fields in entries if fields[4] == str(os.getpid()))
