@@ -72,7 +72,7 @@ class Scope:
     def describe(self) -> str:
         if self.sweep_id is None:
             return f"experiment {self.experiment}, all runs"
-        return f"experiment {self.experiment}, sweep \"{self.sweep_name}\" ({self.sweep_id[:8]})"
+        return f'experiment {self.experiment}, sweep "{self.sweep_name}" ({self.sweep_id[:8]})'
 
 
 def cell(run: Run, source: str, key: str) -> str:
