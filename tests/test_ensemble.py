@@ -1,4 +1,4 @@
-"""The ensemble job, predict and report, on tiny real runs in a private SQLite store."""
+"""The ensemble job, and report on its runs, on tiny real runs in a private SQLite store (predict: test_predict.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from PIL import Image
 
-from simpsons import predict, report
+from simpsons import report
 from simpsons.config import CONF_DIR
 from simpsons.ensemble import ensemble
 from simpsons.ensembling import greedy_weights, weighted_mean
@@ -228,29 +228,6 @@ def test_mlflow_models_serve_answers_with_the_ensemble(store, tmp_path):
     with serving(command, f"http://127.0.0.1:{port}/ping", tmp_path, env) as url:
         answer = get_json(url.replace("/ping", "/invocations"), {"inputs": images.tolist()})
     np.testing.assert_allclose(np.array(answer["predictions"]), probabilities(run_id, "test")[:3], atol=1e-5)
-
-
-def test_predict_classifies_files_and_folders_and_reports_bad_paths(store, tmp_path, capsys):
-    (tmp_path / "notes.txt").write_text("not an image")
-    one_image = store.images / "test" / "red_circle" / "img_0000.jpg"
-    paths = [str(one_image), str(store.images / "test" / "blue_square"), str(tmp_path / "notes.txt"), "missing.jpg"]
-    status = predict.main(["--run", store.children[0], "--top-k", "2", "--tracking-uri", store.uri, *paths])
-    lines = capsys.readouterr().out.splitlines()
-    assert status == 1
-    assert len(lines) == 1 + 4 + 2
-    assert lines[0].startswith(str(one_image)) and len(lines[0].split()) == 1 + 2 * 2
-    assert any("notes.txt" in line and "error: not a decodable image" in line for line in lines)
-    assert any(line.startswith("missing.jpg") and "error: no such file" in line for line in lines)
-
-    ensemble_run = ensemble(ensemble_config(store, f"sweep={store.sweep}", "top_n=2"))
-    capsys.readouterr()
-    assert predict.main(["--run", ensemble_run, "--json", "--tracking-uri", store.uri, str(one_image)]) == 0
-    [result] = json.loads(capsys.readouterr().out)
-    recorded = runs.outputs(ensemble_run, "test")
-    row = recorded.probabilities[recorded.names.index("red_circle/img_0000.jpg")]
-    classes = runs.class_names(MlflowClient(store.uri).get_run(ensemble_run))
-    assert result["top"][0]["class"] == classes[int(row.argmax())]
-    assert result["top"][0]["probability"] == pytest.approx(float(row.max()), abs=1e-5)
 
 
 def test_report_lists_the_sweep_sorted_by_the_metric_with_its_ensembles(store, tmp_path, capsys):
