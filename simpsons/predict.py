@@ -58,7 +58,7 @@ class ModelHeader:
         uri = (
             self.uri if self.model_id is None or self.model_id in self.uri else f"{self.uri} (models:/{self.model_id})"
         )
-        run = f"{self.run_id} {self.run_name}" if self.run_id else "none (not logged by a run)"
+        run = " ".join(filter(None, [self.run_id, self.run_name])) or "none (not logged by a run)"
         kind = f"ensemble of {self.members} runs" if self.kind == "ensemble" and self.members else self.kind
         found = [("model", uri), ("run", run), ("kind", kind), ("classes", str(self.class_count))]
         return found + [("registered", ", ".join(self.registered))] * bool(self.registered)
