@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from simpsons.config import CONF_DIR, PROJECT_ROOT, register_resolvers
 from simpsons.demo_data import write_demo_data
 from simpsons.tracking import schema
+from simpsons.tracking import store as tracking_store
 
 SHARED = PROJECT_ROOT.parent / "shared"
 SIMPSONS_MINI = SHARED / "data" / "simpsons-mini"
@@ -85,8 +86,9 @@ def trained_store(tmp_path_factory: pytest.TempPathFactory, image_folders: Path)
     tests that read runs back (ensembles, predict, report); built once per test process."""
     from simpsons.job import JobContext, train
 
-    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
+    # Set up as every command does (WAL mode): a command in a subprocess must not switch the journal
+    # mode under this process's open connections, which then read the database as malformed.
+    uri = tracking_store.configure(f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}")
     client = MlflowClient(uri)
     experiment = client.create_experiment("simpsons", artifact_location=(Path(uri[10:]).parent / "mlruns").as_uri())
     sweep_dir = tmp_path_factory.mktemp("multirun")

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import ensemble_config
 from mlflow.tracking import MlflowClient
@@ -47,9 +46,9 @@ def test_help_and_bad_values_answer_without_importing_tensorflow_or_mlflow(args,
     probe = (
         "import sys\n"
         f"sys.argv = ['simpsons.ensemble', *{args!r}]\n"
-        "from simpsons import ensemble\n"
-        "try:\n"
-        "    ensemble.hydra_main()\n"
+        "import runpy\n"
+        "try:\n"  # as `python -m simpsons.ensemble` runs it
+        "    runpy.run_module('simpsons.ensemble', run_name='__main__', alter_sys=True)\n"
         "except SystemExit as done:\n"
         "    print('exit:', done.code or 0)\n"
         "print('loaded:', sorted(m for m in ('tensorflow', 'keras', 'mlflow') if m in sys.modules))\n"
@@ -89,10 +88,6 @@ def test_the_cli_prints_the_run_id_and_model_uri_and_how_to_predict_and_serve(st
     assert f"mlflow models serve -m {runs.model_uri(run)}" in printed
     assert "not registered (register=false)" in printed
     assert "type hints" not in result.stdout + result.stderr  # MLflow's warning about predict()
-
-
-def probabilities(run_id: str, split: str) -> np.ndarray:
-    return runs.outputs(run_id, split).probabilities
 
 
 def test_predict_classifies_files_and_folders_and_reports_bad_paths(store, tmp_path, capsys):

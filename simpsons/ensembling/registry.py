@@ -96,7 +96,7 @@ def register(
         champion, moved, reason = _decide(client, name, version.version, score)
         if moved:
             client.set_registered_model_alias(name, schema.CHAMPION, version.version)
-    return Registration(name, version.version, champion, moved, reason)
+    return Registration(name, str(version.version), str(champion), moved, reason)
 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:
