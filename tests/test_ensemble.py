@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
+import numpy as np
 import pytest
 from conftest import ensemble_config
 from mlflow.tracking import MlflowClient
@@ -71,7 +73,7 @@ def test_the_cli_says_what_is_wrong_in_one_line(store, tmp_path):
 
 @pytest.mark.slow
 def test_the_cli_prints_the_run_id_and_model_uri_and_how_to_predict_and_serve(store, tmp_path):
-    result = ensemble_cli([f"tracking.uri={store.uri}", f"sweep={store.sweep}", "top_n=2", "register=false"], tmp_path)
+    result = ensemble_cli([f"tracking.uri={store.uri}", f"sweep={store.sweep}", "top_n=2"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(store.uri)
     [run] = client.search_runs(
@@ -84,10 +86,16 @@ def test_the_cli_prints_the_run_id_and_model_uri_and_how_to_predict_and_serve(st
     run_id = run.info.run_id
     assert f"ensemble run  {run_id} ({run.info.run_name})" in printed
     assert f"model         {runs.model_uri(run)}" in printed
+    version = run.data.tags[schema.REGISTERED_VERSION].removeprefix("simpsons/")
+    assert f"registry      simpsons version {version}; {run.data.tags[schema.CHAMPION_DECISION]}" in printed
     assert f"python -m simpsons.predict --run {run_id} --tracking-uri {store.uri}" in printed
-    assert f"mlflow models serve -m {runs.model_uri(run)}" in printed
-    assert "not registered (register=false)" in printed
+    champion = str(client.get_registered_model("simpsons").aliases[schema.CHAMPION])
+    served = "models:/simpsons@champion" if champion == version else f"models:/simpsons/{version}"
+    assert f"MLFLOW_TRACKING_URI={store.uri} mlflow models serve -m {served} --env-manager local" in printed
     assert "type hints" not in result.stdout + result.stderr  # MLflow's warning about predict()
+    model = mlflow.pyfunc.load_model("models:/simpsons@champion")
+    image = np.asarray(Image.open(next((store.images / "test").rglob("*.jpg"))), dtype=np.float32)
+    assert model.predict(image[None]).shape == (1, len(runs.class_names(run)))
 
 
 def test_predict_classifies_files_and_folders_and_reports_bad_paths(store, tmp_path, capsys):

@@ -7,6 +7,7 @@ import re
 
 import mlflow
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
@@ -18,6 +19,7 @@ from simpsons.ensembling.options import check_options
 from simpsons.ensembling.registry import Registration
 from simpsons.ensembling.scoring import Ensemble
 from simpsons.ensembling.selection import select_candidates
+from simpsons.errors import SimpsonsError
 from simpsons.tracking import lifecycle, reader, schema, store
 
 log = logging.getLogger("simpsons.ensemble")
@@ -98,7 +100,15 @@ def _register(
     metric, direction = registry.comparison_metric(cfg.metric, cfg.direction, metrics)
     score = registry.Score(metric, direction, metrics[metric], val_files)
     description = f"{run.info.run_name} (run {run.info.run_id})"
-    registration = registry.register(client, cfg.registered_model, model.model_id, run.info.run_id, score, description)
+    try:
+        registration = registry.register(
+            client, cfg.registered_model, model.model_id, run.info.run_id, score, description
+        )
+    except MlflowException as error:  # e.g. a team server that lets this user log runs, not register models
+        raise SimpsonsError(
+            f"registered_model={cfg.registered_model!r} could not take the model {model.model_uri}: "
+            f"{str(error).splitlines()[0]}; register it by hand, or run with register=false"
+        ) from error
     mlflow.set_tags(
         {
             schema.REGISTERED_VERSION: f"{registration.name}/{registration.version}",

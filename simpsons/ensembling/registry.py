@@ -139,8 +139,12 @@ def _decide(client: MlflowClient, name: str, version: str, score: Score) -> tupl
     theirs = run.data.metrics.get(score.metric)
     if theirs is None:
         return champion.version, False, f"{stays}: its run has no {score.metric} to compare with"
-    better = "higher" if score.direction == "max" else "lower"
-    comparison = f"{score.metric} {score.value:.4f} against {theirs:.4f} ({better} is better)"
+    better = f"{'higher' if score.direction == 'max' else 'lower'} is better, same validation files"
     if score.beats(theirs):
-        return version, True, f"champion: moved from version {champion.version} to {version}: {comparison}"
-    return champion.version, False, f"{stays}: {comparison}, on the same validation files"
+        moved = f"champion: moved from version {champion.version} to {version}"
+        return version, True, f"{moved}: {score.metric} {score.value:.4f} beats its {theirs:.4f} ({better})"
+    return (
+        champion.version,
+        False,
+        f"{stays}: {score.metric} {score.value:.4f} does not beat its {theirs:.4f} ({better})",
+    )
