@@ -88,7 +88,7 @@ def register(
         source=f"models:/{model_id}",
         run_id=run_id,
         model_id=model_id,
-        tags={schema.VAL_FILES: score.val_files, "metric": f"{score.metric}={score.value:.4f}"},
+        tags={schema.VAL_FILES: score.val_files, schema.SCORE: f"{score.metric}={score.value:.4f}"},
         description=description,
     )
     _link_logged_model(client, model_id, version)

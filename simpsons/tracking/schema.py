@@ -21,6 +21,7 @@ MEMBERS = "members"
 VAL_FILES = "simpsons.val_files"  # digest of the validation files (and data) an ensemble was scored on
 REGISTERED_VERSION = "simpsons.registered_version"  # "<registered model>/<version>" of an ensemble's model
 CHAMPION_DECISION = "simpsons.champion"  # what the ensemble did to the champion alias, and why
+SCORE = "simpsons.score"  # on a registered version: what it is judged by, e.g. best_val_accuracy=0.9375
 CONFIG_HASH = "simpsons.config_hash"  # resolved training config + data fingerprint + code version
 CODE_VERSION = "simpsons.code_version"
 REUSED_RUN = "simpsons.reused_run_id"
