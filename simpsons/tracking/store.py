@@ -31,6 +31,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
+import sqlalchemy
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -61,11 +62,28 @@ def configure(uri: str) -> str:
     """
     uri = absolute_sqlite_uri(uri)
     if uri.startswith(SQLITE_PREFIX):
+        _commit_without_fsync()
         _prepare_sqlite(sqlite_path(uri))
     else:
         _check_remote(uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+@functools.cache
+def _commit_without_fsync() -> None:
+    """Every SQLite connection MLflow opens from now on commits with synchronous=NORMAL.
+
+    In WAL mode a commit then appends to the log without waiting for the disk: a kill -9 loses
+    nothing, since the log is in the OS's cache, and a power cut may undo the last commits but
+    never corrupts the store (SQLite's documented guarantee). It saves about 6 ms a commit, and a
+    cached training run commits some 60 times: a sixth of its cost.
+    """
+
+    @sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "connect")
+    def _normal_sync(connection: Any, _record: Any) -> None:
+        if isinstance(connection, sqlite3.Connection):
+            connection.execute("PRAGMA synchronous=NORMAL")
 
 
 def check(uri: str) -> None:
