@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -12,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from simpsons.errors import ConfigError
-from simpsons.tracking.store import configure, ensure_experiment, redact_uri
+from simpsons.tracking.store import check, configure, ensure_experiment, redact_uri
 
 # One process of the concurrency test: set up the store, create the experiment, log a run. It
 # imports everything first and then waits for the test's go file, so that all processes hit the
@@ -91,6 +93,26 @@ def test_two_stores_in_one_folder_keep_their_own_artifacts(tmp_path):
         "mlflow": (tmp_path / "mlruns" / "simpsons").as_uri(),  # where a plain `mlflow ui` looks
         "other": (tmp_path / "other-mlruns" / "simpsons").as_uri(),
     }
+
+
+def test_checking_a_store_keeps_this_processs_sqlite_locks(tmp_path):
+    """store.check runs while a sweep's connections are open (each job checks its config). Had it
+    opened and closed the database file itself, that would drop the POSIX locks of this process's
+    connections; another process, finding the file unlocked as it closes, deletes the WAL under them."""
+    uri = configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("before")).info.run_id
+    for step in range(50):  # this process's connections hold the database, with frames in the WAL
+        client.log_metric(run, "value", step, step=step)
+    check(uri)
+    writer = (
+        f"from mlflow.tracking import MlflowClient; MlflowClient({uri!r}).create_experiment('from another process')"
+    )
+    subprocess.run([sys.executable, "-c", writer], check=True, timeout=120)
+    client.create_experiment("after")
+    assert {"before", "from another process", "after"} <= {e.name for e in client.search_experiments()}
+    with contextlib.closing(sqlite3.connect(tmp_path / "mlflow.db")) as database:
+        assert database.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
 
 
 def test_sqlite_commits_skip_fsync_yet_survive_kill_9(tmp_path):

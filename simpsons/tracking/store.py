@@ -44,7 +44,6 @@ DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 SERVER_SCHEMES = ("http", "https")
 ACCEPTED_URIS = "sqlite:///path/to/mlflow.db, http(s)://host:port of an mlflow server, or postgresql/mysql/mssql://..."
 PROBE_SECONDS = 5  # each reachability check; a bad store fails in one line well within 10 s
-SQLITE_HEADER = b"SQLite format 3\x00"
 CODE_PACKAGES = ("tensorflow", "keras", "numpy")  # their versions are part of the code version
 # MLflow's client reads a server's credentials from these; so does the probe, to check them first.
 USERNAME_VARIABLE = "MLFLOW_TRACKING_USERNAME"
@@ -127,10 +126,16 @@ def _check_sqlite(path: Path) -> None:
         return
     if not path.is_file():
         raise ConfigError(f"tracking.uri={uri}: {path} is not a file; use a path to a SQLite database file")
-    with path.open("rb") as database:
-        header = database.read(len(SQLITE_HEADER))
-    if header not in (b"", SQLITE_HEADER):  # an empty file is a new database to SQLite
-        raise ConfigError(f"tracking.uri={uri}: not a usable SQLite database (file is not a database)")
+    # Asked through SQLite, never by opening the file: closing any other descriptor of the database
+    # file drops every POSIX lock this process's SQLite connections hold on it (SQLite's "how to
+    # corrupt" §2.2). A job checks its config while the sweep's connections are open; another
+    # process, seeing no lock, then checkpoints and deletes the WAL under them ("database disk
+    # image is malformed"). An empty file is a new database to SQLite.
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=60)) as database:
+            database.execute("PRAGMA schema_version")
+    except sqlite3.DatabaseError as error:
+        raise ConfigError(f"tracking.uri={uri}: not a usable SQLite database ({error})") from error
 
 
 def absolute_sqlite_uri(uri: str) -> str:
