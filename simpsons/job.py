@@ -19,7 +19,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from simpsons import checks, locks
+from simpsons import checks, locks, plots
 from simpsons.backbones import BackboneSpec
 from simpsons.config import SWEEP_ID_VARIABLE
 from simpsons.data import DataSet, Split, load_dataset
@@ -138,6 +138,7 @@ def _train_and_log(
     Each phase's wall seconds are logged too (`seconds/*`): what a run of a grid costs, and where.
     """
     stopwatch = Stopwatch()
+    plots.start_worker()  # it starts while the model is built and trained
     with stopwatch.phase("log_config"):
         writer.log_config(cfg, job.hydra_dir)
         deterministic = seed_everything(cfg.seed, cfg.deterministic)
@@ -168,10 +169,12 @@ def _train_and_log(
         run_id = mlflow.active_run().info.run_id
         val_history = MlflowClient().get_metric_history(run_id, "val_accuracy")  # across a resume, too
         mlflow.log_metric("best_val_accuracy", max(m.value for m in val_history))
-        _evaluate_and_log(scored, data)
+        figures = _evaluate_and_log(scored, data)
     with stopwatch.phase("log_model"):
         example = load_image(data.val.paths[0], EXAMPLE_SIZE).numpy()[None]
         writer.log_model(model, example, data.class_names)
+    with stopwatch.phase("figures"):  # drawn in the figure worker while the model was saved
+        writer.log_figures(figures)
     mlflow.log_metrics(stopwatch.metrics())
 
 
@@ -380,13 +383,18 @@ def _log_cache_use(lookups: dict) -> None:
     log.info("feature cache %s; extraction %.1f s", "miss" if computed else "hit", seconds)
 
 
-def _evaluate_and_log(scored: dict[str, tuple[keras.Model, tf.data.Dataset | np.ndarray]], data: DataSet) -> None:
-    """Softmax outputs of each split from the model (or head) that scores it, in file order."""
+def _evaluate_and_log(
+    scored: dict[str, tuple[keras.Model, tf.data.Dataset | np.ndarray]], data: DataSet
+) -> dict[str, plots.Drawing]:
+    """Softmax outputs of each split from the model (or head) that scores it, in file order;
+    returns the figures still being drawn, by artifact path."""
+    figures: dict[str, plots.Drawing] = {}
     for name, (model, batches) in scored.items():
         split = data.val if name == "val" else data.test
         evaluation = evaluate(model, batches, split, name)
-        writer.log_evaluation(evaluation, data.class_names, with_metrics=name != "val")  # val: the curves
+        writer.log_evaluation(evaluation, data.class_names, with_metrics=name != "val", figures_later=figures)
         log.info("%s: %s", name, {k: round(v, 4) for k, v in evaluation.metrics().items()})
+    return figures
 
 
 def _report(data: DataSet) -> None:

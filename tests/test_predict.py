@@ -1,67 +1,23 @@
 """`python -m simpsons.predict`: its header names the model used; files, folders and bad paths; --help.
 
-On two tiny runs that really trained, in a sweep of a private SQLite store, and the ensemble that
-`python -m simpsons.ensemble` makes of them.
+On tiny runs that really trained, in a private SQLite store (conftest.trained_store), and an
+ensemble of them.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import TINY_MODEL, compose_train, folder_data
+from conftest import ensemble_config
 from mlflow.tracking import MlflowClient
 
 from simpsons import predict
-from simpsons.job import JobContext, train
+from simpsons.ensembling.command import ensemble
 from simpsons.tracking import reader, schema
-from simpsons.tracking.store import configure
-
-
-@dataclass(frozen=True)
-class Store:
-    uri: str
-    sweep: str
-    runs: list[str]  # two training runs
-    images: Path
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory, image_folders: Path) -> Store:
-    uri = configure(f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}")
-    client = MlflowClient(uri)
-    experiment = client.create_experiment("simpsons", artifact_location=(Path(uri[10:]).parent / "mlruns").as_uri())
-    tags = {schema.RUN_TYPE: schema.SWEEP, schema.SWEEP_ID: "predict"}
-    sweep = client.create_run(experiment, run_name="sweep", tags=tags).info.run_id
-    job = JobContext([], sweep_dir=tmp_path_factory.mktemp("multirun"), sweep_id="predict")
-    base = [*TINY_MODEL, *folder_data(image_folders), "epochs=1", f"tracking.uri={uri}"]
-    runs = [train(compose_train([*base, f"dropout={dropout}"]), job) for dropout in (0.1, 0.3)]
-    client.set_terminated(sweep)
-    return Store(uri, sweep, runs, image_folders)
-
-
-@pytest.fixture(scope="module")
-def ensemble_run(store: Store, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The ensemble of the sweep, made by the command a user types; its run id."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    command = [sys.executable, "-m", "simpsons.ensemble", f"tracking.uri={store.uri}", f"sweep={store.sweep}"]
-    result = subprocess.run(
-        command, cwd=tmp_path_factory.mktemp("ensemble"), env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    client = MlflowClient(store.uri)
-    [run] = reader.search(client, client.get_run(store.sweep).info.experiment_id, where=ensemble_filter())
-    return run.info.run_id
-
-
-def ensemble_filter() -> str:
-    return f"tags.`{schema.RUN_TYPE}` = '{schema.ENSEMBLE}'"
 
 
 def header_rows(printed: str) -> dict[str, str]:
@@ -74,7 +30,7 @@ def test_the_header_names_the_single_run_and_files_folders_and_bad_paths_get_a_l
     (tmp_path / "notes.txt").write_text("not an image")
     one_image = store.images / "test" / "red_circle" / "img_0000.jpg"
     paths = [str(one_image), str(store.images / "test" / "blue_square"), str(tmp_path / "notes.txt"), "missing.jpg"]
-    run_id = store.runs[0]
+    run_id = store.children[0]
     status = predict.main(["--run", run_id[:8], "--top-k", "2", "--tracking-uri", store.uri, *paths])
     printed = capsys.readouterr().out
     assert status == 1
@@ -92,8 +48,8 @@ def test_the_header_names_the_single_run_and_files_folders_and_bad_paths_get_a_l
     assert any(line.startswith("missing.jpg") and "error: no such file" in line for line in lines)
 
 
-@pytest.mark.slow
-def test_the_json_header_of_a_registered_ensemble_says_what_answered(store, ensemble_run, capsys):
+def test_the_json_header_of_a_registered_ensemble_says_what_answered(store, capsys):
+    ensemble_run = ensemble(ensemble_config(store, f"sweep={store.sweep}", "top_n=2"))
     client = MlflowClient(store.uri)
     run = client.get_run(ensemble_run)
     version = mlflow.register_model(reader.model_uri(run), "predict-test")
@@ -124,7 +80,7 @@ def test_an_unknown_run_and_a_bad_top_k_are_one_line_and_exit_2(store, capsys):
         line
         == f"error: --run 'deadbeef' is not a run in {store.uri}; give a run id (its first 8 characters are enough)"
     )
-    assert predict.main(["--run", store.runs[0], "--top-k", "0", "x.jpg"]) == 2
+    assert predict.main(["--run", store.children[0], "--top-k", "0", "x.jpg"]) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert line == "error: --top-k 0 is invalid; expected an integer >= 1"
 

@@ -31,6 +31,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
+import sqlalchemy
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -61,11 +62,28 @@ def configure(uri: str) -> str:
     """
     uri = absolute_sqlite_uri(uri)
     if uri.startswith(SQLITE_PREFIX):
+        _commit_without_fsync()
         _prepare_sqlite(sqlite_path(uri))
     else:
         _check_remote(uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+@functools.cache
+def _commit_without_fsync() -> None:
+    """Every SQLite connection MLflow opens from now on commits with synchronous=NORMAL.
+
+    In WAL mode a commit then appends to the log without waiting for the disk: a kill -9 loses
+    nothing, since the log is in the OS's cache, and a power cut may undo the last commits but
+    never corrupts the store (SQLite's documented guarantee). It saves about 6 ms a commit, and a
+    cached training run commits some 60 times: a sixth of its cost.
+    """
+
+    @sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "connect")
+    def _normal_sync(connection: Any, _record: Any) -> None:
+        if isinstance(connection, sqlite3.Connection):
+            connection.execute("PRAGMA synchronous=NORMAL")
 
 
 def check(uri: str) -> None:
@@ -108,13 +126,14 @@ def _check_sqlite(path: Path) -> None:
         return
     if not path.is_file():
         raise ConfigError(f"tracking.uri={uri}: {path} is not a file; use a path to a SQLite database file")
-    # Read through SQLite, never with open(): closing a descriptor of the file drops every POSIX lock
-    # this process holds on it, its SQLite connections' too (a sweep's jobs are checked in a process
-    # that is logging). Another process could then take itself for the last user and reset the WAL
-    # under this one: "database disk image is malformed".
+    # Asked through SQLite, never by opening the file: closing any other descriptor of the database
+    # file drops every POSIX lock this process's SQLite connections hold on it (SQLite's "how to
+    # corrupt" §2.2). A job checks its config while the sweep's connections are open; another
+    # process, seeing no lock, then checkpoints and deletes the WAL under them ("database disk
+    # image is malformed"). An empty file is a new database to SQLite.
     try:
-        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=60)) as connection:
-            connection.execute("PRAGMA schema_version")  # an empty file is a new database to SQLite
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=60)) as database:
+            database.execute("PRAGMA schema_version")
     except sqlite3.DatabaseError as error:
         raise ConfigError(f"tracking.uri={uri}: not a usable SQLite database ({error})") from error
 
