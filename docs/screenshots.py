@@ -175,6 +175,7 @@ def save(page, path: Path) -> None:
 def show_model_columns(page) -> None:
     """In the Models tab's Columns menu: no params, and of the metrics only METRIC_COLUMNS; the
     attributes that tell what a model is (source run, registry, dataset) stay."""
+    page.set_viewport_size({**VIEWPORT, "height": 2000})  # the unfolded menu is taller than the screenshot
     page.get_by_role("button", name="Columns").first.click()
     menu = page.locator("[role=menu]")
     unfold(menu, "Metrics")
@@ -184,6 +185,7 @@ def show_model_columns(page) -> None:
     for metric in METRIC_COLUMNS:
         check(menu, metric, True)
     page.keyboard.press("Escape")
+    page.set_viewport_size(VIEWPORT)
     for metric in METRIC_COLUMNS:
         page.locator(".ag-header-cell-text", has_text=metric).first.wait_for()
 
