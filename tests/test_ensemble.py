@@ -1,9 +1,8 @@
-"""`python -m simpsons.ensemble` as a user types it (help, bad values, what it prints), and predict and
-report on its runs, in a private SQLite store of tiny real runs (conftest.trained_store)."""
+"""`python -m simpsons.ensemble` as a user types it (help, bad values, what it prints), in a private
+SQLite store of tiny real runs (conftest.trained_store). predict and report: their own test files."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +10,9 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import ensemble_config
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from simpsons import predict, report
-from simpsons.ensembling.command import ensemble
 from simpsons.tracking import reader as runs
 from simpsons.tracking import schema
 
@@ -96,47 +92,3 @@ def test_the_cli_prints_the_run_id_and_model_uri_and_how_to_predict_and_serve(st
     model = mlflow.pyfunc.load_model("models:/simpsons@champion")
     image = np.asarray(Image.open(next((store.images / "test").rglob("*.jpg"))), dtype=np.float32)
     assert model.predict(image[None]).shape == (1, len(runs.class_names(run)))
-
-
-def test_predict_classifies_files_and_folders_and_reports_bad_paths(store, tmp_path, capsys):
-    (tmp_path / "notes.txt").write_text("not an image")
-    one_image = store.images / "test" / "red_circle" / "img_0000.jpg"
-    paths = [str(one_image), str(store.images / "test" / "blue_square"), str(tmp_path / "notes.txt"), "missing.jpg"]
-    status = predict.main(["--run", store.children[0], "--top-k", "2", "--tracking-uri", store.uri, *paths])
-    lines = capsys.readouterr().out.splitlines()
-    assert status == 1
-    assert len(lines) == 1 + 4 + 2
-    assert lines[0].startswith(str(one_image)) and len(lines[0].split()) == 1 + 2 * 2
-    assert any("notes.txt" in line and "error: not a decodable image" in line for line in lines)
-    assert any(line.startswith("missing.jpg") and "error: no such file" in line for line in lines)
-
-    ensemble_run = ensemble(ensemble_config(store, f"sweep={store.sweep}", "top_n=2"))
-    capsys.readouterr()
-    assert predict.main(["--run", ensemble_run, "--json", "--tracking-uri", store.uri, str(one_image)]) == 0
-    [result] = json.loads(capsys.readouterr().out)
-    recorded = runs.outputs(ensemble_run, "test")
-    row = recorded.probabilities[recorded.names.index("red_circle/img_0000.jpg")]
-    classes = runs.class_names(MlflowClient(store.uri).get_run(ensemble_run))
-    assert result["top"][0]["class"] == classes[int(row.argmax())]
-    assert result["top"][0]["probability"] == pytest.approx(float(row.max()), abs=1e-5)
-
-
-def test_report_lists_the_sweep_sorted_by_the_metric_with_its_ensembles(store, tmp_path, capsys):
-    ensemble(ensemble_config(store, f"sweep={store.sweep}", "method=greedy"))
-    capsys.readouterr()
-    status = report.main(
-        ["--sweep", store.sweep, "--format", "markdown", "--output", str(tmp_path), "--tracking-uri", store.uri]
-    )
-    assert status == 0
-    printed = capsys.readouterr().out
-    assert printed.strip() == (tmp_path / "results.md").read_text().strip()
-    training, ensembles = printed.split("## Ensembles")
-    rows = [line for line in training.splitlines() if line.startswith("| ") and "backbone" not in line]
-    assert len(rows) == 4
-    best = [float(row.split("|")[11]) for row in rows]
-    assert best == sorted(best, reverse=True)
-    assert sorted(row.split("|")[1].strip() for row in rows) == sorted(run_id[:8] for run_id in store.children)
-    assert "greedy" in ensembles
-    assert Image.open(tmp_path / "results.png").format == "PNG"
-    csv_rows = (tmp_path / "results.csv").read_text().splitlines()
-    assert csv_rows[0].startswith("id,run,backbone,image_size,dropout,batch_size,epochs,optimizer,lr,val_accuracy")

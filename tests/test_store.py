@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import subprocess
 import sys
@@ -141,3 +142,21 @@ def test_sqlite_commits_skip_fsync_yet_survive_kill_9(tmp_path):
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("kill").experiment_id])
     assert [m.value for m in client.get_metric_history(run.info.run_id, "value")] == list(range(20))
+
+
+def test_checking_a_store_keeps_the_locks_this_process_holds_on_it(tmp_path):
+    """The same fault, seen directly and deterministically: the POSIX locks of this process's live
+    connection (in /proc/locks) are all still held after a check."""
+    uri = configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(uri)
+    client.get_experiment_by_name("Default")  # a live pooled connection, holding its locks
+    held = locks_of_this_process()
+    assert held, "no POSIX lock seen in /proc/locks: nothing to check"
+    check(uri)
+    assert locks_of_this_process() == held
+
+
+def locks_of_this_process() -> list[str]:
+    """This process's entries in /proc/locks, without their ordinal: kind, mode, file and range."""
+    entries = [line.split() for line in Path("/proc/locks").read_text().splitlines()]
+    return sorted(" ".join(fields[1:4] + fields[5:]) for fields in entries if fields[4] == str(os.getpid()))
