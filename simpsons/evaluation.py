@@ -1,4 +1,4 @@
-"""Scoring a trained model on a split: softmax outputs, loss, accuracy, macro F1, and their plots."""
+"""Scoring a trained model on a split: softmax outputs, loss, accuracy, macro F1 (figures: simpsons.plots)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 import tensorflow as tf
-from matplotlib.figure import Figure
-from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, classification_report, f1_score
+from sklearn.metrics import accuracy_score, classification_report, f1_score
 
 from simpsons.data import Split
 
@@ -71,35 +70,3 @@ def report_text(evaluation: Evaluation, class_names: list[str]) -> str:
         digits=4,
         zero_division=0,
     )
-
-
-def confusion_matrix_figure(evaluation: Evaluation, class_names: list[str]) -> Figure:
-    """Counts per (true, predicted) class, with margins sized to the longest class name; empty cells blank.
-
-    Drawing text is most of the cost of this figure: writing only the non-zero counts (about one
-    per class for a useful model, instead of classes squared) and fixed margins instead of a layout
-    engine keep it well under a second for 20 classes on a 2-core CPU.
-    """
-    label_inches = 0.08 * max(map(len, class_names)) + 0.7
-    side = max(5.0, 0.45 * len(class_names) + label_inches)
-    figure = Figure(figsize=(side, side))
-    figure.subplots_adjust(left=label_inches / side, bottom=label_inches / side, right=0.97, top=1 - 0.5 / side)
-    axes = figure.subplots()
-    display = ConfusionMatrixDisplay.from_predictions(
-        evaluation.labels,
-        evaluation.predicted,
-        labels=list(range(len(class_names))),
-        display_labels=class_names,
-        xticks_rotation="vertical",
-        colorbar=False,
-        include_values=False,
-        ax=axes,
-    )
-    counts = display.confusion_matrix
-    dark_above = counts.max() / 2  # white text on dark cells, as ConfusionMatrixDisplay does
-    for true, predicted in zip(*np.nonzero(counts), strict=True):
-        count = counts[true, predicted]
-        color = "white" if count > dark_above else "black"
-        axes.text(predicted, true, str(count), ha="center", va="center", color=color)
-    axes.set_title(f"{evaluation.split} confusion matrix")
-    return figure

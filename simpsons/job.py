@@ -19,7 +19,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from simpsons import checks, locks, naming
+from simpsons import checks, locks, naming, plots
 from simpsons.backbones import BackboneSpec
 from simpsons.config import SWEEP_ID_VARIABLE
 from simpsons.data import DataSet, Split, load_dataset
@@ -141,6 +141,7 @@ def _train_and_log(
     Each phase's wall seconds are logged too (`seconds/*`): what a run of a grid costs, and where.
     """
     stopwatch = Stopwatch()
+    plots.start_worker()  # it starts while the model is built and trained
     with stopwatch.phase("log_config"):
         writer.log_config(cfg, job.hydra_dir)
         deterministic = seed_everything(cfg.seed, cfg.deterministic)
@@ -171,13 +172,16 @@ def _train_and_log(
     with stopwatch.phase("evaluate"):
         run_id = mlflow.active_run().info.run_id
         val_history = MlflowClient().get_metric_history(run_id, "val_accuracy")  # across a resume, too
-        final = {"best_val_accuracy": max(m.value for m in val_history), **_evaluate_and_log(scored, data)}
+        scores, figures = _evaluate_and_log(scored, data)
+        final = {"best_val_accuracy": max(m.value for m in val_history), **scores}
     with stopwatch.phase("log_model"):
         example = load_image(data.val.paths[0], EXAMPLE_SIZE).numpy()[None]
         last_epoch = max(m.step for m in val_history)
         model_name = naming.model_name(job.overrides, swept_keys, cfg.backbone.name)
         model_id = writer.log_model(model, example, data.class_names, model_name, last_epoch)
         mlflow.log_metrics(final, model_id=model_id)
+    with stopwatch.phase("figures"):  # drawn in the figure worker while the model was saved
+        writer.log_figures(figures)
     mlflow.log_metrics(stopwatch.metrics())
 
 
@@ -379,19 +383,21 @@ def _log_cache_use(lookups: dict) -> None:
 
 def _evaluate_and_log(
     scored: dict[str, tuple[keras.Model, tf.data.Dataset | np.ndarray]], data: DataSet
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, plots.Drawing]]:
     """Softmax outputs of each split from the model (or head) that scores it, in file order, with
-    their report and confusion matrix; returns the metrics to log: the test split's, and of the
-    validation split's its macro F1 (its loss and accuracy are the curves' last points)."""
-    metrics = {}
+    their report; returns the metrics to log (the test split's, and of the validation split's its
+    macro F1: its loss and accuracy are the curves' last points) and the figures still being
+    drawn, by artifact path."""
+    metrics: dict[str, float] = {}
+    figures: dict[str, plots.Drawing] = {}
     for name, (model, batches) in scored.items():
         split = data.val if name == "val" else data.test
         evaluation = evaluate(model, batches, split, name)
-        writer.log_evaluation(evaluation, data.class_names, with_metrics=False)
+        writer.log_evaluation(evaluation, data.class_names, with_metrics=False, figures_later=figures)
         scores = evaluation.metrics()
         metrics |= {f"{name}_macro_f1": scores[f"{name}_macro_f1"]} if name == "val" else scores
         log.info("%s: %s", name, {k: round(v, 4) for k, v in scores.items()})
-    return metrics
+    return metrics, figures
 
 
 def _report(data: DataSet) -> None:

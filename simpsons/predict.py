@@ -1,31 +1,37 @@
 """`python -m simpsons.predict`: classify image files or folders with a logged model.
 
     python -m simpsons.predict --run <training or ensemble run id> photo.jpg folder/ [--top-k 3] [--json]
-    python -m simpsons.predict --model models:/<model id> photo.jpg
+    python -m simpsons.predict --model models:/simpsons@champion photo.jpg
 
-A path that is missing or not an image gets a one-line error; the others are still classified.
-Exit status 1 when any path failed.
+First a header names the model used (its URI, run, kind and class count), then one line per
+image. A path that is missing or not an image gets a one-line error; the others are still
+classified. Exit status 1 when any path failed, 2 when the model cannot be found or loaded.
+
+TensorFlow and MLflow are imported only once the arguments are parsed, so that --help answers at
+once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import keras
-import mlflow
-import numpy as np
-import tensorflow as tf
-from mlflow.pyfunc import PyFuncModel
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
 
 from simpsons.config import tracking_uri_from_environment
 from simpsons.errors import SimpsonsError
-from simpsons.pipeline import decode_rgb
-from simpsons.tracking import reader, store
+from simpsons.tracking import schema
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.pyfunc import PyFuncModel
+    from mlflow.tracking import MlflowClient
+
+SHORT_ID = 8  # the run ids report and the ensemble print; enough to find a run
+KINDS = {schema.ENSEMBLE: "ensemble", schema.TRAIN: "single run"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,29 @@ class Prediction:
     path: str
     top: list[tuple[str, float]]
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelHeader:
+    """Which model answered: what a reader needs to trust, or reproduce, the predictions."""
+
+    uri: str  # as given, or the run's model
+    model_id: str | None  # the MLflow logged model, models:/<model_id>
+    run_id: str | None  # the run that logged it
+    run_name: str | None
+    kind: str  # ensemble, single run, or unknown for a model no simpsons run logged
+    members: int | None  # an ensemble's training runs
+    class_count: int
+    registered: list[str] = field(default_factory=list)  # e.g. "simpsons version 3 @champion"
+
+    def rows(self) -> list[tuple[str, str]]:
+        uri = (
+            self.uri if self.model_id is None or self.model_id in self.uri else f"{self.uri} (models:/{self.model_id})"
+        )
+        run = " ".join(filter(None, [self.run_id, self.run_name])) or "none (not logged by a run)"
+        kind = f"ensemble of {self.members} runs" if self.kind == "ensemble" and self.members else self.kind
+        found = [("model", uri), ("run", run), ("kind", kind), ("classes", str(self.class_count))]
+        return found + [("registered", ", ".join(self.registered))] * bool(self.registered)
 
 
 def expand(paths: list[str]) -> list[tuple[Path, str | None]]:
@@ -48,6 +77,11 @@ def expand(paths: list[str]) -> list[tuple[Path, str | None]]:
 
 
 def classify(model: PyFuncModel, class_names: list[str], path: Path, top_k: int) -> Prediction:
+    import numpy as np
+    import tensorflow as tf
+
+    from simpsons.pipeline import decode_rgb
+
     try:
         image = decode_rgb(tf.io.read_file(str(path))).numpy().astype(np.float32)
     except tf.errors.InvalidArgumentError:
@@ -59,14 +93,36 @@ def classify(model: PyFuncModel, class_names: list[str], path: Path, top_k: int)
     return Prediction(str(path), [(class_names[i], float(probabilities[i])) for i in best])
 
 
-def load(run_id: str | None, model_uri: str | None) -> tuple[PyFuncModel, list[str]]:
-    """The model and its class names, from a run (training or ensemble) or a model URI."""
+def find_run(client: MlflowClient, run_id: str) -> Run:
+    """A run by its id, or by the first characters of it (at least SHORT_ID), as report prints them."""
+    import mlflow
+    from mlflow.entities import ViewType
+
+    try:
+        return client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        pass
+    hint = f"give a run id (its first {SHORT_ID} characters are enough)"
+    if len(run_id) >= SHORT_ID and re.fullmatch("[0-9a-f]+", run_id):  # a hex prefix: safe in a filter
+        experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+        found = client.search_runs(experiments, f"attributes.run_id LIKE '{run_id}%'", max_results=2)
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise SimpsonsError(f"--run {run_id!r} starts more than one run id; {hint}, or more of it")
+    raise SimpsonsError(f"--run {run_id!r} is not a run in {client.tracking_uri}; {hint}")
+
+
+def load(run_id: str | None, model_uri: str | None) -> tuple[PyFuncModel, ModelHeader]:
+    """The model and its header, from a run (training or ensemble) or a model URI."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from simpsons.tracking import reader
+
+    client = MlflowClient()
     if run_id:
-        try:
-            run = MlflowClient().get_run(run_id)
-        except mlflow.exceptions.MlflowException as error:
-            raise SimpsonsError(f"--run {run_id!r} is not a run in {mlflow.get_tracking_uri()}") from error
-        model_uri = reader.model_uri(run)
+        model_uri = reader.model_uri(find_run(client, run_id))
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except (OSError, mlflow.exceptions.MlflowException) as error:
@@ -74,54 +130,129 @@ def load(run_id: str | None, model_uri: str | None) -> tuple[PyFuncModel, list[s
     class_names = (model.metadata.metadata or {}).get("class_names")
     if not class_names:
         raise SimpsonsError(f"model {model_uri!r} does not say its class names; use a model that simpsons logged")
-    return model, class_names
+    return model, header(client, model, model_uri)
 
 
-def render_table(predictions: list[Prediction]) -> str:
+def header(client: MlflowClient, model: PyFuncModel, model_uri: str) -> ModelHeader:
+    """What the loaded model says of itself (its logged model and run), and what its run says."""
+    import mlflow
+
+    run_id = model.metadata.run_id
+    try:
+        run = client.get_run(run_id) if run_id else None
+    except mlflow.exceptions.MlflowException:
+        run = None  # a model file copied from another store
+    tags = run.data.tags if run else {}
+    members = tags.get(schema.MEMBERS)
+    return ModelHeader(
+        uri=model_uri,
+        model_id=model.metadata.model_id,
+        run_id=run_id,
+        run_name=run.info.run_name if run else None,
+        kind=KINDS.get(tags.get(schema.RUN_TYPE, ""), "unknown"),
+        members=len(members.split(",")) if members else None,
+        class_count=len(model.metadata.metadata["class_names"]),
+        registered=registrations(client, run_id),
+    )
+
+
+def registrations(client: MlflowClient, run_id: str | None) -> list[str]:
+    """The registry's versions of the run's model, e.g. 'simpsons version 3 @champion'."""
+    import mlflow
+
+    if not run_id:
+        return []
+    try:
+        found = client.search_model_versions(f"run_id = '{run_id}'")
+        versions = [client.get_model_version(v.name, v.version) for v in found]  # a search leaves out aliases
+    except mlflow.exceptions.MlflowException:
+        return []  # a store without a model registry
+    return [
+        " ".join([f"{v.name} version {v.version}", *(f"@{alias}" for alias in sorted(v.aliases))])
+        for v in sorted(versions, key=lambda v: (v.name, int(v.version)))
+    ]
+
+
+def render_table(model: ModelHeader, predictions: list[Prediction]) -> str:
+    label_width = max(len(label) for label, _ in model.rows())
+    lines = [f"{label:<{label_width}}  {value}" for label, value in model.rows()] + [""]
     width = max((len(p.path) for p in predictions), default=0)
-    lines = []
     for p in predictions:
         result = f"error: {p.error}" if p.error else "  ".join(f"{name} {prob:.3f}" for name, prob in p.top)
         lines.append(f"{p.path:<{width}}  {result}")
     return "\n".join(lines)
 
 
-def render_json(predictions: list[Prediction]) -> str:
+def render_json(model: ModelHeader, predictions: list[Prediction]) -> str:
     return json.dumps(
-        [
-            {"file": p.path, "error": p.error}
-            if p.error
-            else {"file": p.path, "top": [{"class": name, "probability": prob} for name, prob in p.top]}
-            for p in predictions
-        ],
+        {
+            "model": asdict(model),
+            "predictions": [
+                {"file": p.path, "error": p.error}
+                if p.error
+                else {"file": p.path, "top": [{"class": name, "probability": prob} for name, prob in p.top]}
+                for p in predictions
+            ],
+        },
         indent=2,
     )
 
 
+def parser() -> argparse.ArgumentParser:
+    result = argparse.ArgumentParser(
+        prog="python -m simpsons.predict",
+        description=__doc__.split("\n\nTensorFlow")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = result.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--run",
+        metavar="RUN_ID",
+        help=f"use the model of this training or ensemble run (a run id, or its first {SHORT_ID} characters "
+        "as report prints them)",
+    )
+    source.add_argument(
+        "--model",
+        metavar="URI",
+        help="use this model: models:/<model id>, models:/simpsons@champion (the registry's), or runs:/<run id>/model",
+    )
+    result.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders to classify every file in")
+    result.add_argument("--top-k", type=int, default=3, help="how many classes to show per image, best first (3)")
+    result.add_argument(
+        "--json", action="store_true", help='print JSON: {"model": {...the header...}, "predictions": [...]}'
+    )
+    result.add_argument(
+        "--tracking-uri",
+        default=tracking_uri_from_environment(),
+        help="MLflow store: a sqlite:/// path or a server URL (default: $MLFLOW_TRACKING_URI, else the "
+        "project's mlflow.db)",
+    )
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simpsons.predict", description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", help="a training or ensemble run id")
-    source.add_argument("--model", help="a model URI, e.g. models:/<model id> or runs:/<run id>/model")
-    parser.add_argument("paths", nargs="+", help="image files or folders")
-    parser.add_argument("--top-k", type=int, default=3, help="how many classes to show per image (3)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--tracking-uri", default=tracking_uri_from_environment(), help="MLflow store")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     if args.top_k < 1:
-        parser.error(f"--top-k {args.top_k} is invalid; expected an integer >= 1")
+        print(f"error: --top-k {args.top_k} is invalid; expected an integer >= 1", file=sys.stderr)
+        return 2
+    # Imported now: --help and bad arguments answer without loading TensorFlow.
+    import keras
+
+    from simpsons.tracking import store
+
     store.configure(args.tracking_uri)
     keras.utils.disable_interactive_logging()  # no Keras progress bar per image in the table
     try:
-        model, class_names = load(args.run, args.model)
+        model, model_header = load(args.run, args.model)
     except SimpsonsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    class_names = model.metadata.metadata["class_names"]
     predictions = [
         Prediction(str(path), [], error) if error else classify(model, class_names, path, args.top_k)
         for path, error in expand(args.paths)
     ]
-    print(render_json(predictions) if args.json else render_table(predictions))
+    print(render_json(model_header, predictions) if args.json else render_table(model_header, predictions))
     return 1 if any(p.error for p in predictions) else 0
 
 

@@ -1,11 +1,11 @@
 """`python -m simpsons.report`: the results table of an experiment or sweep, straight from MLflow.
 
-    python -m simpsons.report [--sweep latest|<parent run id>] [--metric best_val_accuracy]
-                              [--format table|markdown|csv] [--output DIR]
+One row per finished training run, sorted by a metric, with its short run id; ensembles in their
+own section. With --output, also writes results.md, results.csv (training runs), ensembles.csv
+and results.png (a bar chart) there.
 
-One row per finished training run, sorted by the metric; ensembles in their own section. With
---output, also writes results.md, results.csv (training runs), ensembles.csv and results.png (a
-bar chart) there.
+MLflow and matplotlib are imported only once the arguments are parsed, so that --help answers at
+once (and nothing here imports TensorFlow).
 """
 
 from __future__ import annotations
@@ -15,17 +15,23 @@ import csv
 import io
 import math
 import sys
-import textwrap
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from matplotlib.figure import Figure
-from mlflow.entities import Run
-from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
-from simpsons.config import tracking_uri_from_environment
+from simpsons.config import CONF_DIR, tracking_uri_from_environment
 from simpsons.errors import SimpsonsError
-from simpsons.tracking import lifecycle, reader, schema, store
+from simpsons.tracking import schema
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+FORMATS = ("table", "markdown", "csv")
+DECIMALS = 4  # every printed metric: enough to tell runs apart, short enough to read
 TRAINING_COLUMNS = {  # header: (source, key)
     "id": ("id", ""),
     "run": ("name", ""),
@@ -40,6 +46,7 @@ TRAINING_COLUMNS = {  # header: (source, key)
     "best_val_accuracy": ("metric", "best_val_accuracy"),
     "val_loss": ("metric", "val_loss"),
     "test_accuracy": ("metric", "test_accuracy"),
+    "test_macro_f1": ("metric", "test_macro_f1"),
 }
 ENSEMBLE_COLUMNS = {
     "id": ("id", ""),
@@ -48,8 +55,24 @@ ENSEMBLE_COLUMNS = {
     "members": ("param", "num_members"),
     "val_accuracy": ("metric", "val_accuracy"),
     "test_accuracy": ("metric", "test_accuracy"),
+    "test_macro_f1": ("metric", "test_macro_f1"),
     "test_gain": ("metric", "test_accuracy_gain"),
 }
+TRAINING_COLOR, ENSEMBLE_COLOR = "tab:blue", "tab:orange"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a report covers: an experiment, or one sweep of it (its parent run)."""
+
+    experiment: str
+    sweep_id: str | None = None
+    sweep_name: str | None = None
+
+    def describe(self) -> str:
+        if self.sweep_id is None:
+            return f"experiment {self.experiment}, all runs"
+        return f'experiment {self.experiment}, sweep "{self.sweep_name}" ({self.sweep_id[:8]})'
 
 
 def cell(run: Run, source: str, key: str) -> str:
@@ -63,7 +86,7 @@ def cell(run: Run, source: str, key: str) -> str:
     if source == "param":
         return run.data.params.get(key, "")
     value = run.data.metrics.get(key)
-    return "" if value is None else f"{value:.4f}"
+    return "" if value is None else f"{value:.{DECIMALS}f}"
 
 
 def rows(found: list[Run], columns: dict[str, tuple[str, str]]) -> list[list[str]]:
@@ -75,6 +98,8 @@ def results(
 ) -> tuple[list[Run], list[Run], list[Run]]:
     """Finished training runs sorted by `metric` (best first; runs without it last), ensembles, and
     the older finished runs of configs that are counted once (by their latest run)."""
+    from simpsons.tracking import reader
+
     candidates, superseded = reader.training_runs(client, reader.search(client, experiment, sweep))
     training = [run for run in candidates if run.info.status == "FINISHED"]
     ensembles = [
@@ -91,13 +116,13 @@ def results(
         return not math.isfinite(value), sign * value if math.isfinite(value) else 0.0
 
     training.sort(key=rank)
-    ensembles.sort(key=headline_accuracy, reverse=True)
+    ensembles.sort(key=lambda run: run.data.metrics.get(headline_metric([run]), 0.0), reverse=True)
     return training, ensembles, [run for run in superseded if run.info.status == "FINISHED"]
 
 
-def headline_accuracy(run: Run) -> float:
-    """Test accuracy where the run had a test set, else validation accuracy."""
-    return run.data.metrics.get("test_accuracy", run.data.metrics.get("val_accuracy", 0.0))
+def headline_metric(found: list[Run]) -> str:
+    """test_accuracy when every run has it, else val_accuracy: one chart never mixes the two."""
+    return "test_accuracy" if all("test_accuracy" in run.data.metrics for run in found) else "val_accuracy"
 
 
 def _sweep_of(run: Run) -> str | None:
@@ -124,27 +149,48 @@ def comma_separated(headers: list[str], table: list[list[str]]) -> str:
     return buffer.getvalue()
 
 
-def chart(training: list[Run], ensembles: list[Run]) -> Figure:
-    """Test accuracy (validation where there is no test set) of every run, ensembles in orange."""
-    found = training + ensembles
-    names = [textwrap.fill(r.info.run_name, 40) for r in found]
-    figure = Figure(figsize=(10, 0.6 * len(found) + 1.5), layout="constrained")
-    axes = figure.subplots()
-    bars = axes.barh(
-        names,
-        [headline_accuracy(r) for r in found],
-        color=["tab:blue"] * len(training) + ["tab:orange"] * len(ensembles),
+def chart(training: list[Run], ensembles: list[Run], scope: Scope) -> Figure:
+    """One bar per run, best at the top, ensembles in their own colour; titled with what it shows."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    metric = headline_metric(training + ensembles)
+    bars = sorted(
+        [(run, TRAINING_COLOR) for run in training] + [(run, ENSEMBLE_COLOR) for run in ensembles],
+        key=lambda bar: bar[0].data.metrics.get(metric, 0.0),
+        reverse=True,
     )
-    axes.bar_label(bars, fmt="%.4f", padding=3)
+    figure = Figure(figsize=(10, 0.45 * len(bars) + 1.8), layout="constrained")
+    axes = figure.subplots()
+    drawn = axes.barh(
+        [f"{_shorten(run.info.run_name, 48)} ({run.info.run_id[:8]})" for run, _ in bars],
+        [run.data.metrics.get(metric, 0.0) for run, _ in bars],
+        color=[color for _, color in bars],
+    )
+    axes.bar_label(drawn, fmt=f"%.{DECIMALS}f", padding=3)
     axes.invert_yaxis()
-    axes.set_xlim(0, 1.1)
-    axes.set_xlabel("test accuracy (validation accuracy where there is no test set)")
+    axes.set_xlim(0, 1.15)  # room for the value labels
+    axes.set_xlabel(metric.replace("_", " "))
+    figure.suptitle(f"{metric.replace('_', ' ').capitalize()} by run, best first\n{scope.describe()}")
+    legend = [Patch(color=TRAINING_COLOR, label="training run")]
+    if ensembles:
+        legend.append(Patch(color=ENSEMBLE_COLOR, label="ensemble"))
+    figure.legend(handles=legend, loc="outside lower center", ncols=len(legend), frameon=False)  # off the bars
     return figure
 
 
-def render(training: list[Run], ensembles: list[Run], style: str) -> str:
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render(training: list[Run], ensembles: list[Run], style: str, scope: Scope, sorted_by: str) -> str:
+    """The tables in a format: a heading naming the scope (none in csv), then each section."""
     formatter = {"table": plain, "markdown": markdown, "csv": comma_separated}[style]
     sections = []
+    if style != "csv":
+        heading = f"Results: {scope.describe()}"
+        summary = f"{len(training)} training run(s) sorted by {sorted_by}, {len(ensembles)} ensemble(s)"
+        sections.append(f"# {heading}\n\n{summary}." if style == "markdown" else f"{heading}\n{summary}")
     for title, found, columns in (
         ("Training runs", training, TRAINING_COLUMNS),
         ("Ensembles", ensembles, ENSEMBLE_COLUMNS),
@@ -155,22 +201,79 @@ def render(training: list[Run], ensembles: list[Run], style: str) -> str:
     return "\n\n".join(sections)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simpsons.report", description=__doc__.splitlines()[0])
-    parser.add_argument("--experiment", default="simpsons", help="MLflow experiment (simpsons)")
-    parser.add_argument("--sweep", help="latest, or a sweep's parent run id: only that sweep and its ensembles")
-    parser.add_argument("--metric", default="best_val_accuracy", help="sort key (best_val_accuracy)")
-    parser.add_argument("--direction", choices=("max", "min"), help="best first: max, or min for a loss (default)")
-    parser.add_argument("--format", choices=("table", "markdown", "csv"), default="table")
-    parser.add_argument("--output", type=Path, help="also write results.md, results.csv, ensembles.csv, results.png")
-    parser.add_argument("--tracking-uri", default=tracking_uri_from_environment(), help="MLflow store")
-    parser.add_argument(
+def parser() -> argparse.ArgumentParser:
+    tracking = OmegaConf.load(CONF_DIR / "tracking" / "default.yaml")  # the defaults train and ensemble use
+    result = argparse.ArgumentParser(
+        prog="python -m simpsons.report",
+        description=__doc__.split("\n\nMLflow")[0],
+        epilog=(
+            "examples:\n"
+            "  python -m simpsons.report --sweep latest\n"
+            "  python -m simpsons.report --metric val_loss --format csv > runs.csv\n"
+            "  python -m simpsons.report --experiment simpsons-mini --sweep latest --output results/"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    result.add_argument(
+        "--experiment",
+        default=tracking.experiment,
+        help=f"the MLflow experiment to report (default: {tracking.experiment}, as tracking.experiment)",
+    )
+    result.add_argument(
+        "--sweep",
+        help="only one sweep: 'latest' (the newest) or a sweep's parent run id; its training runs and the "
+        "ensembles drawn from it (default: every run of the experiment)",
+    )
+    result.add_argument(
+        "--metric",
+        default="best_val_accuracy",
+        help="the metric that orders the training runs, best first; any metric they logged "
+        "(default: best_val_accuracy)",
+    )
+    result.add_argument(
+        "--direction",
+        choices=("max", "min"),
+        help="which end is best: max (higher first) or min (lower first); default: min for a metric "
+        "whose name contains 'loss', else max",
+    )
+    result.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="table",
+        help="what to print: table (aligned columns for a terminal), markdown (the same as results.md) or "
+        "csv (training runs, then ensembles, each with its header row); default: table",
+    )
+    result.add_argument(
+        "--output",
+        type=Path,
+        metavar="DIR",
+        help="also write results.md, results.csv (training runs), ensembles.csv and results.png (a bar chart "
+        "of test accuracy; of validation accuracy when a run has no test set) into DIR",
+    )
+    result.add_argument(
+        "--tracking-uri",
+        default=tracking_uri_from_environment(),
+        help="MLflow store: a sqlite:/// path or a server URL (default: $MLFLOW_TRACKING_URI, else the "
+        "project's mlflow.db)",
+    )
+    result.add_argument(
         "--stale-after",
         type=float,
-        default=lifecycle.STALE_AFTER_SECONDS,
-        help="seconds without a heartbeat after which another host's RUNNING run is ended KILLED",
+        default=float(tracking.stale_after),
+        metavar="SECONDS",
+        help="a RUNNING run of another host with no heartbeat for this long is ended KILLED before reporting "
+        f"(default: {tracking.stale_after}, as tracking.stale_after)",
     )
-    args = parser.parse_args(argv)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    # Imported now: --help and bad arguments answer without loading MLflow.
+    from mlflow.tracking import MlflowClient
+
+    from simpsons.tracking import lifecycle, reader, store
+
     try:
         client = MlflowClient(store.configure(args.tracking_uri))
         experiment = reader.experiment_id(client, args.experiment)
@@ -189,19 +292,23 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"note: each config counted once, by its latest finished run; left out older runs: {older}", file=sys.stderr
         )
-    print(render(training, ensembles, args.format))
+    scope = Scope(args.experiment, sweep, client.get_run(sweep).info.run_name if sweep else None)
+    sorted_by = f"{args.metric} ({'highest' if direction == 'max' else 'lowest'} first)"
+    print(render(training, ensembles, args.format, scope, sorted_by))
     if args.output:
-        args.output.mkdir(parents=True, exist_ok=True)
-        (args.output / "results.md").write_text(render(training, ensembles, "markdown") + "\n")
-        (args.output / "results.csv").write_text(
-            comma_separated(list(TRAINING_COLUMNS), rows(training, TRAINING_COLUMNS))
-        )
-        if ensembles:
-            (args.output / "ensembles.csv").write_text(
-                comma_separated(list(ENSEMBLE_COLUMNS), rows(ensembles, ENSEMBLE_COLUMNS))
-            )
-        chart(training, ensembles).savefig(args.output / "results.png", dpi=120)
+        write(args.output, training, ensembles, scope, sorted_by)
     return 0
+
+
+def write(directory: Path, training: list[Run], ensembles: list[Run], scope: Scope, sorted_by: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "results.md").write_text(render(training, ensembles, "markdown", scope, sorted_by) + "\n")
+    (directory / "results.csv").write_text(comma_separated(list(TRAINING_COLUMNS), rows(training, TRAINING_COLUMNS)))
+    if ensembles:
+        (directory / "ensembles.csv").write_text(
+            comma_separated(list(ENSEMBLE_COLUMNS), rows(ensembles, ENSEMBLE_COLUMNS))
+        )
+    chart(training, ensembles, scope).savefig(directory / "results.png", dpi=120)
 
 
 if __name__ == "__main__":

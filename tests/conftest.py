@@ -11,6 +11,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,10 +19,13 @@ import keras
 import mlflow
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
 
 from simpsons.config import CONF_DIR, PROJECT_ROOT, register_resolvers
 from simpsons.demo_data import write_demo_data
+from simpsons.tracking import schema
+from simpsons.tracking import store as tracking_store
 
 SHARED = PROJECT_ROOT.parent / "shared"
 SIMPSONS_MINI = SHARED / "data" / "simpsons-mini"
@@ -65,6 +69,62 @@ def tracking_uri(tmp_path: Path) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+@dataclass(frozen=True)
+class Store:
+    uri: str
+    sweep: str  # the parent run id of a sweep of four runs
+    children: list[str]
+    outsider: str  # a run outside the sweep, with another validation split
+    images: Path
+
+
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory: pytest.TempPathFactory, image_folders: Path) -> Store:
+    """Four tiny runs nested under one sweep, and one run with another split outside it, for the
+    tests that read runs back (ensembles, predict, report); built once per test process."""
+    from simpsons.job import JobContext, train
+
+    # Set up as every command does (WAL mode): a command in a subprocess must not switch the journal
+    # mode under this process's open connections, which then read the database as malformed.
+    uri = tracking_store.configure(f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}")
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("simpsons", artifact_location=(Path(uri[10:]).parent / "mlruns").as_uri())
+    sweep_dir = tmp_path_factory.mktemp("multirun")
+    parent = client.create_run(
+        experiment, run_name="sweep", tags={schema.RUN_TYPE: schema.SWEEP, schema.SWEEP_ID: "fixture"}
+    ).info.run_id
+    base = [*folder_data(image_folders), "epochs=2", f"tracking.uri={uri}"]
+    settings = [
+        TINY_MODEL,
+        [*TINY_MODEL, "dropout=0.1", "optimizer=rmsprop"],
+        ["backbone=mobilenetv2", "backbone.kwargs.alpha=0.35", "image_size=32", *TINY],
+        [*TINY_MODEL, "optimizer.lr=1e-2", "seed=7"],
+    ]
+    children = [
+        train(compose_train([*s, *base]), JobContext([], sweep_dir=sweep_dir, sweep_id="fixture")) for s in settings
+    ]
+    client.set_terminated(parent)
+    outsider = train(compose_train([*TINY_MODEL, *base, "data.split_seed=7"]), JobContext([]))
+    return Store(uri, parent, children, outsider, image_folders)
+
+
+@pytest.fixture
+def store(trained_store: Store) -> Store:
+    """trained_store, made this process's MLflow tracking URI (another test may have changed it)."""
+    mlflow.set_tracking_uri(trained_store.uri)
+    return trained_store
+
+
+def ensemble_config(store: Store, *overrides: str) -> DictConfig:
+    """conf/ensemble.yaml on `store`, with the overrides, as `python -m simpsons.ensemble` composes it."""
+    cfg = OmegaConf.load(CONF_DIR / "ensemble.yaml")
+    cfg.pop("defaults")
+    cfg.pop("hydra")
+    cfg.tracking = OmegaConf.load(CONF_DIR / "tracking" / "default.yaml")
+    cfg.tracking.uri = store.uri
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
 
 
 def folder_data(images: Path) -> list[str]:

@@ -204,7 +204,6 @@ def test_a_store_in_a_read_only_folder_fails_in_one_line(world_readable_folder):
     uri = f"sqlite:///{read_only / STORE}"
     args = [*TINY_MODEL, "data=folder", f"data.root={train}", f"cache_dir={work / 'cache'}", f"tracking.uri={uri}"]
 
-    started = time.monotonic()
     result = as_unprivileged_user(args, cwd=work)
 
     assert result.returncode == 2, result.stderr[-3000:]
@@ -212,7 +211,6 @@ def test_a_store_in_a_read_only_folder_fails_in_one_line(world_readable_folder):
         f"error: tracking.uri={uri}: cannot write in {read_only} ({read_only} is not writable); "
         "use a store in a writable folder"
     ]
-    assert time.monotonic() - started < 10
     assert list(read_only.iterdir()) == [] and list(work.iterdir()) == []
 
 

@@ -44,7 +44,7 @@ def slurm() -> Iterator[str]:
     if started.returncode == 3:  # no Slurm packages, or not root: .ci/run installs them, as root
         pytest.skip(started.stderr.strip().splitlines()[-1])
     if started.returncode != 0:
-        pytest.fail(f"{SLURM_SH.name} start failed: {started.stderr[-3000:]}")
+        pytest.fail(f"{SLURM_SH.name} start failed: {started.stderr[-8000:]}")
     conf = started.stdout.strip().splitlines()[-1].removeprefix("export SLURM_CONF=")
     previous = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = conf  # sbatch, sacct, scancel here and in the sweeps' drivers

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -12,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from simpsons.errors import ConfigError
-from simpsons.tracking.store import configure, ensure_experiment, redact_uri
+from simpsons.tracking.store import check, configure, ensure_experiment, redact_uri
 
 # One process of the concurrency test: set up the store, create the experiment, log a run. It
 # imports everything first and then waits for the test's go file, so that all processes hit the
@@ -91,3 +94,69 @@ def test_two_stores_in_one_folder_keep_their_own_artifacts(tmp_path):
         "mlflow": (tmp_path / "mlruns" / "simpsons").as_uri(),  # where a plain `mlflow ui` looks
         "other": (tmp_path / "other-mlruns" / "simpsons").as_uri(),
     }
+
+
+def test_checking_a_store_keeps_this_processs_sqlite_locks(tmp_path):
+    """store.check runs while a sweep's connections are open (each job checks its config). Had it
+    opened and closed the database file itself, that would drop the POSIX locks of this process's
+    connections; another process, finding the file unlocked as it closes, deletes the WAL under them."""
+    uri = configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("before")).info.run_id
+    for step in range(50):  # this process's connections hold the database, with frames in the WAL
+        client.log_metric(run, "value", step, step=step)
+    check(uri)
+    writer = (
+        f"from mlflow.tracking import MlflowClient; MlflowClient({uri!r}).create_experiment('from another process')"
+    )
+    subprocess.run([sys.executable, "-c", writer], check=True, timeout=120)
+    client.create_experiment("after")
+    assert {"before", "from another process", "after"} <= {e.name for e in client.search_experiments()}
+    with contextlib.closing(sqlite3.connect(tmp_path / "mlflow.db")) as database:
+        assert database.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+def test_sqlite_commits_skip_fsync_yet_survive_kill_9(tmp_path):
+    """synchronous=NORMAL in WAL mode: a commit is in the log, in the OS's cache, before the call
+    returns, so a process killed right after its last write has lost none of it."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    writer = textwrap.dedent(
+        """
+        import os, signal, sys
+        import mlflow
+        from simpsons.tracking import store
+        store.configure(sys.argv[1])
+        engine = mlflow.tracking.MlflowClient(sys.argv[1])._tracking_client.store.engine
+        with engine.connect() as connection:
+            print(connection.exec_driver_sql("PRAGMA journal_mode").scalar(),
+                  connection.exec_driver_sql("PRAGMA synchronous").scalar(), flush=True)
+        with mlflow.start_run(experiment_id=store.ensure_experiment(sys.argv[1], "kill")):
+            for step in range(20):
+                mlflow.log_metric("value", step, step=step)
+            os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    killed = subprocess.run([sys.executable, "-c", writer, uri], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert killed.stdout.split() == ["wal", "1"]  # 1: NORMAL (FULL, SQLite's default, is 2)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("kill").experiment_id])
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "value")] == list(range(20))
+
+
+def test_checking_a_store_keeps_the_locks_this_process_holds_on_it(tmp_path):
+    """The same fault, seen directly and deterministically: the POSIX locks of this process's live
+    connection (in /proc/locks) are all still held after a check."""
+    uri = configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(uri)
+    client.get_experiment_by_name("Default")  # a live pooled connection, holding its locks
+    held = locks_of_this_process()
+    assert held, "no POSIX lock seen in /proc/locks: nothing to check"
+    check(uri)
+    assert locks_of_this_process() == held
+
+
+def locks_of_this_process() -> list[str]:
+    """This process's entries in /proc/locks, without their ordinal: kind, mode, file and range."""
+    entries = [line.split() for line in Path("/proc/locks").read_text().splitlines()]
+    return sorted(" ".join(fields[1:4] + fields[5:]) for fields in entries if fields[4] == str(os.getpid()))

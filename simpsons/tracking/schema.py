@@ -14,7 +14,14 @@ PARENT_RUN = "mlflow.parentRunId"
 SWEEP_ID = "simpsons.sweep_id"  # unique per multirun, on the parent and each of its jobs
 SWEEP_DIR = "simpsons.sweep_dir"
 ENSEMBLE_SWEEP = "simpsons.sweep"  # the sweep an ensemble was drawn from ('' for the experiment)
+# An ensemble's runs: its candidates are the top_n runs it chose from; its members are the candidates
+# whose outputs it averages (weight > 0). With method=mean every candidate is a member.
+CANDIDATES = "candidates"
 MEMBERS = "members"
+VAL_FILES = "simpsons.val_files"  # digest of the validation files (and data) an ensemble was scored on
+REGISTERED_VERSION = "simpsons.registered_version"  # "<registered model>/<version>" of an ensemble's model
+CHAMPION_DECISION = "simpsons.champion"  # what the ensemble did to the champion alias, and why
+SCORE = "simpsons.score"  # on a registered version: what it is judged by, e.g. best_val_accuracy=0.9375
 CONFIG_HASH = "simpsons.config_hash"  # resolved training config + data fingerprint + code version
 CODE_VERSION = "simpsons.code_version"
 REUSED_RUN = "simpsons.reused_run_id"
@@ -59,9 +66,12 @@ ERROR_TXT = "error.txt"
 SKIPPED_FILES = "data/skipped_files.tsv"
 DROPPED_CLASSES = "data/dropped_classes.json"
 UNKNOWN_TEST_CLASSES = "data/unknown_test_classes.json"
-MEMBERS_JSON = "members.json"
+CANDIDATES_JSON = "candidates.json"  # each candidate's run, weight (0: not a member) and accuracies
 MEMBERS_CHART = "evaluation/members_vs_ensemble.png"
 MODEL = "model"
+
+# Model Registry
+CHAMPION = "champion"  # the alias of the best registered version on the same validation files
 
 
 def predictions_csv(split: str) -> str:

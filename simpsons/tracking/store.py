@@ -31,6 +31,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
+import sqlalchemy
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -43,7 +44,6 @@ DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 SERVER_SCHEMES = ("http", "https")
 ACCEPTED_URIS = "sqlite:///path/to/mlflow.db, http(s)://host:port of an mlflow server, or postgresql/mysql/mssql://..."
 PROBE_SECONDS = 5  # each reachability check; a bad store fails in one line well within 10 s
-SQLITE_HEADER = b"SQLite format 3\x00"
 CODE_PACKAGES = ("tensorflow", "keras", "numpy")  # their versions are part of the code version
 # MLflow's client reads a server's credentials from these; so does the probe, to check them first.
 USERNAME_VARIABLE = "MLFLOW_TRACKING_USERNAME"
@@ -62,11 +62,28 @@ def configure(uri: str) -> str:
     """
     uri = absolute_sqlite_uri(uri)
     if uri.startswith(SQLITE_PREFIX):
+        _commit_without_fsync()
         _prepare_sqlite(sqlite_path(uri))
     else:
         _check_remote(uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+@functools.cache
+def _commit_without_fsync() -> None:
+    """Every SQLite connection MLflow opens from now on commits with synchronous=NORMAL.
+
+    In WAL mode a commit then appends to the log without waiting for the disk: a kill -9 loses
+    nothing, since the log is in the OS's cache, and a power cut may undo the last commits but
+    never corrupts the store (SQLite's documented guarantee). It saves about 6 ms a commit, and a
+    cached training run commits some 60 times: a sixth of its cost.
+    """
+
+    @sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "connect")
+    def _normal_sync(connection: Any, _record: Any) -> None:
+        if isinstance(connection, sqlite3.Connection):
+            connection.execute("PRAGMA synchronous=NORMAL")
 
 
 def check(uri: str) -> None:
@@ -109,10 +126,16 @@ def _check_sqlite(path: Path) -> None:
         return
     if not path.is_file():
         raise ConfigError(f"tracking.uri={uri}: {path} is not a file; use a path to a SQLite database file")
-    with path.open("rb") as database:
-        header = database.read(len(SQLITE_HEADER))
-    if header not in (b"", SQLITE_HEADER):  # an empty file is a new database to SQLite
-        raise ConfigError(f"tracking.uri={uri}: not a usable SQLite database (file is not a database)")
+    # Asked through SQLite, never by opening the file: closing any other descriptor of the database
+    # file drops every POSIX lock this process's SQLite connections hold on it (SQLite's "how to
+    # corrupt" §2.2). A job checks its config while the sweep's connections are open; another
+    # process, seeing no lock, then checkpoints and deletes the WAL under them ("database disk
+    # image is malformed"). An empty file is a new database to SQLite.
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=60)) as database:
+            database.execute("PRAGMA schema_version")
+    except sqlite3.DatabaseError as error:
+        raise ConfigError(f"tracking.uri={uri}: not a usable SQLite database ({error})") from error
 
 
 def absolute_sqlite_uri(uri: str) -> str:

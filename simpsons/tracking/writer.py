@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,8 +22,9 @@ from mlflow.models import Model, ModelSignature
 from mlflow.types import Schema, TensorSpec
 from omegaconf import DictConfig, OmegaConf
 
+from simpsons import plots
 from simpsons.data import DataSet
-from simpsons.evaluation import Evaluation, confusion_matrix_figure, report_text
+from simpsons.evaluation import Evaluation, report_text
 from simpsons.tracking import predictions, schema
 from simpsons.tracking.store import flatten, git, redact_uri
 
@@ -123,10 +125,17 @@ def log_dataset_inputs(data: DataSet, data_name: str, root: str, test_root: str 
     mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=[None] * len(datasets))
 
 
-def log_evaluation(evaluation: Evaluation, class_names: list[str], with_metrics: bool = True) -> None:
+def log_evaluation(
+    evaluation: Evaluation,
+    class_names: list[str],
+    with_metrics: bool = True,
+    figures_later: dict[str, plots.Drawing] | None = None,
+) -> None:
     """The split's metrics, each file's softmax outputs, the per-class report and the confusion matrix.
 
-    with_metrics=False where the metrics are logged already (a training run's val_* curves).
+    with_metrics=False where the metrics are logged already (a training run's val_* curves). With
+    `figures_later`, the confusion matrix is drawn meanwhile in the figure worker and added there
+    (artifact path -> drawing), for log_figures to log.
     """
     split = evaluation.split
     if with_metrics:
@@ -135,7 +144,20 @@ def log_evaluation(evaluation: Evaluation, class_names: list[str], with_metrics:
     csv = predictions.to_csv(evaluation.names, labels, evaluation.probabilities, class_names)
     mlflow.log_text(csv, schema.predictions_csv(split))
     mlflow.log_text(report_text(evaluation, class_names), schema.report_txt(split))
-    mlflow.log_figure(confusion_matrix_figure(evaluation, class_names), schema.confusion_matrix_png(split))
+    drawing = plots.draw_meanwhile("confusion_matrix", evaluation.labels, evaluation.predicted, class_names, split)
+    if figures_later is None:
+        log_figures({schema.confusion_matrix_png(split): drawing})
+    else:
+        figures_later[schema.confusion_matrix_png(split)] = drawing
+
+
+def log_figures(drawings: dict[str, plots.Drawing]) -> None:
+    """Each drawing's PNG, once drawn, at its artifact path."""
+    with tempfile.TemporaryDirectory() as folder:
+        for artifact_path, drawing in drawings.items():
+            local = Path(folder) / Path(artifact_path).name
+            local.write_bytes(drawing.png())
+            mlflow.log_artifact(str(local), str(Path(artifact_path).parent))
 
 
 def log_model(model: keras.Model, input_example: np.ndarray, class_names: list[str], name: str, last_epoch: int) -> str:

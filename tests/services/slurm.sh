@@ -14,11 +14,12 @@
 # Calls are serialised by an flock, so concurrent starts start it once.
 #
 # Environment: SIMPSONS_SLURM_DIR (state folder, /tmp/simpsons-slurm), SIMPSONS_SLURM_PORT
-# (slurmctld's port; slurmd and slurmdbd take the next two; 6817).
+# (slurmctld's port; slurmd and slurmdbd take the next two; default: the first of 6817, 6917, ...
+# whose three ports are free, so a busy port on the machine cannot keep slurmd from registering).
 set -euo pipefail
 
 DIR=${SIMPSONS_SLURM_DIR:-/tmp/simpsons-slurm}
-PORT=${SIMPSONS_SLURM_PORT:-6817}
+PORT=${SIMPSONS_SLURM_PORT:-}  # chosen when the cluster starts; recorded in its slurm.conf
 CLUSTER=simpsons
 NODE=$(hostname -s)
 CONF=$DIR/etc/slurm.conf
@@ -50,8 +51,20 @@ wait_for() {
     shift
     local deadline=$((SECONDS + DEADLINE_SECONDS))
     until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || die "$what not ready after ${DEADLINE_SECONDS} s; logs in $DIR/log"
+        ((SECONDS < deadline)) || { diagnose; die "$what not ready after ${DEADLINE_SECONDS} s; logs in $DIR/log"; }
         sleep 0.5
+    done
+}
+
+# What went wrong, on stderr: the node as slurmctld sees it, and the daemons' last log lines.
+diagnose() {
+    say "diagnosis: $(status 2>&1 | paste -sd';')"
+    sinfo -N -h -o "node %N: state %T, reason %E" >&2 2>&1 || true
+    local log
+    for log in slurmctld slurmd slurmdbd; do
+        [[ -f $DIR/log/$log.log ]] || continue
+        say "last lines of $log.log:"
+        grep -v -e "debug" -e "pmix" "$DIR/log/$log.log" | tail -n 15 >&2 || true
     done
 }
 
@@ -68,12 +81,31 @@ require() {
     [[ $(id -u) == 0 ]] || { echo "slurm.sh: run as root (SlurmUser=root, jobs run as root)" >&2; exit 3; }
 }
 
+# Whether something listens on 127.0.0.1:$1.
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+choose_port() {
+    [[ -z $PORT ]] || return 0
+    local base
+    for base in 6817 6917 7017 7117 7217 7317 7417 7517; do
+        if ! listening "$base" && ! listening $((base + 1)) && ! listening $((base + 2)); then
+            PORT=$base
+            return 0
+        fi
+    done
+    die "no three free ports from 6817 to 7519; set SIMPSONS_SLURM_PORT"
+}
+
 write_config() {
+    choose_port
     mkdir -p "$DIR"/{etc,run,log,state,spool,munge,mysql}
     chmod 700 "$DIR/munge"
     # This machine's CPUs, sockets, cores and memory, as slurmd itself detects them.
-    local hardware
+    # RealMemory 5% under it: a node that registers with less memory than configured is drained.
+    local hardware memory
     hardware=$(slurmd -C | head -n1 | sed "s/^NodeName=[^ ]* //")
+    memory=$(sed -n "s/.*RealMemory=\([0-9]*\).*/\1/p" <<<"$hardware")
+    [[ -z $memory ]] || hardware=${hardware/RealMemory=$memory/RealMemory=$((memory * 95 / 100))}
     cat >"$CONF" <<EOF
 # Written by tests/services/slurm.sh: one node, this machine.
 ClusterName=$CLUSTER
@@ -164,9 +196,30 @@ start_slurmd() {
     slurmd -f "$CONF"
 }
 
+node_state() { sinfo -h -n "$NODE" -o %T 2>/dev/null; }
+
+# Waits for the node to be idle. A node that slurmctld drained or set down (say, it registered
+# before slurmctld was ready) is resumed, and a slurmd that died is started again.
+wait_for_idle_node() {
+    local deadline=$((SECONDS + DEADLINE_SECONDS)) state next_repair=$((SECONDS + 5))
+    while state=$(node_state); [[ $state != idle ]]; do
+        ((SECONDS < deadline)) || { diagnose; die "node $NODE idle not ready after ${DEADLINE_SECONDS} s (state '$state'); logs in $DIR/log"; }
+        sleep 1
+        ((SECONDS >= next_repair)) || continue
+        next_repair=$((SECONDS + 10))
+        if ! alive slurmd; then
+            say "slurmd is gone (node $state): starting it again"
+            start_slurmd 9>&-
+        elif [[ $state =~ ^(down|drain|drained|inval|fail) ]]; then
+            say "node $NODE is $state ($(sinfo -h -n "$NODE" -o %E)): resuming it"
+            scontrol update nodename="$NODE" state=resume >/dev/null 2>&1 || true
+        fi
+    done
+}
+
 # The node accepts work, and a job runs to completion and is in the accounting (sacct).
 check_cluster() {
-    wait_for "node $NODE idle" bash -c "sinfo -h -n $NODE -o %T | grep -qx idle"
+    wait_for_idle_node
     local job
     job=$(sbatch --parsable --output=/dev/null --wrap=true) || die "sbatch failed"
     wait_for "job $job in sacct as COMPLETED" bash -c "sacct -n -X -P -j $job -o State | grep -qx COMPLETED"
@@ -179,7 +232,7 @@ live_holders() {
     local file
     file=$(holders_file)
     [[ -f $file ]] || return 0
-    while read -r pid; do  # an `if`: a dead last holder must not fail the loop (set -e, pipefail)
+    while read -r pid; do
         if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then echo "$pid"; fi
     done <"$file" | sort -u
 }
@@ -195,16 +248,20 @@ cancel_jobs() {
 
 start() {
     require
-    local fresh=0
-    for daemon in "${DAEMONS[@]}"; do
-        if ! alive "$daemon"; then
-            ((fresh == 1)) || write_config
-            fresh=1
+    local fresh=0 daemon
+    for daemon in "${DAEMONS[@]}"; do alive "$daemon" || fresh=1; done
+    if ((fresh == 1)); then
+        # Some daemon is missing: a half-started cluster is stopped and started whole, on a new config.
+        stop_daemons
+        write_config
+        for daemon in "${DAEMONS[@]}"; do
             say "starting $daemon"
             "start_$daemon" 9>&-  # a daemon must not inherit (and hold) the lock
-        fi
-    done
-    ((fresh == 0)) || check_cluster
+        done
+        check_cluster
+    else
+        wait_for_idle_node
+    fi
     if ((fresh == 0)) && [[ -z $(live_holders) ]]; then
         say "cancelling the jobs of earlier users, who are gone"  # e.g. a session killed before its stop
         cancel_jobs
@@ -226,8 +283,13 @@ stop() {
             return 0
         fi
     fi
+    stop_daemons
+    rm -f "$(holders_file)"
+}
+
+stop_daemons() {
     if alive slurmctld; then cancel_jobs; fi
-    local reversed=()
+    local reversed=() daemon
     for daemon in "${DAEMONS[@]}"; do reversed=("$daemon" "${reversed[@]}"); done
     for daemon in "${reversed[@]}"; do
         alive "$daemon" || continue
@@ -239,7 +301,6 @@ stop() {
         while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
         if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid"; fi
     done
-    rm -f "$(holders_file)"
 }
 
 status() {

@@ -1,21 +1,21 @@
 """The servable ensemble: a weighted mean of its members' softmax outputs.
 
 Logged as an MLflow "model from code": MLflow stores this file with the model and runs it at
-load time, so loading or serving the ensemble needs Keras and MLflow, not this package. Each
-member is a logged Keras model that resizes and preprocesses raw RGB images itself, so the
-ensemble takes images of any size.
+load time, so loading or serving the ensemble needs Keras and MLflow, not the simpsons package
+(this file imports nothing from it). Each member is a logged Keras model that resizes and
+preprocesses raw RGB images itself, so the ensemble takes images of any size.
+
+`predict`'s type hints are ones MLflow accepts without inferring a schema from them (numpy
+arrays): the logged signature describes the 4-D image tensor. Without hints, MLflow 3 warns
+"Add type hints to the `predict` method" each time the class is defined: when the model is
+logged, when its input example is checked, and at every load.
 """
 
-from __future__ import annotations
-
-import warnings
+from typing import Any
 
 import mlflow
 import numpy as np
 from mlflow.pyfunc import PythonModel, PythonModelContext
-
-# The input is a 4-D image tensor, described by the logged signature, not by type hints.
-warnings.filterwarnings("ignore", message=".*type hints to the `predict` method", category=UserWarning)
 
 
 class SoftmaxAverage(PythonModel):
@@ -26,7 +26,9 @@ class SoftmaxAverage(PythonModel):
         self.weights = np.asarray(config["member_weights"], dtype=np.float64)
         self.members = [mlflow.keras.load_model(context.artifacts[name]) for name in config["members"]]
 
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
+    def predict(
+        self, context: PythonModelContext, model_input: np.ndarray, params: dict[str, Any] | None = None
+    ) -> np.ndarray:
         images = np.asarray(model_input, dtype=np.float32)
         outputs = [member.predict(images, verbose=0).astype(np.float64) for member in self.members]
         return np.tensordot(self.weights, np.stack(outputs), axes=1).astype(np.float32)

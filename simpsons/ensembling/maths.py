@@ -15,10 +15,10 @@ def weighted_mean(probabilities: list[np.ndarray], weights: np.ndarray) -> np.nd
 def greedy_weights(probabilities: list[np.ndarray], labels: np.ndarray, max_rounds: int = 100) -> np.ndarray:
     """Forward selection with replacement on validation outputs (Caruana et al., 2004).
 
-    Each round adds the member whose inclusion gives the best (accuracy, then lowest log loss);
+    Each round adds the candidate whose inclusion gives the best (accuracy, then lowest log loss);
     it stops when that is no better than the ensemble so far. The first round picks the best
-    single member, so the result is never below it on validation. Returns normalised weights
-    (how often each member was picked).
+    single candidate, so the result is never below it on validation. Returns normalised weights
+    (how often each candidate was picked; 0 for the ones never picked, which are no members).
     """
     counts = np.zeros(len(probabilities))
     total = np.zeros_like(probabilities[0], dtype=np.float64)
@@ -33,6 +33,11 @@ def greedy_weights(probabilities: list[np.ndarray], labels: np.ndarray, max_roun
         total += probabilities[pick]
         best = scores[pick]
     return counts / counts.sum()
+
+
+def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The share of rows whose most probable class is the label."""
+    return float(np.mean(probabilities.argmax(axis=1) == labels))
 
 
 def _score(probabilities: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> tuple[float, float]:

@@ -1,0 +1,150 @@
+"""The Model Registry: each ensemble's model as a version of one registered model, and its `champion` alias.
+
+The alias moves to the new version when there is no champion yet, or when the champion was scored
+on the same validation files and the new version scores better on the comparison metric (the
+ensemble's `metric` when the ensemble logs it, else best_val_accuracy). Otherwise it stays: a
+champion scored on other validation files (another data set, split or class list) is not
+comparable; register those ensembles under another name (registered_model=...).
+
+Two ensemble jobs at once. Registering is safe: MLflow numbers the versions and retries on a
+clash, and a job uses the registered model that another job has just created. Moving the alias
+is a read, a comparison and a write, and MLflow offers no compare-and-set on aliases. On a SQLite
+store the three run under the store's lock file, so each job compares with the champion of that
+moment and the better ensemble ends as champion, whatever the order. On a tracking server or a
+database nothing serialises them: two jobs that read the same champion within the same few
+milliseconds may both move it, and the later write wins even if it scored lower. Every ensemble
+run records what it did to the alias and why (tag `simpsons.champion`), so such a case shows, and
+`MlflowClient().set_registered_model_alias(name, "champion", version)` undoes it.
+
+No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+from simpsons.tracking import schema, store
+
+FALLBACK_METRIC = ("best_val_accuracy", "max")  # every ensemble logs it
+REGISTERED_MODEL_DESCRIPTION = (
+    "Ensembles of simpsons training runs, one version per `python -m simpsons.ensemble`. "
+    "Alias champion: the best version scored on the same validation files."
+)
+
+
+@dataclass(frozen=True)
+class Score:
+    """What the champion is judged by: a metric of the ensemble run, and the files it was scored on."""
+
+    metric: str
+    direction: str  # max | min
+    value: float
+    val_files: str  # validation_files_digest of the ensemble's validation set
+
+    def beats(self, other: float) -> bool:
+        return self.value > other if self.direction == "max" else self.value < other
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    version: str
+    champion: str  # the champion's version after this registration
+    moved: bool
+    reason: str  # one line: what happened to the alias, and why
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def comparison_metric(metric: str, direction: str, logged: dict[str, float]) -> tuple[str, str]:
+    """The ensemble's own ranking metric if the ensemble logs it (val_loss, best_val_accuracy, ...);
+    a metric that only the training runs log (a custom score) falls back to best_val_accuracy."""
+    return (metric, direction) if metric in logged else FALLBACK_METRIC
+
+
+def validation_files_digest(data_fingerprint: str, names: list[str], labels: list[str]) -> str:
+    """Which validation files, with their labels, of which data (the fingerprint hashes the contents)."""
+    lines = [data_fingerprint, *sorted(f"{label}\t{name}" for name, label in zip(names, labels, strict=True))]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def register(
+    client: MlflowClient, name: str, model_id: str, run_id: str, score: Score, description: str
+) -> Registration:
+    """A new version of `name` for the logged model, and the champion alias moved to it or not."""
+    _ensure_registered_model(client, name)
+    version = client.create_model_version(
+        name,
+        source=f"models:/{model_id}",
+        run_id=run_id,
+        model_id=model_id,
+        tags={schema.VAL_FILES: score.val_files, schema.SCORE: f"{score.metric}={score.value:.4f}"},
+        description=description,
+    )
+    _link_logged_model(client, model_id, version)
+    with store.store_lock(client.tracking_uri):  # SQLite: no other job moves the alias in between
+        champion, moved, reason = _decide(client, name, version.version, score)
+        if moved:
+            client.set_registered_model_alias(name, schema.CHAMPION, version.version)
+    return Registration(name, str(version.version), str(champion), moved, reason)
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.create_registered_model(name, description=REGISTERED_MODEL_DESCRIPTION)
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):  # another job may have just created it
+            raise
+
+
+def _link_logged_model(client: MlflowClient, model_id: str, version: ModelVersion) -> None:
+    """What mlflow.register_model does (it also prints three lines): the logged model lists its
+    registered versions, which the UI's model page shows."""
+    linked = client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS)
+    versions = [*json.loads(linked or "[]"), {"name": version.name, "version": version.version}]
+    client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(versions)})
+
+
+def _champion(client: MlflowClient, name: str) -> ModelVersion | None:
+    version = client.get_registered_model(name).aliases.get(schema.CHAMPION)
+    return client.get_model_version(name, version) if version is not None else None
+
+
+def _decide(client: MlflowClient, name: str, version: str, score: Score) -> tuple[str, bool, str]:
+    """(the champion's version afterwards, whether the alias moves to `version`, why)."""
+    champion = _champion(client, name)
+    if champion is None:
+        return version, True, f"champion: version {version}, the first (there was no champion)"
+    stays = f"champion: stays at version {champion.version}"
+    try:
+        run = client.get_run(champion.run_id) if champion.run_id else None
+    except MlflowException:
+        run = None  # deleted
+    if run is None:
+        return champion.version, False, f"{stays}: its run is gone, so there is nothing to compare with"
+    if run.data.tags.get(schema.VAL_FILES) != score.val_files:
+        other_files = "it was scored on other validation files, so the scores do not compare"
+        hint = "use registered_model=<another name> for another data set or split"
+        return champion.version, False, f"{stays}: {other_files} ({hint})"
+    theirs = run.data.metrics.get(score.metric)
+    if theirs is None:
+        return champion.version, False, f"{stays}: its run has no {score.metric} to compare with"
+    better = f"{'higher' if score.direction == 'max' else 'lower'} is better, same validation files"
+    if score.beats(theirs):
+        moved = f"champion: moved from version {champion.version} to {version}"
+        return version, True, f"{moved}: {score.metric} {score.value:.4f} beats its {theirs:.4f} ({better})"
+    return (
+        champion.version,
+        False,
+        f"{stays}: {score.metric} {score.value:.4f} does not beat its {theirs:.4f} ({better})",
+    )

@@ -1,0 +1,119 @@
+"""One ensemble end to end, on tiny real runs in a private SQLite store (conftest.trained_store)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import Store, ensemble_config
+from mlflow.tracking import MlflowClient
+
+from simpsons.ensembling.command import ensemble, ensemble_name
+from simpsons.tracking import lifecycle, reader, schema
+
+
+def probabilities(run_id: str, split: str) -> np.ndarray:
+    return reader.outputs(run_id, split).probabilities
+
+
+def candidate_table(run_id: str) -> list[dict]:
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=schema.CANDIDATES_JSON)
+    return json.loads(Path(path).read_text())
+
+
+def ranked(store: Store, metric: str = "best_val_accuracy") -> list[str]:
+    client = MlflowClient(store.uri)
+    children = [client.get_run(r) for r in store.children]
+    return [r.info.run_id for r in sorted(children, key=lambda r: -r.data.metrics[metric])]
+
+
+def test_the_ensemble_averages_the_recorded_outputs_of_the_top_n(store, capsys):
+    run_id = ensemble(ensemble_config(store, f"sweep={store.sweep}", "top_n=3", "register=false"))
+    run = MlflowClient(store.uri).get_run(run_id)
+    members = run.data.tags[schema.MEMBERS].split(",")
+    assert members == ranked(store)[:3] == run.data.tags[schema.CANDIDATES].split(",")
+    assert run.data.tags[schema.RUN_TYPE] == "ensemble"
+    for split in ("val", "test"):
+        expected = np.mean([probabilities(m, split) for m in members], axis=0)
+        np.testing.assert_allclose(probabilities(run_id, split), expected, atol=1e-6)
+    labels = reader.outputs(run_id, "test").labels
+    classes = reader.class_names(run)
+    accuracy = np.mean(probabilities(run_id, "test").argmax(1) == [classes.index(label) for label in labels])
+    metrics = run.data.metrics
+    assert metrics["test_accuracy"] == pytest.approx(accuracy)
+    assert metrics["test_accuracy_gain"] == pytest.approx(
+        accuracy - max(c["test_accuracy"] for c in candidate_table(run_id))
+    )
+    assert metrics["best_val_accuracy"] == metrics["val_accuracy"]  # ensembles rank with training runs
+    assert {"val_macro_f1", "test_macro_f1", "val_loss"} <= metrics.keys()
+    assert (run.data.params["num_candidates"], run.data.params["num_members"]) == ("3", "3")
+    assert [run.data.params[f"member_{i}"].split()[0] for i in range(3)] == members
+    artifacts = {a.path for a in MlflowClient(store.uri).list_artifacts(run_id, "evaluation")}
+    assert {schema.MEMBERS_CHART, "evaluation/test_confusion_matrix.png"} <= artifacts
+    assert run.data.tags["mlflow.note.content"].startswith("Ensemble of 3 member(s), by the mean")
+
+    printed = capsys.readouterr().out
+    assert f"ensemble run  {run_id} ({run.info.run_name})" in printed
+    for line in printed.splitlines()[2:6]:  # the table's rows: every value to 4 decimals
+        assert all(len(number.split(".")[1]) == 4 for number in re.findall(r"\s(\d+\.\d+)", line))
+
+
+def test_the_logged_model_is_named_like_its_run_and_carries_the_final_metrics(store):
+    run_id = ensemble(ensemble_config(store, f"sweep={store.sweep}", "top_n=2", "register=false"))
+    run = MlflowClient(store.uri).get_run(run_id)
+    model = mlflow.get_logged_model(reader.model_uri(run).removeprefix("models:/"))
+    assert model.name == run.info.run_name == "ensemble-mean-top2-sweep"
+    linked = {metric.key: metric.value for metric in model.metrics}
+    for key in ("val_accuracy", "best_val_accuracy", "test_accuracy", "test_macro_f1", "val_loss"):
+        assert linked[key] == pytest.approx(run.data.metrics[key]), key
+
+
+def test_ensembles_of_different_sweeps_are_named_apart(store):
+    """A second sweep that reuses two of the first's runs: the same runs, another name."""
+    client = MlflowClient(store.uri)
+    experiment = reader.experiment_id(client, "simpsons")
+    earlier = client.get_run(store.sweep).info.start_time - 1000  # sweep=latest stays the fixture's sweep
+    tags = {schema.RUN_TYPE: schema.SWEEP}
+    other = client.create_run(experiment, start_time=earlier, tags=tags, run_name="sweep b").info.run_id
+    for child in store.children[:2]:
+        lifecycle.record_reuse(client, experiment, "reused", other, client.get_run(child), {})
+    client.set_terminated(other)
+    names = {
+        client.get_run(ensemble(ensemble_config(store, f"sweep={sweep}", "top_n=2", "register=false"))).info.run_name
+        for sweep in (store.sweep, other)
+    }
+    assert names == {"ensemble-mean-top2-sweep", "ensemble-mean-top2-sweep-b"}
+
+
+def test_names_say_the_method_and_use_only_characters_mlflow_accepts_in_a_model_name(store):
+    cfg = ensemble_config(store, "method=mean", "weights=val_accuracy")
+    name = ensemble_name(cfg, 5, "sweep 2026-11-28 12:44:43 lr=0.01,0.001 'a'/\"b\"%")
+    assert name.startswith("ensemble-weighted-mean-top5-sweep-2026-11-28-12-44-43-lr=0_01,0_001")
+    assert not set(name) & set("/:.%\"' ")
+    assert ensemble_name(ensemble_config(store, "method=greedy"), 3, "simpsons") == "ensemble-greedy-top3-simpsons"
+
+
+def test_weights_by_validation_accuracy(store):
+    run_id = ensemble(ensemble_config(store, f"sweep={store.sweep}", "weights=val_accuracy", "register=false"))
+    client = MlflowClient(store.uri)
+    members = client.get_run(run_id).data.tags[schema.MEMBERS].split(",")
+    accuracies = np.array([client.get_run(m).data.metrics["val_accuracy"] for m in members])
+    expected = np.average([probabilities(m, "val") for m in members], axis=0, weights=accuracies)
+    np.testing.assert_allclose(probabilities(run_id, "val"), expected, atol=1e-6)
+
+
+def test_greedy_members_are_the_candidates_it_picked_and_never_below_the_best_on_validation(store):
+    run_id = ensemble(ensemble_config(store, f"sweep={store.sweep}", "method=greedy", "register=false"))
+    run = MlflowClient(store.uri).get_run(run_id)
+    table = candidate_table(run_id)
+    assert [c["run_id"] for c in table] == run.data.tags[schema.CANDIDATES].split(",")
+    assert [c["run_id"] for c in table if c["weight"] > 0] == run.data.tags[schema.MEMBERS].split(",")
+    assert all(c["member"] == (c["weight"] > 0) for c in table)
+    assert run.data.params["num_members"] == str(sum(c["member"] for c in table))
+    assert run.data.metrics["val_accuracy"] >= max(c["val_accuracy"] for c in table)
+    assert run.data.metrics["val_accuracy_gain"] >= 0
+    assert sum(c["weight"] for c in table) == pytest.approx(1)
