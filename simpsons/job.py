@@ -153,6 +153,7 @@ def _train_and_log(
         _report(data)
         writer.log_data(data)
         writer.log_dataset_inputs(data, cfg.data.name, cfg.data.root, cfg.data.test_root)
+        mlflow.set_tag(schema.NOTE, _description(cfg, data, job.overrides, swept_keys))
 
     with stopwatch.phase("build_model"):
         model = build_classifier(
@@ -183,6 +184,22 @@ def _train_and_log(
     with stopwatch.phase("figures"):  # drawn in the figure worker while the model was saved
         writer.log_figures(figures)
     mlflow.log_metrics(stopwatch.metrics())
+
+
+def _description(cfg: DictConfig, data: DataSet, overrides: list[str], swept_keys: list[str] | None) -> str:
+    """The run's description in the MLflow UI: what it trains on what and how; in a sweep, its swept values."""
+    weights = cfg.backbone.weights
+    weights = "random weights" if weights is None else f"{Path(str(weights)).name} weights"
+    counts = f"{len(data.train)} train, {len(data.val)} validation, {len(data.test) if data.test else 0} test images"
+    text = (
+        f"{cfg.backbone.name} ({weights}) on `{cfg.data.name}`: {len(data.class_names)} classes; {counts}. "
+        f"{cfg.optimizer.name}, lr {cfg.optimizer.lr:g}, dropout {cfg.dropout:g}, {cfg.epochs} epochs at "
+        f"{cfg.image_size} px."
+    )
+    if swept_keys:
+        values = {key.lstrip("+~"): value for key, _, value in (o.partition("=") for o in overrides)}
+        text += " A sweep's job: " + ", ".join(f"`{key}={values[key]}`" for key in swept_keys if key in values) + "."
+    return text
 
 
 def _training_config(cfg: DictConfig) -> dict:

@@ -55,6 +55,10 @@ def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_sof
     assert run.info.status == "FINISHED"
     # the backbone, then what differs from the defaults; where the data lies and the store are left out
     assert run.info.run_name == "vgg16 32px weights=null bs=16 lr=1e-3 ep=2"
+    assert run.data.tags["mlflow.note.content"] == (
+        "vgg16 (random weights) on `folder`: 4 classes; 38 train, 10 validation, 16 test images. "
+        "adam, lr 0.001, dropout 0.4, 2 epochs at 32 px."
+    )
 
     expected_params = {k: str(v) for k, v in flatten(OmegaConf.to_container(compose_train(args), resolve=True)).items()}
     assert expected_params.items() <= run.data.params.items()
@@ -152,6 +156,8 @@ def test_a_2x2_multirun_gives_one_parent_and_four_finished_children(image_folder
     for child in children:
         assert child.info.run_name == f"{child.data.params['backbone.name']} {child.data.params['dropout']}"
         assert "alpha" not in child.data.tags["mlflow.runName"] and "epochs=1" in child.data.tags["hydra.overrides"]
+        swept = f"`backbone={child.data.params['backbone.name']}`, `dropout={child.data.params['dropout']}`"
+        assert child.data.tags["mlflow.note.content"].endswith(f" A sweep's job: {swept}.")
     assert len({c.info.run_name[:20] for c in children}) == 4
     models = mlflow.search_logged_models(experiment_ids=[parent.info.experiment_id], output_format="list")
     expected_models = [f"{b} drop={d}" for b in ("mobilenet", "mobilenetv2") for d in ("0_2", "0_4")]
