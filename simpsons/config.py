@@ -37,6 +37,15 @@ def register_resolvers() -> None:
     # job's config (as it does for ${now:}), so the driver and all jobs, under any launcher, see
     # the same id. It names the sweep and keeps output folders of commands started together apart.
     OmegaConf.register_new_resolver("invocation_id", new_invocation_id, use_cache=True, replace=True)
+    # A value as it is typed on the command line (true, null), for the --help text.
+    OmegaConf.register_new_resolver("typed", as_typed, replace=True)
+
+
+def as_typed(value: object) -> str:
+    """How a config value is written in an override: true/false/null, not Python's True/None."""
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def group_options(group: str) -> list[str]:

@@ -19,7 +19,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from simpsons import checks, locks, plots
+from simpsons import checks, locks, naming, plots
 from simpsons.backbones import BackboneSpec
 from simpsons.config import SWEEP_ID_VARIABLE
 from simpsons.data import DataSet, Split, load_dataset
@@ -88,8 +88,8 @@ def train(cfg: DictConfig, job: JobContext) -> str:
     experiment_id = store.ensure_experiment(uri, cfg.tracking.experiment)
     client = MlflowClient(uri)
     lifecycle.end_dead_runs(client, [experiment_id], cfg.tracking.stale_after)
-    name = run_name(cfg.backbone.name, cfg.optimizer.name, job.overrides)
-    parent = _sweep_parent(client, experiment_id, job)
+    parent, swept_keys = _sweep_parent(client, experiment_id, job)
+    name = naming.run_name(job.overrides, swept_keys, cfg.backbone.name)
     tags = {schema.RUN_TYPE: schema.TRAIN, schema.HYDRA_OVERRIDES: " ".join(job.overrides), **store.git_tags()}
     if job.sweep_id:
         tags[schema.SWEEP_ID] = job.sweep_id
@@ -119,7 +119,7 @@ def train(cfg: DictConfig, job: JobContext) -> str:
         if resumed is None and _end_to_end(cfg):
             stack.enter_context(locks.exclusive(_lock_path(backups)))  # no two processes train (or resume) one run
         _say_started(run, name, uri, backups if resumed else None)
-        _train_and_log(cfg, job, data, backbone, optimizer, backups)
+        _train_and_log(cfg, job, data, backbone, optimizer, backups, swept_keys)
         shutil.rmtree(backups, ignore_errors=True)
         _lock_path(backups).unlink(missing_ok=True)
         return run_id
@@ -132,9 +132,12 @@ def _train_and_log(
     backbone: BackboneSpec,
     optimizer: keras.optimizers.Optimizer,
     backups: Path,
+    swept_keys: list[str] | None,
 ) -> None:
     """Inside the active run: config and data, then model -> fit -> evaluate -> log.
 
+    The final metrics that are no epoch's (best_val_accuracy, val_macro_f1, test_*) are logged
+    once the model is, linked to it, so that the Models tab shows them beside the last epoch's.
     Each phase's wall seconds are logged too (`seconds/*`): what a run of a grid costs, and where.
     """
     stopwatch = Stopwatch()
@@ -149,6 +152,8 @@ def _train_and_log(
         set_precision(cfg.precision)
         _report(data)
         writer.log_data(data)
+        writer.log_dataset_inputs(data, cfg.data.name, cfg.data.root, cfg.data.test_root)
+        mlflow.set_tag(schema.NOTE, _description(cfg, data, job.overrides, swept_keys))
 
     with stopwatch.phase("build_model"):
         model = build_classifier(
@@ -168,25 +173,33 @@ def _train_and_log(
     with stopwatch.phase("evaluate"):
         run_id = mlflow.active_run().info.run_id
         val_history = MlflowClient().get_metric_history(run_id, "val_accuracy")  # across a resume, too
-        mlflow.log_metric("best_val_accuracy", max(m.value for m in val_history))
-        figures = _evaluate_and_log(scored, data)
+        scores, figures = _evaluate_and_log(scored, data)
+        final = {"best_val_accuracy": max(m.value for m in val_history), **scores}
     with stopwatch.phase("log_model"):
         example = load_image(data.val.paths[0], EXAMPLE_SIZE).numpy()[None]
-        writer.log_model(model, example, data.class_names)
+        last_epoch = max(m.step for m in val_history)
+        model_name = naming.model_name(job.overrides, swept_keys, cfg.backbone.name)
+        model_id = writer.log_model(model, example, data.class_names, model_name, last_epoch)
+        mlflow.log_metrics(final, model_id=model_id)
     with stopwatch.phase("figures"):  # drawn in the figure worker while the model was saved
         writer.log_figures(figures)
     mlflow.log_metrics(stopwatch.metrics())
 
 
-def run_name(backbone: str, optimizer: str, overrides: list[str]) -> str:
-    """E.g. 'resnet50v2-rmsprop lr=3e-4 image_size=180': the choices, then the other overrides."""
-    extras = []
-    for override in overrides:
-        key, _, value = override.partition("=")
-        if key.lstrip("+~") in ("backbone", "optimizer") or "/" in value or key.startswith(("hydra", "tracking")):
-            continue
-        extras.append(f"{key.rsplit('.', 1)[-1]}={value}")
-    return " ".join([f"{backbone}-{optimizer}", *extras])
+def _description(cfg: DictConfig, data: DataSet, overrides: list[str], swept_keys: list[str] | None) -> str:
+    """The run's description in the MLflow UI: what it trains on what and how; in a sweep, its swept values."""
+    weights = cfg.backbone.weights
+    weights = "random weights" if weights is None else f"{Path(str(weights)).name} weights"
+    counts = f"{len(data.train)} train, {len(data.val)} validation, {len(data.test) if data.test else 0} test images"
+    text = (
+        f"{cfg.backbone.name} ({weights}) on `{cfg.data.name}`: {len(data.class_names)} classes; {counts}. "
+        f"{cfg.optimizer.name}, lr {cfg.optimizer.lr:g}, dropout {cfg.dropout:g}, {cfg.epochs} epochs at "
+        f"{cfg.image_size} px."
+    )
+    if swept_keys:
+        values = {key.lstrip("+~"): value for key, _, value in (o.partition("=") for o in overrides)}
+        text += " A sweep's job: " + ", ".join(f"`{key}={values[key]}`" for key in swept_keys if key in values) + "."
+    return text
 
 
 def _training_config(cfg: DictConfig) -> dict:
@@ -280,13 +293,15 @@ def _backed_up_epoch(phase: Path) -> int:
         return json.loads(metadata.read_text())["epoch"]
 
 
-def _sweep_parent(client: MlflowClient, experiment_id: str, job: JobContext) -> str | None:
+def _sweep_parent(client: MlflowClient, experiment_id: str, job: JobContext) -> tuple[str | None, list[str] | None]:
+    """The sweep's parent run id and its swept keys (which name the job); None, None for a single run."""
     if job.sweep_id is None:
-        return None
+        return None, None
     parent = lifecycle.find_sweep_run(client, experiment_id, job.sweep_id)
     if parent is None:
         log.warning("no MLflow sweep run found for sweep %s (tracking.* swept?): this run is not nested", job.sweep_id)
-    return parent
+        return None, None
+    return parent, json.loads(client.get_run(parent).data.tags.get(schema.SWEPT_KEYS, "[]"))
 
 
 def _checked_parts(cfg: DictConfig) -> tuple[BackboneSpec, keras.optimizers.Optimizer]:
@@ -385,16 +400,21 @@ def _log_cache_use(lookups: dict) -> None:
 
 def _evaluate_and_log(
     scored: dict[str, tuple[keras.Model, tf.data.Dataset | np.ndarray]], data: DataSet
-) -> dict[str, plots.Drawing]:
-    """Softmax outputs of each split from the model (or head) that scores it, in file order;
-    returns the figures still being drawn, by artifact path."""
+) -> tuple[dict[str, float], dict[str, plots.Drawing]]:
+    """Softmax outputs of each split from the model (or head) that scores it, in file order, with
+    their report; returns the metrics to log (the test split's, and of the validation split's its
+    macro F1: its loss and accuracy are the curves' last points) and the figures still being
+    drawn, by artifact path."""
+    metrics: dict[str, float] = {}
     figures: dict[str, plots.Drawing] = {}
     for name, (model, batches) in scored.items():
         split = data.val if name == "val" else data.test
         evaluation = evaluate(model, batches, split, name)
-        writer.log_evaluation(evaluation, data.class_names, with_metrics=name != "val", figures_later=figures)
-        log.info("%s: %s", name, {k: round(v, 4) for k, v in evaluation.metrics().items()})
-    return figures
+        writer.log_evaluation(evaluation, data.class_names, with_metrics=False, figures_later=figures)
+        scores = evaluation.metrics()
+        metrics |= {f"{name}_macro_f1": scores[f"{name}_macro_f1"]} if name == "val" else scores
+        log.info("%s: %s", name, {k: round(v, 4) for k, v in scores.items()})
+    return metrics, figures
 
 
 def _report(data: DataSet) -> None:

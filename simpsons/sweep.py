@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import atexit
+import json
 import logging
+import math
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from hydra.experimental.callback import Callback
-from mlflow.entities import RunStatus, RunTag
+from mlflow.entities import Param, Run, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from simpsons import checks
+from simpsons import checks, naming
 from simpsons.config import SWEEP_ID_VARIABLE
-from simpsons.tracking import lifecycle, reader, schema, store
+from simpsons.tracking import lifecycle, reader, schema, store, sweeps
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,11 @@ class MlflowSweepCallback(Callback):
     second stay apart. If the sweep stops early (a job raised, Ctrl-C), an exit hook still ends
     the parent: FAILED, or KILLED when a child was killed; an interrupted driver ends it first
     (`end_interrupted`), once its job processes are gone.
+
+    The parent is named by when it started and what it sweeps; its params are the swept keys and
+    their values, its description says what ran, and `multirun.yaml` is its artifact from the
+    start (so a sweep killed -9 has them too). When it ends it logs its jobs' outcome
+    (simpsons.tracking.sweeps), which the terminal shows too.
     """
 
     def __init__(self) -> None:
@@ -35,6 +42,7 @@ class MlflowSweepCallback(Callback):
         self.parent_run_id: str | None = None
         self.heartbeat: lifecycle.Heartbeat | None = None
         self.stale_after = lifecycle.STALE_AFTER_SECONDS
+        self.uri = ""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         checks.exit_on_bad_jobs(config)  # a single run: a bad value creates nothing either
@@ -43,7 +51,7 @@ class MlflowSweepCallback(Callback):
         # The joblib and submitit launchers pickle Hydra's context, callbacks included, into every
         # job process. A job's copy gets neither the client nor the heartbeat thread (it holds a
         # lock, which does not pickle): without a client it can never end the parent.
-        return {"client": None, "parent_run_id": self.parent_run_id, "heartbeat": None}
+        return {"client": None, "parent_run_id": self.parent_run_id, "heartbeat": None, "uri": self.uri}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         checks.exit_on_bad_jobs(config)  # every job, before the first and before the store is touched
@@ -52,43 +60,63 @@ class MlflowSweepCallback(Callback):
         self.client = MlflowClient(uri)
         self.stale_after = config.tracking.stale_after
         lifecycle.end_dead_runs(self.client, [experiment_id], self.stale_after)
+        self.uri = uri
         sweep_id = config.hydra.job.env_set[SWEEP_ID_VARIABLE]
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        overrides = list(config.hydra.overrides.task)
+        grid = naming.sweep_grid(config.hydra.sweeper.get("params") or {}, overrides)
+        varying = naming.swept(grid)
         run = self.client.create_run(
             experiment_id,
-            run_name=f"sweep {sweep_dir.name}",
+            run_name=naming.sweep_name(grid),
             tags={
                 schema.RUN_TYPE: schema.SWEEP,
                 schema.SWEEP_ID: sweep_id,
                 schema.SWEEP_DIR: str(sweep_dir),
-                schema.HYDRA_OVERRIDES: " ".join(config.hydra.overrides.task),
+                schema.HYDRA_OVERRIDES: " ".join(overrides),
+                schema.SWEPT_KEYS: json.dumps(list(varying)),
+                schema.NOTE: _plan(grid, overrides, sweep_dir),
                 **store.git_tags(),
                 **lifecycle.process_tags(),
                 schema.HEARTBEAT_SECONDS: f"{config.tracking.heartbeat_seconds:g}",
             },
         )
         self.parent_run_id = run.info.run_id
+        _drive(self)
+        atexit.register(self._end_at_exit)  # from here on, the parent is ended whatever happens
         self.heartbeat = lifecycle.Heartbeat(self.client, self.parent_run_id, config.tracking.heartbeat_seconds)
         self.heartbeat.start()
-        _drive(self)
-        atexit.register(self._end_parent, RunStatus.FAILED)
+        params = {key: ",".join(values) for key, values in varying.items()} | {"num_jobs": _jobs(grid)}
+        self.client.log_batch(self.parent_run_id, params=[Param(key, str(value)) for key, value in params.items()])
+        self.client.log_text(self.parent_run_id, OmegaConf.to_yaml(config), schema.MULTIRUN_YAML)  # what Hydra saves
         log.info(
-            "MLflow sweep run %s (sweep %s) in experiment %r", run.info.run_id, sweep_id, config.tracking.experiment
+            "MLflow sweep run %s (%s; sweep %s) in experiment %r",
+            run.info.run_id,
+            run.info.run_name,
+            sweep_id,
+            config.tracking.experiment,
         )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._end_parent(RunStatus.FINISHED)  # FAILED instead if a child did not finish
-        self._say_what_ran()
+        ended = self._end_parent(RunStatus.FINISHED)  # FAILED instead if a child did not finish
+        self._say_what_ran(ended)
 
-    def _end_parent(self, status: RunStatus) -> None:
-        """End the parent (once), and any child still RUNNING, e.g. after a worker was killed."""
+    def _end_at_exit(self) -> None:
+        """The sweep stopped early (a job raised): end it FAILED, and still say what ran."""
+        ended = self._end_parent(RunStatus.FAILED)
+        if ended is not None and not _interrupted:  # an interrupted driver says it in one line
+            self._say_what_ran(ended)
+
+    def _end_parent(self, status: RunStatus) -> sweeps.Outcome | None:
+        """End the parent (once), and any child still RUNNING, e.g. after a worker was killed;
+        log the jobs' outcome on it. Returns that outcome, or None if there was nothing to end."""
         if self.client is None or self.parent_run_id is None:
-            return
+            return None
         if self.heartbeat is not None:
             self.heartbeat.stop()
         parent = self.client.get_run(self.parent_run_id)
         if parent.info.status != "RUNNING":
-            return
+            return None
         children = self._children()
         for child in children:  # a job on another node (Slurm) may still run: only the dead are ended
             if child.info.status == "RUNNING" and lifecycle.why_dead(child, self.stale_after) is not None:
@@ -98,7 +126,17 @@ class MlflowSweepCallback(Callback):
             status = RunStatus.KILLED
         elif statuses - {"FINISHED"}:
             status = RunStatus.FAILED
+        outcome = self._record_outcome(parent)
         self.client.set_terminated(self.parent_run_id, RunStatus.to_string(status))
+        return outcome
+
+    def _record_outcome(self, parent: Run) -> sweeps.Outcome | None:
+        """Best effort: a store error here must not keep the parent from being ended."""
+        try:
+            return sweeps.record(self.client, parent, self.uri)
+        except Exception as error:  # any store error: SQLAlchemy, HTTP, MLflow's own
+            log.warning("could not log the outcome of sweep run %s: %s", self.parent_run_id, error)
+            return None
 
     def _end_orphan(self, run_id: str) -> None:
         """End a child whose process ended before its run did (a launcher may SIGKILL a job: loky
@@ -115,14 +153,36 @@ class MlflowSweepCallback(Callback):
             [parent.info.experiment_id], filter_string=f"tags.`{schema.PARENT_RUN}` = '{self.parent_run_id}'"
         )
 
-    def _say_what_ran(self) -> None:
-        """One line each: the configs that reused an earlier run, and those that trained."""
-        children = self._children()
-        reused = [c.info.run_name for c in children if reader.run_type(c) == schema.REUSED]
-        trained = [c.info.run_name for c in children if reader.run_type(c) == schema.TRAIN]
+    def _say_what_ran(self, outcome: sweeps.Outcome | None) -> None:
+        """The configs that reused an earlier run, in one line; then the jobs' table, best first,
+        the best run and what to run next."""
+        reused = [c.info.run_name for c in self._children() if reader.run_type(c) == schema.REUSED]
         if reused:
             log.info("reused %d finished config(s) (reuse=false trains them again): %s", len(reused), "; ".join(reused))
-        log.info("trained %d config(s): %s", len(trained), "; ".join(trained) or "none")
+        if outcome is not None:
+            print(sweeps.summary(outcome, self.uri), flush=True)
+
+
+def _jobs(grid: dict[str, list[str]]) -> int:
+    return math.prod(len(values) for values in grid.values())
+
+
+def _plan(grid: dict[str, list[str]], overrides: list[str], sweep_dir: Path) -> str:
+    """The parent's description at the start (Markdown): what is swept, over what, where its output goes."""
+    varying = naming.swept(grid)
+    fixed = naming.constant_overrides(overrides, list(varying))
+    lines = [
+        f"Sweep of {' × '.join(varying) or 'one config'}: {_jobs(grid)} job{'s' * (_jobs(grid) != 1)}; "
+        f"Hydra output in `{sweep_dir}`.",
+        "",
+        f"`python -m simpsons.train -m {' '.join(overrides)}`",
+    ]
+    if varying:
+        lines += ["", "| swept | values |", "|---|---|"]
+        lines += [f"| {key} | {', '.join(values)} |" for key, values in varying.items()]
+    if fixed:
+        lines += ["", "Same in every job: " + ", ".join(f"`{o}`" for o in fixed)]
+    return "\n".join(lines)
 
 
 class EndedSweep(NamedTuple):

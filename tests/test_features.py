@@ -22,6 +22,7 @@ from simpsons.errors import ConfigError
 from simpsons.features import cached_features
 from simpsons.job import JobContext, train
 from simpsons.model import backbone_of, build_classifier, shared_backbone, unfreeze_top
+from simpsons.tracking import reader
 from simpsons.tracking.predictions import from_csv
 from simpsons.training import gpu_visible, use_xla
 
@@ -99,7 +100,7 @@ def test_mixed_precision_and_xla_train_a_float16_model_with_its_own_cache_entry(
     assert mixed["feature_cache"] == "miss"  # float16 features are not the float32 entry
     assert run_with(gpu_settings, image_folders, tracking_uri, tmp_path)["feature_cache"] == "hit"
 
-    model = mlflow.keras.load_model(f"runs:/{mixed['run_id']}/model")
+    model = mlflow.keras.load_model(reader.model_uri(MlflowClient(tracking_uri).get_run(mixed["run_id"])))
     assert model.get_layer("pool").dtype_policy.name == "mixed_float16"
     assert model.get_layer("probabilities").dtype_policy.name == "float32"
     test_csv = mlflow.artifacts.download_artifacts(run_id=mixed["run_id"], artifact_path="predictions/test.csv")

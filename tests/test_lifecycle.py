@@ -154,6 +154,17 @@ def test_kill_9_mid_sweep_then_the_same_command_reuses_finished_configs_and_leav
     original = client.get_run(reused.data.tags[schema.REUSED_RUN])
     assert original.data.tags[schema.PARENT_RUN] == old_parent.info.run_id and original.info.status == "FINISHED"
     assert reused.data.metrics == original.data.metrics
+    datasets = [[(i.dataset.name, i.dataset.digest) for i in run.inputs.dataset_inputs] for run in (reused, original)]
+    assert datasets[0] == datasets[1] and len(datasets[0]) == 3  # the UI's Dataset column, as the original's
+    assert sorted(r.info.run_name for r in children) == ["drop=0.1", "drop=0.2", "drop=0.3"]
+
+    # Each parent's outcome: the killed one's logged by the rerun that ended it, the new one's at its end
+    old_outcome = client.get_run(old_parent.info.run_id).data.metrics
+    assert (old_outcome["jobs_finished"], old_outcome["jobs_failed"]) == (1, 1)
+    new_outcome = client.get_run(new_parent.info.run_id).data.metrics
+    assert (new_outcome["jobs_finished"], new_outcome["jobs_failed"], new_outcome["jobs_reused"]) == (3, 0, 1)
+    assert new_outcome["best_val_accuracy"] == max(r.data.metrics["best_val_accuracy"] for r in children)
+    assert "3 jobs: 3 finished (1 reused), 0 failed" in rerun.stdout
 
     report = subprocess.run(
         [sys.executable, "-m", "simpsons.report", "--tracking-uri", tracking_uri, "--format", "csv"],

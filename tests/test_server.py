@@ -283,6 +283,11 @@ def test_postgres_sweep_of_four_jobs_two_at_a_time_over_http_then_ensemble_and_r
     grid = {(c.data.params["optimizer.name"], c.data.params["dropout"]) for c in children}
     assert grid == {(o, d) for o in ("adam", "rmsprop") for d in ("0.2", "0.5")}
     assert all(len(as_alice.get_metric_history(c.info.run_id, "val_accuracy")) == 2 for c in children)
+    # The parent's outcome, from the runs two joblib workers wrote, and where to see it
+    assert (parent.data.metrics["jobs_finished"], parent.data.metrics["jobs_failed"]) == (4, 0)
+    names = sorted(c.info.run_name for c in children)
+    assert names == [f"{o} {d}" for o in ("adam", "rmsprop") for d in ("0.2", "0.5")]
+    assert f"open {team.url} in a browser" in outputs[0].stdout
 
     ensemble = simpsons("ensemble", ["tracking.experiment=team-sweep", "sweep=latest", "top_n=4"], tmp_path, env)
     assert ensemble.returncode == 0, ensemble.stderr[-3000:]

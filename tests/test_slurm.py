@@ -182,6 +182,11 @@ def test_slurm_runs_a_2x2_sweep_as_4_array_jobs_under_one_parent(demo_sweep):
     assert sorted(run.info.status for run in runs) == ["FINISHED"] * 4
     grid = {(run.data.params["optimizer.name"], run.data.params["dropout"]) for run in runs}
     assert grid == {("adam", "0.2"), ("adam", "0.5"), ("rmsprop", "0.2"), ("rmsprop", "0.5")}
+    # The parent's outcome, read by the driver from the runs its array jobs wrote
+    assert parent.data.params == {"optimizer": "adam,rmsprop", "dropout": "0.2,0.5", "num_jobs": "4"}
+    assert (parent.data.metrics["jobs_finished"], parent.data.metrics["jobs_failed"]) == (4, 0)
+    names = sorted(run.info.run_name for run in runs)
+    assert names == [f"{o} {d}" for o in ("adam", "rmsprop") for d in ("0.2", "0.5")]
     tasks = {run.data.tags[schema.SLURM_JOB_ID] for run in runs}
     array = array_job(runs)
     assert tasks == {f"{array}_{task}" for task in range(4)}

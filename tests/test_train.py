@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 import shutil
 import subprocess
+import sys
 from dataclasses import astuple
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from PIL import Image
 
 from simpsons import model
 from simpsons.config import PROJECT_ROOT
-from simpsons.job import JobContext, run_name, train
+from simpsons.job import JobContext, train
 from simpsons.tracking.predictions import from_csv
 from simpsons.tracking.store import flatten
 from simpsons.training import EPOCH_METRICS
@@ -50,7 +53,12 @@ def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_sof
     client = MlflowClient(tracking_uri)
     run_id = run.info.run_id
     assert run.info.status == "FINISHED"
-    assert run.info.run_name.startswith("vgg16-adam")
+    # the backbone, then what differs from the defaults; where the data lies and the store are left out
+    assert run.info.run_name == "vgg16 32px weights=null bs=16 lr=1e-3 ep=2"
+    assert run.data.tags["mlflow.note.content"] == (
+        "vgg16 (random weights) on `folder`: 4 classes; 38 train, 10 validation, 16 test images. "
+        "adam, lr 0.001, dropout 0.4, 2 epochs at 32 px."
+    )
 
     expected_params = {k: str(v) for k, v in flatten(OmegaConf.to_container(compose_train(args), resolve=True)).items()}
     assert expected_params.items() <= run.data.params.items()
@@ -60,7 +68,7 @@ def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_sof
         assert [m.step for m in client.get_metric_history(run_id, name)] == [0, 1], name
     val_history = [m.value for m in client.get_metric_history(run_id, "val_accuracy")]
     assert run.data.metrics["best_val_accuracy"] == max(val_history)
-    assert {"test_loss", "test_accuracy", "test_macro_f1"} <= run.data.metrics.keys()
+    assert {"test_loss", "test_accuracy", "test_macro_f1", "val_macro_f1"} <= run.data.metrics.keys()
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout
     assert run.data.tags["git.commit"] == (commit.strip() or "unknown")
@@ -94,9 +102,31 @@ def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_sof
     assert np.ptp(recorded, axis=0).max() > 1e-3, "a softmax that ignores the image makes the reload check vacuous"
     accuracy = np.mean(recorded.argmax(axis=1) == [classes.index(label) for label in labels])
     assert run.data.metrics["test_accuracy"] == pytest.approx(accuracy)
+    rows = list(csv.DictReader(test_csv.read_text().splitlines()))
+    assert list(rows[0])[:4] == ["file", "label", "predicted", "correct"] and list(rows[0])[4:] == classes
+    assert [row["predicted"] for row in rows] == [classes[i] for i in recorded.argmax(axis=1)]
+    assert [row["correct"] for row in rows] == [str(int(row["label"] == row["predicted"])) for row in rows]
+    assert np.mean([int(row["correct"]) for row in rows]) == pytest.approx(accuracy)
+
+    contexts = [(tag.value, i.dataset) for i in run.inputs.dataset_inputs for tag in i.tags]
+    inputs = dict(contexts)  # each input's one tag: its context
+    assert sorted(inputs) == ["test", "train", "validation"]
+    fingerprint = run.data.tags["data.fingerprint"]
+    for context, root, images in [("train", "train", 38), ("validation", "train", 10), ("test", "test", 16)]:
+        dataset = inputs[context]
+        assert dataset.name == f"folder/{context}"
+        assert fingerprint.startswith(dataset.digest) and len(dataset.digest) >= 12
+        assert json.loads(dataset.source) == {"uri": str(image_folders / root)} and dataset.source_type == "local"
+        assert json.loads(dataset.profile) == {"fingerprint": fingerprint, "images": images, "classes": 4}
 
     [logged_model] = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
     assert logged_model.source_run_id == run_id
+    assert logged_model.name == "vgg16 32px weights=null bs=16 lr=1e-3 ep=2"
+    # The Models tab's metrics: the run's final ones, the epochs' at the last epoch (not the first)
+    linked = mlflow.get_logged_model(logged_model.model_id).metrics
+    final = ["best_val_accuracy", "val_macro_f1", "test_loss", "test_accuracy", "test_macro_f1", *EPOCH_METRICS]
+    assert {m.key: m.value for m in linked} == {key: run.data.metrics[key] for key in final}
+    assert {m.key: m.step for m in linked if m.key in EPOCH_METRICS} == dict.fromkeys(EPOCH_METRICS, 1)
     info = mlflow.models.get_model_info(logged_model.model_uri)
     assert info.signature.inputs.inputs[0].shape == (-1, -1, -1, 3)
     assert info.saved_input_example_info is not None
@@ -121,7 +151,20 @@ def test_a_2x2_multirun_gives_one_parent_and_four_finished_children(image_folder
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
     grid = {(c.data.params["backbone.name"], c.data.params["dropout"]) for c in children}
     assert grid == {(b, d) for b in ("mobilenet", "mobilenetv2") for d in ("0.2", "0.4")}
-    assert len({c.info.run_name for c in children}) == 4
+    # Named by the swept values alone, in sweep order (the parent's name says the keys): told apart
+    # within 20 characters, though the runs table shows only 13 of mobilenetv2's jobs, under their sweep
+    for child in children:
+        assert child.info.run_name == f"{child.data.params['backbone.name']} {child.data.params['dropout']}"
+        assert "alpha" not in child.data.tags["mlflow.runName"] and "epochs=1" in child.data.tags["hydra.overrides"]
+        swept = f"`backbone={child.data.params['backbone.name']}`, `dropout={child.data.params['dropout']}`"
+        assert child.data.tags["mlflow.note.content"].endswith(f" A sweep's job: {swept}.")
+    assert len({c.info.run_name[:20] for c in children}) == 4
+    models = mlflow.search_logged_models(experiment_ids=[parent.info.experiment_id], output_format="list")
+    expected_models = [f"{b} drop={d}" for b in ("mobilenet", "mobilenetv2") for d in ("0_2", "0_4")]
+    assert sorted(m.name for m in models) == expected_models  # listed without their sweep: the keys said
+
+    assert_sweep_parent(parent, children, tmp_path, tracking_uri)
+    assert_sweep_summary(result.stdout, parent, children, tracking_uri)
 
     with mlflow_ui(cwd=tmp_path) as url:  # the store sits in tmp_path, as mlflow.db does at the project root
         api = f"{url}/api/2.0/mlflow"
@@ -139,6 +182,46 @@ def test_a_2x2_multirun_gives_one_parent_and_four_finished_children(image_folder
         assert files == {"predictions/val.csv", "predictions/test.csv"}
 
 
+def assert_sweep_parent(parent, children: list, cwd: Path, uri: str) -> None:
+    """Named by when and what it swept; its params, the swept values; its metrics, the outcome;
+    multirun.yaml and a description that names the jobs."""
+    assert re.fullmatch(r"backbone×drop \(2×2\) \d{4}-\d\d-\d\d \d\d:\d\d", parent.info.run_name)
+    assert parent.data.params == {"backbone": "mobilenet,mobilenetv2", "dropout": "0.2,0.4", "num_jobs": "4"}
+    best = max(children, key=lambda c: c.data.metrics["best_val_accuracy"])
+    assert parent.data.metrics == {
+        "best_val_accuracy": best.data.metrics["best_val_accuracy"],
+        "jobs_finished": 4,
+        "jobs_failed": 0,
+        "jobs_reused": 0,
+    }
+    assert parent.data.tags["simpsons.best_run_id"] in {
+        c.info.run_id for c in children if c.data.metrics["best_val_accuracy"] == best.data.metrics["best_val_accuracy"]
+    }
+    [sweep_dir] = (cwd / "multirun").glob("*/*")
+    logged = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="multirun.yaml")
+    assert Path(logged).read_text() == (sweep_dir / "multirun.yaml").read_text()  # what Hydra saved
+    note = parent.data.tags["mlflow.note.content"]
+    assert "| backbone | mobilenet, mobilenetv2 |" in note and "`++backbone.kwargs.alpha=0.35`" in note
+    assert all(f"| {c.info.run_name} |" in note and c.info.run_id in note for c in children)
+
+
+def assert_sweep_summary(stdout: str, parent, children: list, uri: str) -> None:
+    """The jobs best first, rounded; the best run's id; the commands to go on with."""
+    summary = stdout[stdout.index(f"sweep '{parent.info.run_name}'") :]
+    assert f"(run {parent.info.run_id}): 4 jobs: 4 finished, 0 failed" in summary
+    header, *rows = summary.splitlines()[1 : 5 + 1]
+    assert header.split()[:3] == ["run", "best_val_accuracy", "val_macro_f1"]
+    ranked = sorted(children, key=lambda c: (-c.data.metrics["best_val_accuracy"], c.info.run_name))
+    assert [row.split()[-1] for row in rows] == [c.info.run_id[:8] for c in ranked]
+    for row, child in zip(rows, ranked, strict=True):
+        assert row.split()[:3] == [*child.info.run_name.split(), f"{child.data.metrics['best_val_accuracy']:.4f}"]
+        assert re.fullmatch(r"(\d\.\d{4} +)+finished", " ".join(row.split()[2:-1])), row
+    best = ranked[0]
+    assert f"best: {best.info.run_name}, run {best.info.run_id} (best_val_accuracy " in summary
+    assert f"python -m simpsons.ensemble sweep={parent.info.run_id} tracking.uri={uri}" in summary
+    assert f"mlflow ui --backend-store-uri {uri}" in summary
+
+
 def test_a_failing_job_is_failed_with_its_error_and_the_sweep_goes_on(image_folders, tracking_uri, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(image_folders / "train", broken)
@@ -151,12 +234,21 @@ def test_a_failing_job_is_failed_with_its_error_and_the_sweep_goes_on(image_fold
     assert result.returncode != 0
 
     runs = runs_of(tracking_uri, "simpsons")
-    statuses = {Path(r.data.params.get("data.root", "sweep")).name: r.info.status for r in runs}
+    kinds = {r.info.run_id: r.data.tags["simpsons.run_type"] for r in runs}
+    statuses = {
+        "sweep" if kinds[r.info.run_id] == "sweep" else Path(r.data.params["data.root"]).name: r.info.status
+        for r in runs
+    }
     assert statuses == {"sweep": "FAILED", "broken": "FAILED", "train": "FINISHED"}
-    [failed] = [r for r in runs if r.data.params.get("data.root") == str(broken)]
+    [failed] = [r for r in runs if r.data.params.get("data.root") == str(broken) and kinds[r.info.run_id] == "train"]
     assert "class 'red_circle'" in failed.data.tags["error"] and "has no usable images" in failed.data.tags["error"]
     assert "red_circle/img_0000.tif" in failed.data.tags["error"]  # the skipped files, named
     assert "error.txt" in artifact_paths(MlflowClient(tracking_uri), failed.info.run_id)
+    assert failed.info.run_name == "root=broken"  # a swept path: its last component
+    # Ended by the exit hook (the failed job's exception stops Hydra): the outcome is still logged and shown
+    [parent] = [r for r in runs if r.data.tags["simpsons.run_type"] == "sweep"]
+    assert (parent.data.metrics["jobs_finished"], parent.data.metrics["jobs_failed"]) == (1, 1)
+    assert "2 jobs: 1 finished, 1 failed" in result.stdout and "best: root=train, run " in result.stdout
 
 
 def test_the_same_config_twice_gives_identical_metrics(image_folders, tracking_uri):
@@ -213,6 +305,30 @@ def test_a_config_gives_the_same_results_after_another_in_the_same_process_as_al
     assert phases == {f"seconds/{p}" for p in ("log_config", "build_model", "features", "fit", "evaluate", "log_model")}
 
 
-def test_run_names_show_choices_then_overrides_but_not_paths():
-    overrides = ["backbone=resnet50v2", "optimizer=rmsprop", "optimizer.lr=3e-4", "data.root=/x/y", "epochs=20"]
-    assert run_name("resnet50v2", "rmsprop", overrides) == "resnet50v2-rmsprop lr=3e-4 epochs=20"
+def test_help_explains_the_main_keys_and_sweeps_without_importing_tensorflow(tmp_path):
+    """What `python -m simpsons.train --help` prints, and that it loads no TensorFlow (it answers fast)."""
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = ['simpsons.train', 'experiment=demo', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('simpsons.train', run_name='__main__', alter_sys=True)\n"
+        "finally:\n"
+        "    print('tensorflow imported:', 'tensorflow' in sys.modules, 'keras imported:', 'keras' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tensorflow imported: False keras imported: False" in result.stdout
+    text = result.stdout
+    assert "python -m simpsons.train -m KEY=A,B" in text and "(-m, --multirun)" in text
+    for key, meaning in [
+        ("backbone=NAME", "pretrained network"),
+        ("optimizer.lr=LR", "learning rate"),
+        ("dropout=P", "dropout before the softmax layer"),
+        ("tracking.uri=URI", "MLflow store"),
+        ("reuse=BOOL", "a config that already finished"),
+    ]:
+        assert re.search(rf"^  {re.escape(key)} +{meaning}", text, re.MULTILINE), key
+    # the values this command line would use: experiment=demo's
+    assert re.search(r"^  image_size=N +input side in pixels \(64\)$", text, re.MULTILINE)
+    assert re.search(r"^  backbone.weights=W .*\(null\)$", text, re.MULTILINE)
+    assert "backbone: convnext_tiny, densenet201," in text  # Hydra's list of config groups

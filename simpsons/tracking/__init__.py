@@ -5,6 +5,9 @@
   provenance (git, code version); no TensorFlow;
 - `lifecycle`: a run from start to end (never left RUNNING), its process identity and heartbeat,
   ending runs whose process is gone, and the look-ups that reuse or resume a config; no TensorFlow;
-- `writer`: what a training run logs (config, data, evaluations, the Keras model); imports TensorFlow;
-- `reader`: reading runs back (sweeps, outputs, models); no TensorFlow.
+- `writer`: what a training run logs (config, data and its dataset inputs, evaluations, the Keras model);
+  imports TensorFlow;
+- `reader`: reading runs back (sweeps, outputs, models); no TensorFlow;
+- `sweeps`: a sweep's outcome, read from its jobs' runs, logged on its parent and shown in the
+  terminal; no TensorFlow.
 """

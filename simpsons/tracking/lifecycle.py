@@ -29,7 +29,7 @@ import psutil
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from simpsons.tracking import schema
+from simpsons.tracking import schema, sweeps
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ def tracked_run(
     if resume_run_id:
         moved = {schema.PARENT_RUN: parent_run_id} if parent_run_id else {}
         client.log_batch(resume_run_id, tags=[RunTag(k, v) for k, v in (tags | owner | moved).items()])
+        client.update_run(resume_run_id, name=name)  # named as a job of the sweep it now belongs to
         earlier = client.get_run(resume_run_id).data.tags
         for stale in (schema.ENDED_BY, schema.ERROR):  # how it ended before; it goes on now
             if stale in earlier:
@@ -183,7 +184,17 @@ def end_dead_runs(
     if ended:
         listed = ", ".join(f"{run.info.run_id[:8]} ({run.info.run_name})" for run in ended)
         log.warning("ended %d run(s) KILLED whose process is gone: %s", len(ended), listed)
+    for run in ended:  # once its dead jobs are ended too: a sweep killed -9 still gets its outcome
+        if run.data.tags.get(schema.RUN_TYPE) == schema.SWEEP:
+            _record_sweep_outcome(client, run.info.run_id)
     return ended
+
+
+def _record_sweep_outcome(client: MlflowClient, run_id: str) -> None:
+    try:
+        sweeps.record(client, client.get_run(run_id), client.tracking_uri)
+    except Exception as error:  # best effort: the run is ended already
+        log.warning("could not log the outcome of sweep run %s: %s", run_id, error)
 
 
 def why_dead(run: Run, stale_after: float, now: float | None = None) -> str | None:
@@ -244,13 +255,13 @@ def resumable_runs(client: MlflowClient, experiment_id: str, identity: str) -> l
 def record_reuse(
     client: MlflowClient, experiment_id: str, name: str, parent_run_id: str | None, original: Run, tags: dict[str, str]
 ) -> str:
-    """A FINISHED run in this sweep that stands for `original`: its params, final metrics and a
-    pointer to it (tag and description), so the sweep shows its whole grid; no artifacts."""
+    """A FINISHED run in this sweep that stands for `original`: its params, final metrics, dataset
+    inputs and a pointer to it (tag and description), so the sweep shows its whole grid; no artifacts."""
     note = f"Reuses run {original.info.run_id} ({original.info.run_name}): same config, data and code."
     run_tags = tags | {
         schema.RUN_TYPE: schema.REUSED,
         schema.REUSED_RUN: original.info.run_id,
-        "mlflow.note.content": note,
+        schema.NOTE: note,
     }
     if parent_run_id:
         run_tags[schema.PARENT_RUN] = parent_run_id
@@ -261,6 +272,8 @@ def record_reuse(
     for start in range(0, len(params), BATCH_LIMIT):
         client.log_batch(run_id, params=params[start : start + BATCH_LIMIT])
     client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in original.data.metrics.items()])
+    if original.inputs is not None and original.inputs.dataset_inputs:  # the UI's Dataset column, as the original's
+        client.log_inputs(run_id, datasets=list(original.inputs.dataset_inputs))
     client.set_terminated(run_id, "FINISHED")
     return run_id
 

@@ -1,4 +1,5 @@
-"""The predictions/<split>.csv format: one row per image, its true label and softmax output.
+"""The predictions/<split>.csv format: one row per image, its true label, the predicted class,
+whether it is right, and the softmax output.
 
 Written by the training and ensemble runs, read back by the ensemble job; numpy only, so the
 read side loads no TensorFlow.
@@ -23,17 +24,25 @@ class Outputs:
     probabilities: np.ndarray
 
 
+LEADING = ["file", "label", "predicted", "correct"]  # the columns before the classes'
+EARLIER_LEADING = ["file", "label"]  # files logged before `predicted` and `correct` existed
+
+
 def to_csv(names: Sequence[str], labels: Sequence[str], probabilities: np.ndarray, class_names: list[str]) -> str:
-    """file, label, then the probability of each class (float32-exact)."""
+    """file, label, predicted (the most probable class), correct (1 or 0), then the probability
+    of each class (float32-exact)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["file", "label", *class_names])
+    writer.writerow([*LEADING, *class_names])
     for name, label, row in zip(names, labels, probabilities, strict=True):
-        writer.writerow([name, label, *(format(p, ".9g") for p in row)])
+        predicted = class_names[int(np.argmax(row))]
+        writer.writerow([name, label, predicted, int(predicted == label), *(format(p, ".9g") for p in row)])
     return buffer.getvalue()
 
 
 def from_csv(text: str) -> Outputs:
-    rows = list(csv.reader(io.StringIO(text)))[1:]
-    probabilities = np.array([[float(p) for p in row[2:]] for row in rows], dtype=np.float32)
+    """The outputs in a predictions CSV, of either layout (with or without predicted and correct)."""
+    header, *rows = csv.reader(io.StringIO(text))
+    first = len(LEADING) if header[: len(LEADING)] == LEADING else len(EARLIER_LEADING)
+    probabilities = np.array([[float(p) for p in row[first:]] for row in rows], dtype=np.float32)
     return Outputs([row[0] for row in rows], [row[1] for row in rows], probabilities)

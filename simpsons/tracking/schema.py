@@ -26,6 +26,9 @@ CONFIG_HASH = "simpsons.config_hash"  # resolved training config + data fingerpr
 CODE_VERSION = "simpsons.code_version"
 REUSED_RUN = "simpsons.reused_run_id"
 RESUMED_AT_EPOCH = "simpsons.resumed_at_epoch"
+SWEPT_KEYS = "simpsons.swept_keys"  # on a sweep's parent: JSON list of the keys with several values, in sweep order
+BEST_RUN = "simpsons.best_run_id"  # on a sweep's parent: the run holding its best job's model
+NOTE = "mlflow.note.content"  # a run's description in the MLflow UI (Markdown)
 
 # Tags: provenance
 GIT_COMMIT = "git.commit"
@@ -49,6 +52,9 @@ HEARTBEAT = "simpsons.heartbeat"  # Unix time of the last sign of life
 HEARTBEAT_SECONDS = "simpsons.heartbeat_seconds"  # how often it beats
 ENDED_BY = "simpsons.ended_by"  # why a command other than the run's own ended it
 ERROR = "error"
+
+# Dataset inputs (mlflow.log_input): one per split, named "<data.name>/<context>"
+DATASET_CONTEXTS = {"train": "train", "val": "validation", "test": "test"}  # split -> MLflow input context
 
 # Artifacts
 CONFIG_YAML = "config.yaml"
