@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+# First, before keras imports TensorFlow: simpsons sets TF_CPP_MIN_LOG_LEVEL and filters TensorFlow's
+# start-up lines (simpsons/tfstartup.py), in the test processes too.
+import simpsons  # noqa: F401
+
+# isort: split
 import json
 import os
 import socket
