@@ -214,7 +214,7 @@ def parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--model",
         metavar="URI",
-        help="use this model: models:/<model id>, models:/simpsons@champion (the registry's), or runs:/<run id>/model",
+        help="use this model: models:/<model id> (a run's logged model), or models:/simpsons@champion (the registry's)",
     )
     result.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders to classify every file in")
     result.add_argument("--top-k", type=int, default=3, help="how many classes to show per image, best first (3)")
