@@ -236,3 +236,11 @@ def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
         return subprocess.Popen(
             [sys.executable, "-m", "simpsons.train", *args], cwd=cwd, env=env, stdout=stdout, stderr=stderr
         )
+
+
+def help_imports(module: str) -> tuple[set[str], str]:
+    """The modules `python -m MODULE --help` imports (Python's -X importtime log), and what it printed."""
+    command = [sys.executable, "-X", "importtime", "-m", module, "--help"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    return imported, result.stdout

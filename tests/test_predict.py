@@ -7,12 +7,10 @@ ensemble of them.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import mlflow
 import pytest
-from conftest import ensemble_config
+from conftest import ensemble_config, help_imports
 from mlflow.tracking import MlflowClient
 
 from simpsons import predict
@@ -86,18 +84,11 @@ def test_an_unknown_run_and_a_bad_top_k_are_one_line_and_exit_2(store, capsys):
 
 
 def test_help_explains_every_option_without_importing_tensorflow_or_mlflow():
-    result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "simpsons.predict", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    imported, printed = help_imports("simpsons.predict")
     assert {"simpsons.config", "simpsons.tracking.schema"} <= imported  # the log covers the help path
     assert not {m for m in imported if m.split(".")[0] in ("tensorflow", "keras", "mlflow", "numpy")}
     actions = [action for action in predict.parser()._actions if action.dest != "help"]
     assert all(len(action.help) > 20 for action in actions)
     for action in actions:
-        assert (action.option_strings or [action.metavar])[-1] in result.stdout
-    assert "a header names the model used" in " ".join(result.stdout.split())
+        assert (action.option_strings or [action.metavar])[-1] in printed
+    assert "a header names the model used" in " ".join(printed.split())

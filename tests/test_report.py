@@ -8,12 +8,10 @@ tests/test_ensemble.py reports on runs that really trained.
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import pytest
-from conftest import ensemble_config
+from conftest import ensemble_config, help_imports
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -162,22 +160,15 @@ def test_a_bad_sweep_is_one_line_and_exit_2(logged, capsys):
 
 
 def test_help_explains_every_option_without_importing_tensorflow_or_mlflow():
-    result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "simpsons.report", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    imported, printed = help_imports("simpsons.report")
     assert {"simpsons.config", "simpsons.tracking.schema"} <= imported  # the log covers the help path
     assert not {m for m in imported if m.split(".")[0] in ("tensorflow", "keras", "mlflow", "matplotlib")}
     options = [action for action in report.parser()._actions if action.option_strings]
     assert all(len(action.help) > 20 for action in options if action.dest != "help")
     for action in options:
-        assert action.option_strings[-1] in result.stdout
+        assert action.option_strings[-1] in printed
     for words in ("what to print: table", "best first", "results.png", "examples:"):
-        assert words in " ".join(result.stdout.split())  # argparse wraps lines
+        assert words in " ".join(printed.split())  # argparse wraps lines
 
 
 def test_report_lists_the_sweep_sorted_by_the_metric_with_its_ensembles(store, tmp_path, capsys):
