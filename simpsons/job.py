@@ -410,7 +410,7 @@ def _evaluate_and_log(
     for name, (model, batches) in scored.items():
         split = data.val if name == "val" else data.test
         evaluation = evaluate(model, batches, split, name)
-        writer.log_evaluation(evaluation, data.class_names, with_metrics=False, figures_later=figures)
+        writer.log_evaluation(evaluation, data.class_names, figures, with_metrics=False)
         scores = evaluation.metrics()
         metrics |= {f"{name}_macro_f1": scores[f"{name}_macro_f1"]} if name == "val" else scores
         log.info("%s: %s", name, {k: round(v, 4) for k, v in scores.items()})

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from mlflow.models.model import ModelInfo
 from omegaconf import DictConfig, OmegaConf
 
+from simpsons import plots
 from simpsons.ensembling import charts
 from simpsons.ensembling.scoring import Ensemble
 from simpsons.tracking import schema, store, writer
@@ -38,13 +39,15 @@ def log_results(ensemble: Ensemble, class_names: list[str], chart_title: str) ->
     best_val_accuracy (= val_accuracy: an ensemble has no epochs), so that ensembles rank with
     training runs; the candidates table and the members-vs-ensemble chart. Returns the metrics."""
     metrics: dict[str, float] = {}
+    figures: dict[str, plots.Drawing] = {}
     for split, evaluation in ensemble.evaluations.items():
-        writer.log_evaluation(evaluation, class_names, with_metrics=False)
+        writer.log_evaluation(evaluation, class_names, figures, with_metrics=False)
         metrics |= evaluation.metrics() | {f"{split}_accuracy_gain": ensemble.gain(split)}
     metrics["best_val_accuracy"] = metrics["val_accuracy"]
     mlflow.log_metrics(metrics)
     mlflow.log_dict(candidate_table(ensemble), schema.CANDIDATES_JSON)
     mlflow.log_figure(members_chart(ensemble, chart_title), schema.MEMBERS_CHART)
+    writer.log_figures(figures)  # the confusion matrices, drawn in the figure worker meanwhile
     return metrics
 
 

@@ -128,14 +128,14 @@ def log_dataset_inputs(data: DataSet, data_name: str, root: str, test_root: str 
 def log_evaluation(
     evaluation: Evaluation,
     class_names: list[str],
+    figures: dict[str, plots.Drawing],
     with_metrics: bool = True,
-    figures_later: dict[str, plots.Drawing] | None = None,
 ) -> None:
     """The split's metrics, each file's softmax outputs, the per-class report and the confusion matrix.
 
-    with_metrics=False where the metrics are logged already (a training run's val_* curves). With
-    `figures_later`, the confusion matrix is drawn meanwhile in the figure worker and added there
-    (artifact path -> drawing), for log_figures to log.
+    with_metrics=False where the metrics are logged already (a training run's val_* curves). The
+    confusion matrix is drawn meanwhile in the figure worker and added to `figures` (artifact path
+    -> drawing): the caller logs them with log_figures once it has done its other work.
     """
     split = evaluation.split
     if with_metrics:
@@ -145,10 +145,7 @@ def log_evaluation(
     mlflow.log_text(csv, schema.predictions_csv(split))
     mlflow.log_text(report_text(evaluation, class_names), schema.report_txt(split))
     drawing = plots.draw_meanwhile("confusion_matrix", evaluation.labels, evaluation.predicted, class_names, split)
-    if figures_later is None:
-        log_figures({schema.confusion_matrix_png(split): drawing})
-    else:
-        figures_later[schema.confusion_matrix_png(split)] = drawing
+    figures[schema.confusion_matrix_png(split)] = drawing
 
 
 def log_figures(drawings: dict[str, plots.Drawing]) -> None:
