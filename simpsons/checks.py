@@ -38,7 +38,7 @@ from simpsons.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-CHECKED_GROUPS = ("backbone", "optimizer", "data", "augment", "experiment")
+CHECKED_GROUPS = ("backbone", "optimizer", "data", "augment", "scheduler", "experiment")
 # Constructor arguments, passed on as given: any key is accepted under them.
 OPEN_KEYS = ("backbone.kwargs", "optimizer.kwargs")
 # keras.optimizers classes that take learning_rate alone (tests/test_checks.py holds this to Keras).
@@ -59,6 +59,8 @@ KERAS_OPTIMIZERS = (
     "ScheduleFreeAdamW",
 )
 TEST_LAYOUTS = ("folders", "flat")
+# What a plateau scheduler may watch: the epoch metrics Keras's fit reports.
+PLATEAU_MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 XLA_NEEDS_NO_DETERMINISM = "jit_compile=true needs deterministic=false (Keras turns XLA off under op determinism)"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 _ABSENT = object()
@@ -129,7 +131,7 @@ def config_errors(cfg: DictConfig, probed: dict[tuple[Probe, Hashable], list[str
     except OmegaConfBaseException as error:
         return [f"the config does not resolve: {_one_line(error)}"]
     errors = config.training_key_errors(job)
-    errors += _backbone_errors(job) + _optimizer_errors(job) + _run_errors(job)
+    errors += _backbone_errors(job) + _optimizer_errors(job) + _scheduler_errors(job) + _run_errors(job)
     probed = {} if probed is None else probed
     for probe, argument in _probes(job):
         if (probe, argument) not in probed:
@@ -188,6 +190,33 @@ def _backbone_errors(job: DictConfig) -> list[str]:
 def _optimizer_errors(job: DictConfig) -> list[str]:
     errors = _choice_error("optimizer", "optimizer.name", job)
     return errors + [error for error in [keras_class_error(str(_value(job, "optimizer.keras_class")))] if error]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# Each scheduler's keys: key, test, what is accepted.
+SCHEDULER_KEY_CHECKS: dict[str, list[tuple[str, Callable[[Any], bool], str]]] = {
+    "cosine": [("alpha", lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]")],
+    "plateau": [
+        ("monitor", lambda v: v in PLATEAU_MONITORS, f"one of {', '.join(PLATEAU_MONITORS)}"),
+        ("factor", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
+        ("patience", lambda v: _whole(v) and v >= 0, "an integer >= 0"),
+        ("min_delta", lambda v: _number(v) and v >= 0, "a number >= 0"),
+        ("cooldown", lambda v: _whole(v) and v >= 0, "an integer >= 0"),
+        ("min_lr", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    ],
+}
+
+
+def _scheduler_errors(job: DictConfig) -> list[str]:
+    errors = _choice_error("scheduler", "scheduler.name", job)
+    for key, is_valid, accepted in SCHEDULER_KEY_CHECKS.get(str(_value(job, "scheduler.name")), []):
+        value = _value(job, f"scheduler.{key}")
+        if not is_valid(value):
+            errors.append(f"scheduler.{key}={value!r} is invalid; expected {accepted}")
+    return errors
 
 
 def _run_errors(job: DictConfig) -> list[str]:

@@ -13,6 +13,7 @@ from simpsons.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_ROOT / "conf"
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies
+CLASS_WEIGHTS = ("none", "balanced")  # how each class's loss is weighed (simpsons/training.py)
 SWEEP_ID_VARIABLE = "SIMPSONS_SWEEP_ID"  # conf/train.yaml sets it for every job of a multirun
 
 
@@ -80,6 +81,8 @@ TRAINING_KEY_CHECKS = [  # key, test, what is accepted
     ("deterministic", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
     ("precision", lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     ("jit_compile", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
+    ("class_weight", lambda v: v in CLASS_WEIGHTS, " or ".join(CLASS_WEIGHTS)),
+    ("label_smoothing", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("backbone.min_image_size", lambda v: _whole(v) and v >= 1, "an integer >= 1"),
     ("optimizer.lr", _positive, "a positive number"),
     ("data.val_split", lambda v: _number(v) and 0 < v < 1, "a fraction in (0, 1)"),

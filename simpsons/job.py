@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import mlflow
@@ -19,7 +21,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from simpsons import checks, locks, naming, plots
+from simpsons import checks, locks, naming, plots, schedules
 from simpsons.backbones import BackboneSpec
 from simpsons.config import SWEEP_ID_VARIABLE
 from simpsons.data import DataSet, Split, load_dataset
@@ -32,6 +34,7 @@ from simpsons.pipeline import image_dataset, load_image, without_autotuner
 from simpsons.stopwatch import Stopwatch
 from simpsons.tracking import lifecycle, schema, store, writer
 from simpsons.training import (
+    balanced_class_weights,
     configure_gpus,
     fit,
     gpu_setting,
@@ -152,6 +155,8 @@ def _train_and_log(
         set_precision(cfg.precision)
         _report(data)
         writer.log_data(data)
+        if cfg.class_weight == "balanced":
+            writer.log_class_weights(balanced_class_weights(data.train.labels), data.class_names)
         writer.log_dataset_inputs(data, cfg.data.name, cfg.data.root, cfg.data.test_root)
         mlflow.set_tag(schema.NOTE, _description(cfg, data, job.overrides, swept_keys))
 
@@ -331,14 +336,27 @@ def _train_end_to_end(
     """
     mlflow.set_tag(schema.FEATURE_CACHE, "off")
     train, val = _batches(data.train, cfg, shuffle_seed=cfg.seed), _batches(data.val, cfg)
-    fit(model, optimizer, train, val, cfg.epochs, jit_compile=xla, backup_dir=backups / "head")
+    optimizer = schedules.scheduled(optimizer, cfg.scheduler, cfg.epochs * _steps_per_epoch(data, cfg))
+    fit(model, optimizer, train, val, cfg.epochs, jit_compile=xla, backup_dir=backups / "head", **_knobs(cfg, data))
     phases = [f"head: epochs 0-{cfg.epochs - 1}"]
     if cfg.finetune.layers:
         lr = cfg.finetune.lr or cfg.optimizer.lr / 10
         unfreeze_top(model, cfg.finetune.layers)
         finetune_optimizer = build_optimizer(OmegaConf.merge(cfg.optimizer, {"lr": lr}))
+        steps = cfg.finetune.epochs * _steps_per_epoch(data, cfg)
+        finetune_optimizer = schedules.scheduled(finetune_optimizer, cfg.scheduler, steps)
         total = cfg.epochs + cfg.finetune.epochs
-        fit(model, finetune_optimizer, train, val, total, cfg.epochs, jit_compile=xla, backup_dir=backups / "finetune")
+        fit(
+            model,
+            finetune_optimizer,
+            train,
+            val,
+            total,
+            cfg.epochs,
+            jit_compile=xla,
+            backup_dir=backups / "finetune",
+            **_knobs(cfg, data),
+        )
         phases.append(f"finetune: epochs {cfg.epochs}-{total - 1}, top {cfg.finetune.layers} layers, lr {lr:g}")
     mlflow.set_tags({schema.PHASES: "; ".join(phases), schema.XLA: str(model.jit_compile).lower()})  # may refuse XLA
     splits = {"val": data.val, "test": data.test}
@@ -380,11 +398,26 @@ def _train_head_on_cached_features(
         return without_autotuner(dataset.batch(cfg.batch_size))
 
     classifier_head = head(model)
+    optimizer = schedules.scheduled(optimizer, cfg.scheduler, cfg.epochs * _steps_per_epoch(data, cfg))
     with stopwatch.phase("fit"):
-        fit(classifier_head, optimizer, features("train", cfg.seed), features("val"), cfg.epochs, jit_compile=xla)
+        train, val = features("train", cfg.seed), features("val")
+        fit(classifier_head, optimizer, train, val, cfg.epochs, jit_compile=xla, **_knobs(cfg, data))
     phases = f"head on cached features: epochs 0-{cfg.epochs - 1}"
     mlflow.set_tags({schema.PHASES: phases, schema.XLA: str(extractor.jit_compile).lower()})
     return {name: (classifier_head, np.asarray(lookups[name].features)) for name in splits if name != "train"}
+
+
+def _steps_per_epoch(data: DataSet, cfg: DictConfig) -> int:
+    """Batches of training images (or of their cached features) in an epoch: the last may be smaller."""
+    return math.ceil(len(data.train) / cfg.batch_size)
+
+
+def _knobs(cfg: DictConfig, data: DataSet) -> dict[str, Any]:
+    """fit's keyword arguments for one phase: class weights, label smoothing, the scheduler's
+    callbacks (new for each phase)."""
+    class_weight = balanced_class_weights(data.train.labels) if cfg.class_weight == "balanced" else None
+    lr_callbacks = schedules.callbacks(cfg.scheduler)
+    return {"class_weight": class_weight, "label_smoothing": cfg.label_smoothing, "lr_callbacks": lr_callbacks}
 
 
 def _log_cache_use(lookups: dict) -> None:

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
 import mlflow
+import numpy as np
 import tensorflow as tf
+from sklearn.utils.class_weight import compute_class_weight
 from tensorflow.python.framework.config import disable_op_determinism  # no public twin of enable_op_determinism
 
-from simpsons import gpus, signals
+from simpsons import gpus, schedules, signals
 from simpsons.checks import XLA_NEEDS_NO_DETERMINISM
 from simpsons.errors import ConfigError
 
-EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+LR_METRIC = "lr"  # the learning rate an epoch starts with
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", LR_METRIC)
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +125,20 @@ def use_xla(jit_compile: bool | str, deterministic: bool) -> bool:
 
 
 class MlflowEpochMetrics(keras.callbacks.Callback):
-    """Logs loss, accuracy, val_loss and val_accuracy to the active MLflow run, one step per epoch."""
+    """Logs loss, accuracy, val_loss, val_accuracy and lr to the active MLflow run, one step per epoch.
+
+    lr is the learning rate of the epoch's first step, read when the epoch begins: a plateau
+    scheduler lowers it at an epoch's end, for the next epoch, and a cosine one at every step.
+    """
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._learning_rate = schedules.learning_rate(self.model.optimizer)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
+        metrics = {name: float(value) for name, value in (logs or {}).items() if name in EPOCH_METRICS}
+        metrics[LR_METRIC] = self._learning_rate
         with signals.held():  # a Ctrl-C waits for the write: the run must still be ended afterwards
-            mlflow.log_metrics({name: float(logs[name]) for name in EPOCH_METRICS if name in logs}, step=epoch)
+            mlflow.log_metrics(metrics, step=epoch)
 
 
 def fit(
@@ -138,31 +150,70 @@ def fit(
     initial_epoch: int = 0,
     jit_compile: bool = False,
     backup_dir: Path | None = None,
+    label_smoothing: float = 0.0,
+    class_weight: dict[int, float] | None = None,
+    lr_callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> keras.callbacks.History:
     """Compile (with XLA if asked) and fit; epochs count from initial_epoch, so a second phase
     continues the curves.
+
+    `label_smoothing` > 0 trains on smoothed one-hot targets (see loss_and_targets); `class_weight`
+    (class index -> weight) weighs each training example's loss by its class; `lr_callbacks`
+    change the learning rate between epochs (simpsons.schedules.callbacks).
 
     With `backup_dir`, Keras's BackupAndRestore saves the weights, optimizer and epoch there after
     every epoch, after the epoch's metrics are logged, and restores them when fit starts: a rerun
     goes on at the epoch after the last backup. The backup is kept after fit, for the caller to
     delete once the whole run is logged.
     """
-    callbacks: list[keras.callbacks.Callback] = [MlflowEpochMetrics()]
+    callbacks: list[keras.callbacks.Callback] = [MlflowEpochMetrics(), *lr_callbacks]
     if backup_dir is not None:
         # double_checkpoint: a kill -9 in the middle of writing the weights leaves the previous
         # epoch's backup, which BackupAndRestore falls back to.
         callbacks.append(
             keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True, delete_checkpoint=False)
         )
-    model.compile(
-        optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=jit_compile
-    )
+    loss, train, val = loss_and_targets(label_smoothing, model.output_shape[-1], train, val)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=jit_compile)
     return model.fit(
         train,
         validation_data=val,
         epochs=epochs,
         initial_epoch=initial_epoch,
         shuffle=False,
+        class_weight=class_weight,
         callbacks=callbacks,
         verbose=2,
     )
+
+
+def loss_and_targets(
+    label_smoothing: float, num_classes: int, train: tf.data.Dataset, val: tf.data.Dataset
+) -> tuple[str | keras.losses.Loss, tf.data.Dataset, tf.data.Dataset]:
+    """The loss to compile with, and the (inputs, targets) batches to fit on, for `label_smoothing`.
+
+    Keras's SparseCategoricalCrossentropy has no label smoothing; CategoricalCrossentropy has,
+    and takes one-hot targets. So with smoothing, the integer labels become one-hot here, as the
+    batches are read: the pipelines and the feature cache keep their integer labels. It is a Keras
+    loss, not a custom one, so that the compile config a saved model holds loads in a process
+    that never imports simpsons. Without smoothing: the sparse loss on integer labels, as before.
+    """
+    if not label_smoothing:
+        return "sparse_categorical_crossentropy", train, val
+
+    def one_hot(inputs: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return inputs, tf.one_hot(labels, num_classes)
+
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+    return loss, train.map(one_hot), val.map(one_hot)
+
+
+def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
+    """Class index -> examples / (classes * examples of the class), from the training labels
+    (scikit-learn's "balanced"): each class weighs the same in the loss, in total.
+
+    Over the classes the labels hold: a class without training examples adds nothing to the loss.
+    """
+    classes = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=classes, y=np.asarray(labels))
+    return {int(index): float(weight) for index, weight in zip(classes, weights, strict=True)}

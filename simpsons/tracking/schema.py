@@ -62,6 +62,7 @@ HYDRA_FILES = "hydra"
 MULTIRUN_YAML = "multirun.yaml"
 GIT_DIFF = "git_diff.patch"
 CLASS_NAMES_JSON = "class_names.json"
+CLASS_WEIGHTS_JSON = "class_weights.json"  # class_weight=balanced: class name -> weight of its examples' loss
 ERROR_TXT = "error.txt"
 SKIPPED_FILES = "data/skipped_files.tsv"
 DROPPED_CLASSES = "data/dropped_classes.json"

@@ -86,6 +86,11 @@ def log_data(data: DataSet) -> None:
         mlflow.log_dict(data.unknown_test_classes, schema.UNKNOWN_TEST_CLASSES)
 
 
+def log_class_weights(weights: dict[int, float], class_names: list[str]) -> None:
+    """The weight of each class's training examples in the loss, by class name."""
+    mlflow.log_dict({class_names[index]: weight for index, weight in weights.items()}, schema.CLASS_WEIGHTS_JSON)
+
+
 class SplitDataset(MetaDataset):
     """One split of the image folders as an MLflow dataset input: where it lies, the data
     fingerprint, and its counts; no image is read (MLflow's own datasets hash the data they hold)."""
