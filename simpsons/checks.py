@@ -59,8 +59,8 @@ KERAS_OPTIMIZERS = (
     "ScheduleFreeAdamW",
 )
 TEST_LAYOUTS = ("folders", "flat")
-# What a plateau scheduler may watch: the epoch metrics Keras's fit reports.
-PLATEAU_MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
+# What a plateau scheduler may watch: the validation curves a resumed run reads back, to count its patience on.
+PLATEAU_MONITORS = tuple(config.MONITORS)
 XLA_NEEDS_NO_DETERMINISM = "jit_compile=true needs deterministic=false (Keras turns XLA off under op determinism)"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 _ABSENT = object()

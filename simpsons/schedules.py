@@ -8,10 +8,13 @@ is logged by simpsons.training.MlflowEpochMetrics (metric `lr`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import keras
 from omegaconf import DictConfig
 
-from simpsons.config import check_choice
+from simpsons.config import MONITORS, check_choice
 
 
 def scheduled(optimizer: keras.optimizers.Optimizer, scheduler: DictConfig, steps: int) -> keras.optimizers.Optimizer:
@@ -29,23 +32,49 @@ def scheduled(optimizer: keras.optimizers.Optimizer, scheduler: DictConfig, step
     return optimizer
 
 
-def callbacks(scheduler: DictConfig) -> list[keras.callbacks.Callback]:
-    """The Keras callbacks a phase's fit needs for `scheduler`: a new ReduceLROnPlateau for plateau
-    (its count of epochs without improvement starts again with each phase), else none."""
+def callbacks(scheduler: DictConfig, replay: Sequence[tuple[int, float]] = ()) -> list[keras.callbacks.Callback]:
+    """The Keras callbacks a phase's fit needs for `scheduler`: plateau's ReduceLROnPlateau, new
+    for each phase (its count of epochs without improvement starts again), else none.
+
+    `replay`: the phase's (epoch, monitored value) from before a resume, which the callback counts
+    as if the run had never stopped. The learning rate it had lowered to comes back with the
+    optimizer's backup.
+    """
     check_choice("scheduler", scheduler.name)
     if scheduler.name != "plateau":
         return []
-    return [
-        keras.callbacks.ReduceLROnPlateau(
-            monitor=scheduler.monitor,
-            factor=float(scheduler.factor),
-            patience=int(scheduler.patience),
-            min_delta=float(scheduler.min_delta),
-            cooldown=int(scheduler.cooldown),
-            min_lr=float(scheduler.min_lr),
-            verbose=1,
-        )
-    ]
+    plateau = ResumedReduceLROnPlateau(
+        replay,
+        monitor=scheduler.monitor,
+        mode=MONITORS[scheduler.monitor],
+        factor=float(scheduler.factor),
+        patience=int(scheduler.patience),
+        min_delta=float(scheduler.min_delta),
+        cooldown=int(scheduler.cooldown),
+        min_lr=float(scheduler.min_lr),
+        verbose=1,
+    )
+    return [plateau]
+
+
+class ResumedReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+    """Keras's ReduceLROnPlateau, told the phase's epochs that ran before a resume (`replay`).
+
+    It replays them when training begins, before BackupAndRestore (the last of fit's callbacks)
+    restores the optimizer: the learning rates the replay sets are then overwritten by the ones
+    backed up, which the same epochs had set.
+    """
+
+    def __init__(self, replay: Sequence[tuple[int, float]] = (), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.replay = list(replay)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        super().on_train_begin(logs)
+        verbose, self.verbose = self.verbose, 0  # these epochs said so when they ran
+        for epoch, value in self.replay:
+            self.on_epoch_end(epoch, {self.monitor: value})
+        self.verbose = verbose
 
 
 def learning_rate(optimizer: keras.optimizers.Optimizer) -> float:

@@ -56,6 +56,26 @@ def test_plateau_is_a_new_reduce_lr_on_plateau_each_phase_with_the_configs_value
     assert schedules.callbacks(config)[0] is not callback
 
 
+def test_a_resumed_plateau_counts_the_epochs_its_phase_ran_before():
+    """Epochs 0-2 ran before a kill: told them, the resumed phase's callback is where the first
+    run's was, and lowers the learning rate after the same epoch as a run never stopped."""
+    config = scheduler("scheduler=plateau", "scheduler.patience=2", "scheduler.factor=0.5")
+    losses = [1.0, 0.5, 0.6, 0.7, 0.8]  # no progress after epoch 1: the lr falls at the end of epoch 3
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=LR), loss="mse")
+
+    [resumed] = schedules.callbacks(config, replay=list(enumerate(losses[:3])))
+    resumed.set_model(model)
+    resumed.on_train_begin()  # in fit, BackupAndRestore then restores the optimizer's backed-up lr
+    assert (resumed.best, resumed.wait) == (0.5, 1)
+    model.optimizer.learning_rate = LR
+    lrs = []
+    for epoch in (3, 4):
+        resumed.on_epoch_end(epoch, {"val_loss": losses[epoch]})
+        lrs.append(schedules.learning_rate(model.optimizer))
+    assert lrs == pytest.approx([LR / 2, LR / 2])
+
+
 # Jobs: the logged lr curve
 
 
