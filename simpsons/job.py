@@ -25,8 +25,8 @@ from simpsons.config import SWEEP_ID_VARIABLE
 from simpsons.data import DataSet, Split, load_dataset
 from simpsons.errors import DataError
 from simpsons.evaluation import evaluate
-from simpsons.features import cache_key, cached_features, extract
-from simpsons.model import build_classifier, feature_extractor, head, unfreeze_top
+from simpsons.features import cache_key, cached_features, extract, mirrored
+from simpsons.model import build_classifier, feature_extractor, head, unfreeze_top, with_tta
 from simpsons.optimizers import build_optimizer
 from simpsons.pipeline import image_dataset, load_image, without_autotuner
 from simpsons.stopwatch import Stopwatch
@@ -179,7 +179,7 @@ def _train_and_log(
         example = load_image(data.val.paths[0], EXAMPLE_SIZE).numpy()[None]
         last_epoch = max(m.step for m in val_history)
         model_name = naming.model_name(job.overrides, swept_keys, cfg.backbone.name)
-        model_id = writer.log_model(model, example, data.class_names, model_name, last_epoch)
+        model_id = writer.log_model(with_tta(model, cfg.tta), example, data.class_names, model_name, last_epoch)
         mlflow.log_metrics(final, model_id=model_id)
     with stopwatch.phase("figures"):  # drawn in the figure worker while the model was saved
         writer.log_figures(figures)
@@ -316,8 +316,9 @@ def _checked_parts(cfg: DictConfig) -> tuple[BackboneSpec, keras.optimizers.Opti
     return BackboneSpec.from_config(cfg.backbone), build_optimizer(cfg.optimizer)
 
 
-def _batches(split: Split, cfg: DictConfig, shuffle_seed: int | None = None) -> tf.data.Dataset:
-    return image_dataset(split.paths, split.labels, cfg.image_size, cfg.batch_size, shuffle_seed)
+def _batches(split: Split, cfg: DictConfig, shuffle_seed: int | None = None, mirror: bool = False) -> tf.data.Dataset:
+    batches = image_dataset(split.paths, split.labels, cfg.image_size, cfg.batch_size, shuffle_seed)
+    return mirrored(batches) if mirror else batches
 
 
 def _train_end_to_end(
@@ -342,7 +343,7 @@ def _train_end_to_end(
         phases.append(f"finetune: epochs {cfg.epochs}-{total - 1}, top {cfg.finetune.layers} layers, lr {lr:g}")
     mlflow.set_tags({schema.PHASES: "; ".join(phases), schema.XLA: str(model.jit_compile).lower()})  # may refuse XLA
     splits = {"val": data.val, "test": data.test}
-    return {name: (model, _batches(split, cfg)) for name, split in splits.items() if split}
+    return {name: (with_tta(model, cfg.tta), _batches(split, cfg)) for name, split in splits.items() if split}
 
 
 def _train_head_on_cached_features(
@@ -353,7 +354,7 @@ def _train_head_on_cached_features(
     cfg: DictConfig,
     xla: bool,
     stopwatch: Stopwatch,
-) -> dict[str, tuple[keras.Model, np.ndarray]]:
+) -> dict[str, tuple[keras.Model, tuple[np.ndarray, ...]]]:
     """The backbone runs once per image (or never, on a cache hit); the head trains on features.
 
     Seconds per run, so a killed one simply trains again (no backups). Returns each scored
@@ -362,14 +363,17 @@ def _train_head_on_cached_features(
     extractor.jit_compile = xla  # predict_on_batch compiles with XLA if asked
     compute = {"precision": cfg.precision, "xla": extractor.jit_compile}
     splits = {name: split for name, split in {"train": data.train, "val": data.val, "test": data.test}.items() if split}
+    views = {name: (split, False) for name, split in splits.items()}
+    if cfg.tta == "flip":  # the scored splits' mirror images too, each an entry of its own
+        views |= {f"{name}_mirrored": (split, True) for name, split in splits.items() if name != "train"}
     with stopwatch.phase("features"):
         lookups = {
             name: cached_features(
                 Path(cfg.cache_dir),
-                cache_key(backbone, cfg.image_size, split, compute, cfg.seed),
-                lambda split=split: extract(extractor, _batches(split, cfg), len(split)),
+                cache_key(backbone, cfg.image_size, split, compute, cfg.seed, mirror),
+                lambda split=split, mirror=mirror: extract(extractor, _batches(split, cfg, mirror=mirror), len(split)),
             )
-            for name, split in splits.items()
+            for name, (split, mirror) in views.items()
         }
     _log_cache_use(lookups)
 
@@ -384,7 +388,12 @@ def _train_head_on_cached_features(
         fit(classifier_head, optimizer, features("train", cfg.seed), features("val"), cfg.epochs, jit_compile=xla)
     phases = f"head on cached features: epochs 0-{cfg.epochs - 1}"
     mlflow.set_tags({schema.PHASES: phases, schema.XLA: str(extractor.jit_compile).lower()})
-    return {name: (classifier_head, np.asarray(lookups[name].features)) for name in splits if name != "train"}
+    return {name: (classifier_head, _scored_views(lookups, name)) for name in splits if name != "train"}
+
+
+def _scored_views(lookups: dict, name: str) -> tuple[np.ndarray, ...]:
+    """A scored split's features, and with tta=flip its mirror images': evaluate averages their softmax."""
+    return tuple(np.asarray(lookups[view].features) for view in (name, f"{name}_mirrored") if view in lookups)
 
 
 def _log_cache_use(lookups: dict) -> None:
@@ -399,7 +408,7 @@ def _log_cache_use(lookups: dict) -> None:
 
 
 def _evaluate_and_log(
-    scored: dict[str, tuple[keras.Model, tf.data.Dataset | np.ndarray]], data: DataSet
+    scored: dict[str, tuple[keras.Model, tf.data.Dataset | tuple[np.ndarray, ...]]], data: DataSet
 ) -> tuple[dict[str, float], dict[str, plots.Drawing]]:
     """Softmax outputs of each split from the model (or head) that scores it, in file order, with
     their report; returns the metrics to log (the test split's, and of the validation split's its

@@ -327,6 +327,7 @@ def test_help_explains_the_main_keys_and_sweeps_without_importing_tensorflow(tmp
         ("dropout=P", "dropout before the softmax layer"),
         ("tracking.uri=URI", "MLflow store"),
         ("reuse=BOOL", "a config that already finished"),
+        ("tta=MODE", "none, or flip"),
     ]:
         assert re.search(rf"^  {re.escape(key)} +{meaning}", text, re.MULTILINE), key
     # the values this command line would use: experiment=demo's
