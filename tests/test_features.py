@@ -82,16 +82,21 @@ def test_concurrent_lookups_compute_an_entry_once_and_a_failed_one_leaves_nothin
     assert not list(tmp_path.glob("other*.npy"))
 
 
-def test_finetuning_continues_the_curves_and_augmentation_trains_end_to_end(image_folders, tracking_uri, tmp_path):
+def test_finetuning_trains_its_head_on_cached_features_and_continues_the_curves(image_folders, tracking_uri, tmp_path):
     tags = run_with(["finetune.layers=4", "finetune.epochs=2"], image_folders, tracking_uri, tmp_path)
-    assert tags["feature_cache"] == "off"
-    assert "finetune: epochs 2-3, top 4 layers, lr 0.0001" in tags["phases"]
+    assert tags["feature_cache"] in ("hit", "miss")
+    phases = "head on cached features: epochs 0-1; finetune: epochs 2-3, top 4 layers, lr 0.0001; kept epoch "
+    assert tags["phases"].startswith(phases)
     client = MlflowClient(tracking_uri)
     [run] = client.search_runs([client.get_experiment_by_name("simpsons").experiment_id])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [0, 1, 2, 3]
 
+    tags = run_with(["finetune.layers=4", "finetune.epochs=2", "cache=false"], image_folders, tracking_uri, tmp_path)
+    assert tags["feature_cache"] == "off"
+    assert tags["phases"].startswith("head: epochs 0-1; finetune: epochs 2-3, top 4 layers, lr 0.0001")
+
     tags = run_with(["augment=light"], image_folders, tracking_uri, tmp_path)
-    assert tags["feature_cache"] == "off" and tags["phases"] == "head: epochs 0-1"
+    assert tags["feature_cache"] == "off" and tags["phases"].startswith("head: epochs 0-1; kept epoch ")
 
 
 def test_mixed_precision_and_xla_train_a_float16_model_with_its_own_cache_entry(image_folders, tracking_uri, tmp_path):
@@ -220,7 +225,11 @@ def test_flip_tta_outputs_average_each_image_and_its_mirror_and_the_logged_model
         np.testing.assert_allclose(flipped.probabilities, (plain.probabilities + mirror_outputs) / 2, atol=1e-5)
         assert np.abs(flipped.probabilities - plain.probabilities).max() > 1e-4, "the mirror changed nothing"
 
-    # the test metrics are the flipped outputs' (the loss tells them apart where accuracy may not)
+    # best_val_accuracy and the test metrics are the flipped outputs' (the loss tells them apart
+    # where accuracy may not)
+    assert run.data.metrics["best_val_accuracy"] == pytest.approx(
+        logged_accuracy(run, logged_outputs(flips.flipped, "val"))
+    )
     classes = json.loads(run.data.tags["class_names"])
     test = logged_outputs(flips.flipped, "test")
     picked = test.probabilities[np.arange(len(test.names)), [classes.index(label) for label in test.labels]]
@@ -228,17 +237,35 @@ def test_flip_tta_outputs_average_each_image_and_its_mirror_and_the_logged_model
     assert run.data.metrics["test_loss"] != MlflowClient(flips.uri).get_run(flips.plain).data.metrics["test_loss"]
 
 
+def logged_accuracy(run, outputs: Outputs) -> float:
+    classes = json.loads(run.data.tags["class_names"])
+    return float(np.mean(outputs.probabilities.argmax(axis=1) == [classes.index(label) for label in outputs.labels]))
+
+
 @pytest.mark.slow
-def test_flip_tta_end_to_end_and_fine_tuned_logs_a_model_that_gives_its_outputs(image_folders, tracking_uri, tmp_path):
+@pytest.mark.parametrize(
+    "setting,cache,entries",
+    [(["cache=false"], "off", 0), (["finetune.layers=2", "finetune.epochs=1"], "miss", 3)],
+    ids=["end to end", "fine-tuned"],
+)
+def test_flip_tta_through_the_backbone_logs_a_model_that_gives_its_outputs(
+    setting, cache, entries, image_folders, tracking_uri, tmp_path
+):
+    """End to end, and fine-tuned after a head phase on cached features: the model scores the
+    images and their mirror images (no mirror features are cached: the head alone never scores)."""
     overrides = [*IMAGE_SENSITIVE_MODEL, *folder_data(image_folders), "epochs=1", f"tracking.uri={tracking_uri}"]
-    overrides += [f"cache_dir={tmp_path}", "tta=flip", "cache=false", "finetune.layers=2", "finetune.epochs=1"]
-    run_id = train(compose_train(overrides), JobContext([]))
-    assert MlflowClient(tracking_uri).get_run(run_id).data.tags["feature_cache"] == "off"
+    run = MlflowClient(tracking_uri).get_run(
+        train(compose_train([*overrides, f"cache_dir={tmp_path}", "tta=flip", *setting]), JobContext([]))
+    )
+    assert run.data.tags["feature_cache"] == cache and len(list(tmp_path.glob("*.npy"))) == entries
+    model = logged_model(tracking_uri, run.info.run_id)
     for split, root in [("val", image_folders / "train"), ("test", image_folders / "test")]:
-        recorded = logged_outputs(run_id, split)
+        recorded = logged_outputs(run.info.run_id, split)
         assert np.ptp(recorded.probabilities, axis=0).max() > 1e-3, "a softmax that ignores the image proves little"
-        predicted = logged_model(tracking_uri, run_id).predict(raw_images(root, recorded.names))
-        np.testing.assert_allclose(predicted, recorded.probabilities, atol=1e-5)
+        np.testing.assert_allclose(model.predict(raw_images(root, recorded.names)), recorded.probabilities, atol=1e-5)
+    assert run.data.metrics["best_val_accuracy"] == pytest.approx(
+        logged_accuracy(run, logged_outputs(run.info.run_id, "val"))
+    )
 
 
 @pytest.mark.slow  # a second Python loads the model: 12 to 27 s on 2 shared cores
