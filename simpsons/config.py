@@ -93,7 +93,7 @@ TRAINING_KEY_CHECKS = [  # key, test, what is accepted
     ("finetune.lr", lambda v: v is None or _positive(v), "null or a positive number"),
     ("monitor", lambda v: v in MONITORS, f"one of {', '.join(MONITORS)}"),
     ("early_stopping.patience", lambda v: v is None or (_whole(v) and v >= 0), "null (off) or an integer >= 0"),
-    ("early_stopping.monitor", lambda v: v in MONITORS, f"one of {', '.join(MONITORS)}"),
+    ("early_stopping.monitor", lambda v: v is None or v in MONITORS, f"null (monitor's), {', '.join(MONITORS)}"),
     ("early_stopping.min_delta", lambda v: _number(v) and v >= 0, "a number >= 0"),
     ("reuse", lambda v: isinstance(v, bool), "true or false"),
     ("tracking.experiment", lambda v: isinstance(v, str) and v.strip() != "", "a non-empty name"),

@@ -354,13 +354,14 @@ def _train(
     curves = _logged_curves(_backup_epoch(backups) if resumable and backups.is_dir() else 0)
     best = BestEpoch(model, cfg.monitor, backups / "best" if resumable else None, curves[cfg.monitor])
     stopping = cfg.early_stopping
+    stopping_monitor = stopping.monitor or cfg.monitor
 
     def phase(
         name: str, fitted: keras.Model, opt: keras.optimizers.Optimizer, batches: tuple, epochs: int, first: int
     ) -> int:
         """One fit, epochs first..epochs-1; returns the epoch it ended at (early stopping may end it sooner)."""
-        replay = [(epoch, value) for epoch, value in curves[stopping.monitor] if epoch >= first]
-        stop = early_stopping(stopping.patience, stopping.monitor, stopping.min_delta, replay)
+        replay = [(epoch, value) for epoch, value in curves[stopping_monitor] if epoch >= first]
+        stop = early_stopping(stopping.patience, stopping_monitor, stopping.min_delta, replay)
         backup_dir = backups / name if resumable else None
         return fit(fitted, opt, *batches, epochs, first, xla, backup_dir, callbacks=[best, *stop])
 

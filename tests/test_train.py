@@ -127,7 +127,8 @@ def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_sof
     final = ["best_val_accuracy", "best_epoch", "val_macro_f1", "test_loss", "test_accuracy", "test_macro_f1"]
     kept = int(run.data.metrics["best_epoch"])  # the epochs' metrics at the kept epoch (not the first, or last)
     kept_epoch = {name: client.get_metric_history(run_id, name)[kept].value for name in EPOCH_METRICS}
-    assert {m.key: m.value for m in linked} == {key: run.data.metrics[key] for key in final} | kept_epoch
+    shown = {m.key: m.value for m in linked if m.key in [*final, *EPOCH_METRICS]}  # kept at 0: step 0's others too
+    assert shown == {key: run.data.metrics[key] for key in final} | kept_epoch
     assert {m.key: m.step for m in linked if m.key in EPOCH_METRICS} == dict.fromkeys(EPOCH_METRICS, kept)
     info = mlflow.models.get_model_info(logged_model.model_uri)
     assert info.signature.inputs.inputs[0].shape == (-1, -1, -1, 3)
@@ -370,3 +371,31 @@ def test_every_run_keeps_its_best_epoch_with_the_cache_without_it_and_with_fine_
         [logged] = mlflow.search_logged_models([run.info.experiment_id], filter_string=query, output_format="list")
         raw = np.stack([np.asarray(Image.open(image_folders / "train" / n), dtype=np.float32) for n in names])
         np.testing.assert_allclose(mlflow.pyfunc.load_model(logged.model_uri).predict(raw), recorded, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_sweep_over_the_monitor_with_early_stopping_keeps_and_logs_what_each_run_was_told(
+    image_folders, tracking_uri, tmp_path
+):
+    args = ["-m", *IMAGE_SENSITIVE_MODEL, "optimizer.lr=1e-2", *folder_data(image_folders), "epochs=8"]
+    args += ["monitor=val_accuracy,val_loss", "early_stopping.patience=1", f"tracking.uri={tracking_uri}"]
+    result = run_cli([*args, "tracking.experiment=stopping"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    client = MlflowClient(tracking_uri)
+    jobs = [run for run in runs_of(tracking_uri, "stopping") if "best_epoch" in run.data.metrics]  # not the parent
+    runs = {run.data.params["monitor"]: run for run in jobs}
+    assert sorted(runs) == ["val_accuracy", "val_loss"]
+    for monitor, run in runs.items():
+        assert run.data.params["early_stopping.patience"] == "1"
+        assert run.data.params["early_stopping.monitor"] == "None"  # null: the run's monitor
+        curves = {
+            name: [m.value for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)]
+            for name in ("val_accuracy", "val_loss")
+        }
+        curve = curves[monitor]
+        pick = np.argmax if monitor == "val_accuracy" else np.argmin
+        kept = int(run.data.metrics["best_epoch"])
+        assert kept == int(pick(curve))
+        assert len(curve) == kept + 2 < 8, "stopped one epoch (patience 1) after its best, before epoch 8"
+        assert run.data.metrics["best_val_accuracy"] == pytest.approx(curves["val_accuracy"][kept], abs=1e-6)
