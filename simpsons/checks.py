@@ -61,6 +61,7 @@ KERAS_OPTIMIZERS = (
 TEST_LAYOUTS = ("folders", "flat")
 # What a plateau scheduler may watch: the validation curves a resumed run reads back, to count its patience on.
 PLATEAU_MONITORS = tuple(config.MONITORS)
+TTA_MODES = ("none", "flip")  # test-time augmentation of validation and test outputs
 XLA_NEEDS_NO_DETERMINISM = "jit_compile=true needs deterministic=false (Keras turns XLA off under op determinism)"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 _ABSENT = object()
@@ -100,6 +101,12 @@ def layout_error(layout: str) -> str | None:
     if layout in TEST_LAYOUTS:
         return None
     return f"data.test_layout={layout!r} is unknown; use one of: {_listed(TEST_LAYOUTS)}"
+
+
+def tta_error(tta: Any) -> str | None:
+    if tta in TTA_MODES:
+        return None
+    return f"tta={tta!r} is unknown; use one of: {_listed(TTA_MODES)}"
 
 
 def missing_root_hint(name: str, data_dir: str | None) -> str:
@@ -221,6 +228,7 @@ def _scheduler_errors(job: DictConfig) -> list[str]:
 
 def _run_errors(job: DictConfig) -> list[str]:
     errors = [augment_error(str(_value(job, "augment.name"))), layout_error(str(_value(job, "data.test_layout")))]
+    errors.append(tta_error(_value(job, "tta")))
     if _value(job, "jit_compile") is True:
         deterministic = _value(job, "deterministic")
         if deterministic is True:

@@ -45,9 +45,23 @@ class Evaluation:
 
 EAGER_ROWS = 4096
 
+Inputs = tf.data.Dataset | np.ndarray
 
-def evaluate(model: keras.Model, inputs: tf.data.Dataset | np.ndarray, split: Split, name: str) -> Evaluation:
+
+def evaluate(model: keras.Model, inputs: Inputs | tuple[Inputs, ...], split: Split, name: str) -> Evaluation:
     """Softmax outputs of `model` on `inputs`, which must hold `split` in order, unshuffled.
+
+    A tuple holds views of the same images, e.g. the cached features of the images and of their
+    mirror images (tta=flip): the outputs are the mean of the views' softmax outputs, as the
+    logged model's Average layer computes them (simpsons.model.with_flip_tta).
+    """
+    views = inputs if isinstance(inputs, tuple) else (inputs,)
+    probabilities = np.mean([softmax(model, view) for view in views], axis=0, dtype=np.float32)
+    return Evaluation(name, split.names, split.labels, probabilities)
+
+
+def softmax(model: keras.Model, inputs: Inputs) -> np.ndarray:
+    """`model`'s float32 outputs on `inputs`, in order.
 
     An array (a head's cached features) goes through the model in eager calls of EAGER_ROWS rows:
     tracing a predict function would cost more than the head's whole pass.
@@ -58,7 +72,7 @@ def evaluate(model: keras.Model, inputs: tf.data.Dataset | np.ndarray, split: Sp
         probabilities = np.concatenate([keras.ops.convert_to_numpy(chunk) for chunk in chunks])
     else:
         probabilities = model.predict(inputs, verbose=0)
-    return Evaluation(name, split.names, split.labels, probabilities.astype(np.float32))
+    return probabilities.astype(np.float32)
 
 
 def report_text(evaluation: Evaluation, class_names: list[str]) -> str:

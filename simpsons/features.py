@@ -37,11 +37,20 @@ class Lookup:
     images_per_second: float | None
 
 
-def cache_key(backbone: BackboneSpec, image_size: int, split: Split, compute: dict, seed: int | None) -> str:
+def cache_key(
+    backbone: BackboneSpec,
+    image_size: int,
+    split: Split,
+    compute: dict,
+    seed: int | None,
+    mirrored: bool = False,
+) -> str:
     """SHA-256 over everything the pooled features depend on.
 
     `compute`: how the backbone ran (precision, XLA); float16 features differ from float32 ones.
     `seed`: what random weights (weights=null) were drawn from.
+    `mirrored`: the features of the split's images mirrored left to right (tta=flip), an entry of
+    their own.
     """
     identity = {
         "constructor": backbone.constructor,
@@ -54,6 +63,8 @@ def cache_key(backbone: BackboneSpec, image_size: int, split: Split, compute: di
         "files": split.digests,
         "compute": compute,
     }
+    if mirrored:  # only then: the keys of unmirrored features stay those earlier versions wrote
+        identity["mirrored"] = True
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -72,6 +83,12 @@ def cached_features(directory: Path, key: str, compute: Callable[[], np.ndarray]
     features = np.load(entry, mmap_mode="r")
     rate = None if hit or seconds == 0 else len(features) / seconds
     return Lookup(features, hit, seconds, rate)
+
+
+def mirrored(batches: tf.data.Dataset) -> tf.data.Dataset:
+    """(images, labels) batches with each image mirrored left to right, as with_flip_tta mirrors
+    the images it is given (simpsons/model.py)."""
+    return batches.map(lambda images, labels: (tf.reverse(images, axis=[2]), labels))
 
 
 def extract(extractor: keras.Model, batches: Iterable[tuple[tf.Tensor, Any]], count: int) -> np.ndarray:

@@ -26,8 +26,8 @@ from simpsons.config import MONITORS, SWEEP_ID_VARIABLE
 from simpsons.data import DataSet, Split, load_dataset
 from simpsons.errors import DataError
 from simpsons.evaluation import evaluate
-from simpsons.features import Lookup, cache_key, cached_features, extract
-from simpsons.model import build_classifier, feature_extractor, head, unfreeze_top
+from simpsons.features import Lookup, cache_key, cached_features, extract, mirrored
+from simpsons.model import build_classifier, feature_extractor, head, unfreeze_top, with_tta
 from simpsons.optimizers import build_optimizer
 from simpsons.pipeline import image_dataset, load_image, without_autotuner
 from simpsons.stopwatch import Stopwatch
@@ -181,7 +181,7 @@ def _train_and_log(
     with stopwatch.phase("log_model"):
         example = load_image(data.val.paths[0], EXAMPLE_SIZE).numpy()[None]
         model_name = naming.model_name(job.overrides, swept_keys, cfg.backbone.name)
-        model_id = writer.log_model(model, example, data.class_names, model_name, best.epoch)
+        model_id = writer.log_model(with_tta(model, cfg.tta), example, data.class_names, model_name, best.epoch)
         mlflow.log_metrics(final, model_id=model_id)
     with stopwatch.phase("figures"):  # drawn in the figure worker while the model was saved
         writer.log_figures(figures)
@@ -326,11 +326,13 @@ def _checked_parts(cfg: DictConfig) -> tuple[BackboneSpec, keras.optimizers.Opti
     return BackboneSpec.from_config(cfg.backbone), build_optimizer(cfg.optimizer)
 
 
-def _batches(split: Split, cfg: DictConfig, shuffle_seed: int | None = None) -> tf.data.Dataset:
-    return image_dataset(split.paths, split.labels, cfg.image_size, cfg.batch_size, shuffle_seed)
+def _batches(split: Split, cfg: DictConfig, shuffle_seed: int | None = None, mirror: bool = False) -> tf.data.Dataset:
+    batches = image_dataset(split.paths, split.labels, cfg.image_size, cfg.batch_size, shuffle_seed)
+    return mirrored(batches) if mirror else batches
 
 
-Scored = dict[str, tuple[keras.Model, tf.data.Dataset | np.ndarray]]  # split -> (model, what it scores)
+# split -> (model, what it scores): images, or cached features (with tta=flip, the mirror images' too)
+Scored = dict[str, tuple[keras.Model, tf.data.Dataset | tuple[np.ndarray, ...]]]
 
 
 def _train(
@@ -397,8 +399,8 @@ def _train(
     mlflow.set_tags({schema.PHASES: "; ".join(phases), schema.XLA: str(fitted.jit_compile).lower()})  # may refuse XLA
     splits = {name: split for name, split in {"val": data.val, "test": data.test}.items() if split}
     if on_features:
-        return {name: (classifier_head, features.array(name)) for name in splits}, best
-    return {name: (model, _batches(split, cfg)) for name, split in splits.items()}, best
+        return {name: (classifier_head, features.views(name)) for name in splits}, best
+    return {name: (with_tta(model, cfg.tta), _batches(split, cfg)) for name, split in splits.items()}, best
 
 
 def _logged_curves(before_epoch: int) -> dict[str, list[tuple[int, float]]]:
@@ -424,6 +426,10 @@ class CachedFeatures:
     def array(self, split: str) -> np.ndarray:
         return np.asarray(self.lookups[split].features)
 
+    def views(self, split: str) -> tuple[np.ndarray, ...]:
+        """A scored split's features, and with tta=flip its mirror images': evaluate averages their softmax."""
+        return tuple(self.array(view) for view in (split, f"{split}_mirrored") if view in self.lookups)
+
     def batches(self, split: str, shuffle_seed: int | None = None) -> tf.data.Dataset:
         dataset = tf.data.Dataset.from_tensor_slices((self.array(split), self.labels[split]))
         if shuffle_seed is not None:
@@ -439,14 +445,17 @@ def _features(
     extractor.jit_compile = xla  # predict_on_batch compiles with XLA if asked
     compute = {"precision": cfg.precision, "xla": extractor.jit_compile}
     splits = {name: split for name, split in {"train": data.train, "val": data.val, "test": data.test}.items() if split}
+    views = {name: (split, False) for name, split in splits.items()}
+    if cfg.tta == "flip" and not cfg.finetune.layers:  # the head on features scores them: their mirror images too
+        views |= {f"{name}_mirrored": (split, True) for name, split in splits.items() if name != "train"}
     with stopwatch.phase("features"):
         lookups = {
             name: cached_features(
                 Path(cfg.cache_dir),
-                cache_key(backbone, cfg.image_size, split, compute, cfg.seed),
-                lambda split=split: extract(extractor, _batches(split, cfg), len(split)),
+                cache_key(backbone, cfg.image_size, split, compute, cfg.seed, mirror),
+                lambda split=split, mirror=mirror: extract(extractor, _batches(split, cfg, mirror=mirror), len(split)),
             )
-            for name, split in splits.items()
+            for name, (split, mirror) in views.items()
         }
     _log_cache_use(lookups)
     return CachedFeatures(lookups, {name: split.labels for name, split in splits.items()}, cfg.batch_size)

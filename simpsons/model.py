@@ -85,6 +85,40 @@ def augmentation_layers(augment: DictConfig | None, seed: int | None) -> list[ke
     ]
 
 
+def with_tta(model: keras.Model, tta: str) -> keras.Model:
+    """The model that gives a run's validation and test outputs and is logged: `model` itself, or
+    with tta=flip the mean of its softmax on each image and on the image's horizontal mirror."""
+    if tta == "none":
+        return model
+    if tta != "flip":
+        raise ConfigError(checks.tta_error(tta) or f"tta={tta!r} builds no model")
+    return with_flip_tta(model)
+
+
+def with_flip_tta(model: keras.Model) -> keras.Model:
+    """raw images -> resize -> [model(images), model(mirrored images)] -> their mean.
+
+    The images are resized before they are mirrored, as the pipeline resizes them before the
+    model sees them (simpsons/pipeline.py) and the feature cache mirrors them (features.mirrored):
+    bilinear resizing does not commute exactly with a mirror (up to 0.015 levels of 255 apart,
+    7.7e-5 apart in a confident softmax), and the classifier's own Resizing layer then resizes to
+    the size it has, which changes no pixel. So the logged model computes what the run logged.
+
+    Keras's own layers and ops only (no Lambda, no custom layer): the saved model loads in safe
+    mode without this package, as simpsons.predict and the ensemble's served model load it. It
+    shares `model`'s layers, so weights trained or restored later are its weights too.
+    """
+    images = keras.Input(shape=(None, None, 3), name="image")
+    # In float32 under any dtype policy, as the pipeline resizes (and the classifier's softmax is).
+    like_the_pipeline = {"name": "tta_resize", "dtype": "float32"}
+    resized = keras.layers.Resizing.from_config(model.get_layer("resize").get_config() | like_the_pipeline)(images)
+    mirrored = keras.ops.flip(resized, axis=2)  # NHWC: axis 2 is the width, a left-right mirror
+    outputs = keras.layers.Average(dtype="float32", name="flip_tta")([model(resized), model(mirrored)])
+    flipped = keras.Model(images, outputs, name=f"{model.name}_flip_tta")
+    flipped.jit_compile = model.jit_compile  # predicts with XLA as the trained model does, or not
+    return flipped
+
+
 def backbone_of(model: keras.Model) -> keras.Model:
     """The ImageNet backbone inside a classifier (its one nested model)."""
     return next(layer for layer in model.layers if isinstance(layer, keras.Model))

@@ -124,7 +124,44 @@ def store(trained_store: Store) -> Store:
     return trained_store
 
 
-def ensemble_config(store: Store, *overrides: str) -> DictConfig:
+@dataclass(frozen=True)
+class FlipPair:
+    """Two cached runs of one config but for tta, in a store and a feature cache of their own."""
+
+    uri: str
+    plain: str  # tta=none
+    flipped: str  # tta=flip: the same features and head, its outputs averaged with the mirror images'
+    overrides: list[str]  # the config both share, but for the store
+    cache_dir: Path
+    entries: list[set[str]]  # the cache's entries after each of the two runs
+    images: Path
+
+
+@pytest.fixture(scope="session")
+def flip_pair(tmp_path_factory: pytest.TempPathFactory, image_folders: Path) -> FlipPair:
+    """tta=none, then tta=flip on an image-sensitive model (a flip must change its softmax), for the
+    tests of test-time augmentation: the cache, the logged model, predict and ensembles."""
+    from simpsons.job import JobContext, train
+
+    root = tmp_path_factory.mktemp("flip")
+    uri = tracking_store.configure(f"sqlite:///{root / 'mlflow.db'}")
+    cache = root / "cache"
+    overrides = [*IMAGE_SENSITIVE_MODEL, *folder_data(image_folders), "epochs=2", f"cache_dir={cache}"]
+    runs, entries = [], []
+    for tta in ("none", "flip"):
+        runs.append(train(compose_train([*overrides, f"tracking.uri={uri}", f"tta={tta}"]), JobContext([])))
+        entries.append({path.name for path in cache.glob("*.npy")})
+    return FlipPair(uri, *runs, overrides, cache, entries, image_folders)
+
+
+@pytest.fixture
+def flips(flip_pair: FlipPair) -> FlipPair:
+    """flip_pair, made this process's MLflow tracking URI (another test may have changed it)."""
+    mlflow.set_tracking_uri(flip_pair.uri)
+    return flip_pair
+
+
+def ensemble_config(store: Store | FlipPair, *overrides: str) -> DictConfig:
     """conf/ensemble.yaml on `store`, with the overrides, as `python -m simpsons.ensemble` composes it."""
     cfg = OmegaConf.load(CONF_DIR / "ensemble.yaml")
     cfg.pop("defaults")

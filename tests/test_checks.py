@@ -60,6 +60,7 @@ BAD_INPUTS = [  # (test id, overrides, how the one line starts); {tmp}: the test
         "data.root='{tmp}/kaggle/simpsons_dataset' is not a folder;",
     ),
     ("layout", ["data.test_layout=nested"], "data.test_layout='nested' is unknown; use one of: folders, flat"),
+    ("tta", ["-m", "tta=none,mirror"], "tta='mirror' is unknown; use one of: none, flip"),
     (
         "test root",
         ["data.test_root={tmp}/nope"],

@@ -87,3 +87,16 @@ def test_mlflow_models_serve_answers_with_the_ensemble(store, tmp_path):
         answer = get_json(url.replace("/ping", "/invocations"), {"inputs": images.tolist()})
     np.testing.assert_allclose(np.array(answer["predictions"]), probabilities(run_id, "test")[:3], atol=1e-5)
     assert "type hints" not in (tmp_path / "server.log").read_text()
+
+
+def test_an_ensemble_with_a_flip_tta_member_serves_the_outputs_it_averaged(flips):
+    """The member's logged outputs average each image and its mirror image's, and so does its
+    logged model, which the served ensemble loads (with Keras alone)."""
+    run_id = ensemble(ensemble_config(flips, "top_n=2", "register=false"))
+    run = MlflowClient(flips.uri).get_run(run_id)
+    assert set(run.data.tags[schema.MEMBERS].split(",")) == {flips.plain, flips.flipped}
+    expected = (probabilities(flips.plain, "test") + probabilities(flips.flipped, "test")) / 2
+    np.testing.assert_allclose(probabilities(run_id, "test"), expected, atol=1e-6)
+    names = runs.outputs(run_id, "test").names
+    images = np.stack([np.asarray(Image.open(flips.images / "test" / n), dtype=np.float32) for n in names])
+    np.testing.assert_allclose(mlflow.pyfunc.load_model(runs.model_uri(run)).predict(images), expected, atol=1e-5)

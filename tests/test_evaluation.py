@@ -1,11 +1,13 @@
-"""Scoring a split: metrics and the per-class report agree."""
+"""Scoring a split: metrics and the per-class report agree; several views of a split are averaged."""
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
-from simpsons.evaluation import Evaluation, report_text
+from simpsons.data import Split
+from simpsons.evaluation import Evaluation, evaluate, report_text
 
 
 def test_macro_f1_and_the_report_average_over_the_same_classes():
@@ -18,3 +20,20 @@ def test_macro_f1_and_the_report_average_over_the_same_classes():
     [macro_line] = [line for line in report.splitlines() if "macro avg" in line]
     assert float(macro_line.split()[4]) == pytest.approx(macro_f1, abs=1e-4)
     assert evaluation.metrics()["test_accuracy"] == 0.75
+
+
+def test_the_outputs_of_several_views_are_the_mean_of_their_softmax_outputs():
+    """tta=flip with the feature cache: the head scores the images' features and their mirror images'."""
+    layer = keras.layers.Dense(3, activation="softmax", kernel_initializer=keras.initializers.GlorotUniform(seed=1))
+    model = keras.Sequential([keras.Input(shape=(4,)), layer])
+    rng = np.random.default_rng(0)
+    features, mirrored = rng.normal(size=(5, 4)).astype("float32"), rng.normal(size=(5, 4)).astype("float32")
+    names = [f"{i}.jpg" for i in range(5)]
+    split = Split([f"/x/{name}" for name in names], np.array([0, 1, 2, 0, 1]), names, [""] * 5)
+    alone, other = model(features).numpy(), model(mirrored).numpy()
+
+    assert np.array_equal(evaluate(model, features, split, "val").probabilities, alone)
+    averaged = evaluate(model, (features, mirrored), split, "val").probabilities
+    assert averaged.dtype == np.float32
+    np.testing.assert_allclose(averaged, (alone + other) / 2, atol=1e-7)
+    assert np.abs(averaged - alone).max() > 1e-3

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -11,7 +14,7 @@ import mlflow
 import mlflow.keras
 import numpy as np
 import pytest
-from conftest import TINY_MODEL, compose_train, folder_data
+from conftest import IMAGE_SENSITIVE_MODEL, TINY_MODEL, compose_train, folder_data
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -21,9 +24,10 @@ from simpsons.demo_data import write_demo_data
 from simpsons.errors import ConfigError
 from simpsons.features import cached_features
 from simpsons.job import JobContext, train
-from simpsons.model import backbone_of, build_classifier, shared_backbone, unfreeze_top
+from simpsons.model import backbone_of, build_classifier, shared_backbone, unfreeze_top, with_flip_tta, with_tta
+from simpsons.pipeline import load_image
 from simpsons.tracking import reader
-from simpsons.tracking.predictions import from_csv
+from simpsons.tracking.predictions import Outputs, from_csv
 from simpsons.training import gpu_visible, use_xla
 
 
@@ -169,3 +173,132 @@ def test_a_shared_backbone_is_the_one_built_for_the_same_weights_size_and_random
     keras.utils.set_random_seed(5)
     backbone_of(build_classifier(random, 32, num_classes=3, dropout=0.0)).save_weights(weights)  # other weights
     assert shared_backbone(from_file, 32, seed=1) is not kept  # at the same path
+
+
+def raw_images(root: Path, names: list[str]) -> np.ndarray:
+    """The files as a user's Pillow gives them to the logged model: raw RGB, at their own size."""
+    return np.stack([np.asarray(Image.open(root / name), dtype=np.float32) for name in names])
+
+
+def logged_outputs(run_id: str, split: str) -> Outputs:
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"predictions/{split}.csv")
+    return from_csv(Path(path).read_text())
+
+
+def logged_model(uri: str, run_id: str) -> mlflow.pyfunc.PyFuncModel:
+    return mlflow.pyfunc.load_model(reader.model_uri(MlflowClient(uri).get_run(run_id)))
+
+
+def test_flip_tta_features_of_the_mirror_images_are_entries_of_their_own_that_a_second_run_hits(flips, tracking_uri):
+    client = MlflowClient(flips.uri)
+    plain, flipped = client.get_run(flips.plain), client.get_run(flips.flipped)
+    assert (plain.data.params["tta"], flipped.data.params["tta"]) == ("none", "flip")
+    assert (plain.data.tags["feature_cache"], flipped.data.tags["feature_cache"]) == ("miss", "miss")
+    before, after = flips.entries
+    assert len(before) == 3 and before < after  # train, val and test; then the val and test mirror images
+    mirrored = {name: np.load(flips.cache_dir / name) for name in after - before}
+    unmirrored = {name: np.load(flips.cache_dir / name) for name in before}
+    assert sorted(len(features) for features in mirrored.values()) == [10, 16]  # val and test
+    for features in mirrored.values():
+        [same_split] = [other for other in unmirrored.values() if other.shape == features.shape]
+        assert np.abs(features - same_split).max() > 1e-4  # other images, other features
+
+    cfg = compose_train([*flips.overrides, f"tracking.uri={tracking_uri}", "tta=flip", "dropout=0.1"])
+    again = MlflowClient(tracking_uri).get_run(train(cfg, JobContext([])))  # a store of its own, the same cache
+    assert again.data.tags["feature_cache"] == "hit" and again.data.metrics["feature_extraction_seconds"] == 0
+    assert {path.name for path in flips.cache_dir.glob("*.npy")} == after
+
+
+def test_flip_tta_outputs_average_each_image_and_its_mirror_and_the_logged_model_gives_them(flips):
+    """The two runs share features and head (same config and seed): the flipped run's outputs are
+    the plain run's averaged with the plain model's on the mirror images, for validation and test."""
+    plain_model, flipped_model = logged_model(flips.uri, flips.plain), logged_model(flips.uri, flips.flipped)
+    run = MlflowClient(flips.uri).get_run(flips.flipped)
+    for split, root in [("val", flips.images / "train"), ("test", flips.images / "test")]:
+        plain, flipped = logged_outputs(flips.plain, split), logged_outputs(flips.flipped, split)
+        assert flipped.names == plain.names
+        raw = raw_images(root, flipped.names)
+        np.testing.assert_allclose(flipped_model.predict(raw), flipped.probabilities, atol=1e-5)
+
+        resized = np.stack([load_image(str(root / name), 32).numpy() for name in plain.names])
+        mirror_outputs = plain_model.predict(resized[:, :, ::-1])  # the plain model resizes 32 px to 32 px
+        np.testing.assert_allclose(flipped.probabilities, (plain.probabilities + mirror_outputs) / 2, atol=1e-5)
+        assert np.abs(flipped.probabilities - plain.probabilities).max() > 1e-4, "the mirror changed nothing"
+
+    # best_val_accuracy and the test metrics are the flipped outputs' (the loss tells them apart
+    # where accuracy may not)
+    assert run.data.metrics["best_val_accuracy"] == pytest.approx(
+        logged_accuracy(run, logged_outputs(flips.flipped, "val"))
+    )
+    classes = json.loads(run.data.tags["class_names"])
+    test = logged_outputs(flips.flipped, "test")
+    picked = test.probabilities[np.arange(len(test.names)), [classes.index(label) for label in test.labels]]
+    assert run.data.metrics["test_loss"] == pytest.approx(-np.mean(np.log(picked)), rel=1e-5)
+    assert run.data.metrics["test_loss"] != MlflowClient(flips.uri).get_run(flips.plain).data.metrics["test_loss"]
+
+
+def logged_accuracy(run, outputs: Outputs) -> float:
+    classes = json.loads(run.data.tags["class_names"])
+    return float(np.mean(outputs.probabilities.argmax(axis=1) == [classes.index(label) for label in outputs.labels]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "setting,cache,entries",
+    [(["cache=false"], "off", 0), (["finetune.layers=2", "finetune.epochs=1"], "miss", 3)],
+    ids=["end to end", "fine-tuned"],
+)
+def test_flip_tta_through_the_backbone_logs_a_model_that_gives_its_outputs(
+    setting, cache, entries, image_folders, tracking_uri, tmp_path
+):
+    """End to end, and fine-tuned after a head phase on cached features: the model scores the
+    images and their mirror images (no mirror features are cached: the head alone never scores)."""
+    overrides = [*IMAGE_SENSITIVE_MODEL, *folder_data(image_folders), "epochs=1", f"tracking.uri={tracking_uri}"]
+    run = MlflowClient(tracking_uri).get_run(
+        train(compose_train([*overrides, f"cache_dir={tmp_path}", "tta=flip", *setting]), JobContext([]))
+    )
+    assert run.data.tags["feature_cache"] == cache and len(list(tmp_path.glob("*.npy"))) == entries
+    model = logged_model(tracking_uri, run.info.run_id)
+    for split, root in [("val", image_folders / "train"), ("test", image_folders / "test")]:
+        recorded = logged_outputs(run.info.run_id, split)
+        assert np.ptp(recorded.probabilities, axis=0).max() > 1e-3, "a softmax that ignores the image proves little"
+        np.testing.assert_allclose(model.predict(raw_images(root, recorded.names)), recorded.probabilities, atol=1e-5)
+    assert run.data.metrics["best_val_accuracy"] == pytest.approx(
+        logged_accuracy(run, logged_outputs(run.info.run_id, "val"))
+    )
+
+
+@pytest.mark.slow  # a second Python loads the model: 12 to 27 s on 2 shared cores
+def test_a_flip_tta_model_resizes_then_averages_each_image_and_its_mirror_and_loads_without_simpsons(tmp_path):
+    spec = BackboneSpec.from_config(compose_train(IMAGE_SENSITIVE_MODEL).backbone)
+    keras.utils.set_random_seed(1)  # the backbone's random weights
+    model = build_classifier(spec, 32, num_classes=3, dropout=0.0, seed=1)
+    assert with_tta(model, "none") is model
+    with pytest.raises(ConfigError, match="tta='mirror' is unknown; use one of: none, flip"):
+        with_tta(model, "mirror")
+
+    kernel, bias = model.get_layer("probabilities").get_weights()
+    model.get_layer("probabilities").set_weights([kernel * 100, bias])  # a confident softmax, as trained ones are
+    flipped = with_flip_tta(model)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 45, 61, 3)).astype("float32")
+    resized = keras.ops.convert_to_numpy(keras.layers.Resizing(32, 32)(images))
+    expected = (model.predict(resized, verbose=0) + model.predict(resized[:, :, ::-1], verbose=0)) / 2
+    outputs = flipped.predict(images, verbose=0)
+    # Resized, then mirrored, as the pipeline and the cache do: the same operations on the same
+    # pixels, equal to the bit. Mirrored first, the resized pixels differ by rounding (1.5e-6 here).
+    np.testing.assert_array_equal(outputs, expected)
+    assert np.abs(outputs - model.predict(images, verbose=0)).max() > 1e-4, "the mirror changed nothing"
+
+    # Keras's layers and ops only: a process without simpsons loads it in safe mode, to the same outputs
+    flipped.save(tmp_path / "flipped.keras")
+    np.save(tmp_path / "images.npy", images)
+    probe = (
+        "import sys, keras, numpy as np\n"
+        "model = keras.saving.load_model('flipped.keras', safe_mode=True)\n"
+        "np.save('outputs.npy', model.predict(np.load('images.npy'), verbose=0))\n"
+        "print('simpsons imported:', any(name.startswith('simpsons') for name in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "simpsons imported: False" in result.stdout
+    np.testing.assert_allclose(np.load(tmp_path / "outputs.npy"), outputs, atol=1e-6)

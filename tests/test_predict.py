@@ -92,3 +92,16 @@ def test_help_explains_every_option_without_importing_tensorflow_or_mlflow():
     for action in actions:
         assert (action.option_strings or [action.metavar])[-1] in printed
     assert "a header names the model used" in " ".join(printed.split())
+
+
+def test_a_flip_tta_run_predicts_what_it_logged(flips, capsys):
+    """Its logged model scores each image and its mirror image itself (simpsons.model.with_flip_tta)."""
+    one_image = flips.images / "test" / "red_circle" / "img_0000.jpg"
+    assert predict.main(["--run", flips.flipped, "--json", "--tracking-uri", flips.uri, str(one_image)]) == 0
+    [result] = json.loads(capsys.readouterr().out)["predictions"]
+    recorded = reader.outputs(flips.flipped, "test")
+    row = recorded.probabilities[recorded.names.index("red_circle/img_0000.jpg")]
+    assert result["top"][0]["class"] == reader.class_names(MlflowClient(flips.uri).get_run(flips.flipped))[row.argmax()]
+    assert result["top"][0]["probability"] == pytest.approx(float(row.max()), abs=1e-5)
+    plain = reader.outputs(flips.plain, "test").probabilities[recorded.names.index("red_circle/img_0000.jpg")]
+    assert abs(float(plain.max()) - float(row.max())) > 1e-5, "the plain run's answer would pass as well"

@@ -333,6 +333,7 @@ def test_help_explains_the_main_keys_and_sweeps_without_importing_tensorflow(tmp
         ("scheduler=NAME", "learning rate through each phase: constant, cosine or plateau"),
         ("class_weight=W", "none, or balanced"),
         ("label_smoothing=S", "share of each training target spread over all classes"),
+        ("tta=MODE", "none, or flip"),
     ]:
         assert re.search(rf"^  {re.escape(key)} +{meaning}", text, re.MULTILINE), key
     # the values this command line would use: experiment=demo's
