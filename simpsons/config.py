@@ -14,6 +14,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_ROOT / "conf"
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies
 SWEEP_ID_VARIABLE = "SIMPSONS_SWEEP_ID"  # conf/train.yaml sets it for every job of a multirun
+# The per-epoch metrics a run may keep its best epoch by, or stop early on, and which way is better.
+MONITORS = {"val_accuracy": "max", "val_loss": "min"}
 
 
 def default_tracking_uri() -> str:
@@ -89,6 +91,10 @@ TRAINING_KEY_CHECKS = [  # key, test, what is accepted
     ("finetune.layers", lambda v: _whole(v) and v >= 0, "an integer >= 0"),
     ("finetune.epochs", lambda v: _whole(v) and v >= 1, "an integer >= 1"),
     ("finetune.lr", lambda v: v is None or _positive(v), "null or a positive number"),
+    ("monitor", lambda v: v in MONITORS, f"one of {', '.join(MONITORS)}"),
+    ("early_stopping.patience", lambda v: v is None or (_whole(v) and v >= 0), "null (off) or an integer >= 0"),
+    ("early_stopping.monitor", lambda v: v is None or v in MONITORS, f"null (monitor's), {', '.join(MONITORS)}"),
+    ("early_stopping.min_delta", lambda v: _number(v) and v >= 0, "a number >= 0"),
     ("reuse", lambda v: isinstance(v, bool), "true or false"),
     ("tracking.experiment", lambda v: isinstance(v, str) and v.strip() != "", "a non-empty name"),
     ("tracking.heartbeat_seconds", _positive, "a positive number"),

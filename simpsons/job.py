@@ -21,18 +21,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from simpsons import checks, locks, naming, plots
 from simpsons.backbones import BackboneSpec
-from simpsons.config import SWEEP_ID_VARIABLE
+from simpsons.config import MONITORS, SWEEP_ID_VARIABLE
 from simpsons.data import DataSet, Split, load_dataset
 from simpsons.errors import DataError
 from simpsons.evaluation import evaluate
-from simpsons.features import cache_key, cached_features, extract
+from simpsons.features import Lookup, cache_key, cached_features, extract
 from simpsons.model import build_classifier, feature_extractor, head, unfreeze_top
 from simpsons.optimizers import build_optimizer
 from simpsons.pipeline import image_dataset, load_image, without_autotuner
 from simpsons.stopwatch import Stopwatch
 from simpsons.tracking import lifecycle, schema, store, writer
 from simpsons.training import (
+    BestEpoch,
     configure_gpus,
+    early_stopping,
     fit,
     gpu_setting,
     resolve_deterministic,
@@ -108,7 +110,7 @@ def train(cfg: DictConfig, job: JobContext) -> str:
         return done.info.run_id
 
     with contextlib.ExitStack() as stack:
-        resumable = cfg.reuse and _end_to_end(cfg)  # reuse=false trains everything again, from epoch 0
+        resumable = cfg.reuse and _resumable(cfg)  # reuse=false trains everything again, from epoch 0
         resumed = _claim_resumable(client, experiment_id, identity, cfg, stack) if resumable else None
         resume_id = resumed.info.run_id if resumed else None
         run = stack.enter_context(
@@ -116,7 +118,7 @@ def train(cfg: DictConfig, job: JobContext) -> str:
         )
         run_id = run.info.run_id
         backups = _checkpoints(cfg) / run_id
-        if resumed is None and _end_to_end(cfg):
+        if resumed is None and _resumable(cfg):
             stack.enter_context(locks.exclusive(_lock_path(backups)))  # no two processes train (or resume) one run
         _say_started(run, name, uri, backups if resumed else None)
         _train_and_log(cfg, job, data, backbone, optimizer, backups, swept_keys)
@@ -136,8 +138,10 @@ def _train_and_log(
 ) -> None:
     """Inside the active run: config and data, then model -> fit -> evaluate -> log.
 
-    The final metrics that are no epoch's (best_val_accuracy, val_macro_f1, test_*) are logged
-    once the model is, linked to it, so that the Models tab shows them beside the last epoch's.
+    The run keeps its best epoch (by `monitor`, over all phases): the model, the outputs and the
+    test metrics are that epoch's. The final metrics that are no epoch's (best_val_accuracy,
+    best_epoch, val_macro_f1, test_*) are logged once the model is, linked to it at the best
+    epoch's step, so that the Models tab shows them beside that epoch's curves.
     Each phase's wall seconds are logged too (`seconds/*`): what a run of a grid costs, and where.
     """
     stopwatch = Stopwatch()
@@ -163,23 +167,17 @@ def _train_and_log(
             cfg.dropout,
             cfg.augment,
             seed=cfg.seed,
-            share_backbone=not _end_to_end(cfg),  # frozen for good: the sweep's jobs share it
+            share_backbone=not _resumable(cfg),  # frozen for good: the sweep's jobs share it
         )
-    if _end_to_end(cfg):
-        with stopwatch.phase("fit"):
-            scored = _train_end_to_end(model, optimizer, data, cfg, xla, backups)
-    else:
-        scored = _train_head_on_cached_features(model, backbone, optimizer, data, cfg, xla, stopwatch)
+    scored, best = _train(model, backbone, optimizer, data, cfg, xla, backups, stopwatch)
     with stopwatch.phase("evaluate"):
-        run_id = mlflow.active_run().info.run_id
-        val_history = MlflowClient().get_metric_history(run_id, "val_accuracy")  # across a resume, too
         scores, figures = _evaluate_and_log(scored, data)
-        final = {"best_val_accuracy": max(m.value for m in val_history), **scores}
+        # What the run keeps, hence what ranks it: the kept epoch's logged validation outputs.
+        final = {"best_val_accuracy": scores.pop("val_accuracy"), "best_epoch": best.epoch, **scores}
     with stopwatch.phase("log_model"):
         example = load_image(data.val.paths[0], EXAMPLE_SIZE).numpy()[None]
-        last_epoch = max(m.step for m in val_history)
         model_name = naming.model_name(job.overrides, swept_keys, cfg.backbone.name)
-        model_id = writer.log_model(model, example, data.class_names, model_name, last_epoch)
+        model_id = writer.log_model(model, example, data.class_names, model_name, best.epoch)
         mlflow.log_metrics(final, model_id=model_id)
     with stopwatch.phase("figures"):  # drawn in the figure worker while the model was saved
         writer.log_figures(figures)
@@ -224,9 +222,17 @@ def _load_sweep_job_data(
             raise
 
 
-def _end_to_end(cfg: DictConfig) -> bool:
-    """Images through the backbone every epoch: with fine-tuning, augmentation or cache=false."""
-    return not (cfg.cache and cfg.augment.name == "none" and cfg.finetune.layers == 0)
+def _cached_head(cfg: DictConfig) -> bool:
+    """Whether the head (first) phase trains on cached features: the backbone is frozen in it, and
+    there is no augmentation to make every epoch's images differ."""
+    return cfg.cache and cfg.augment.name == "none"
+
+
+def _resumable(cfg: DictConfig) -> bool:
+    """Whether images pass through the backbone in training (fine-tuning, augmentation or
+    cache=false): epochs that cost minutes, so every epoch is backed up and a killed run resumes.
+    A run on cached features alone takes seconds, and simply trains again."""
+    return not (_cached_head(cfg) and cfg.finetune.layers == 0)
 
 
 def _checkpoints(cfg: DictConfig) -> Path:
@@ -320,44 +326,107 @@ def _batches(split: Split, cfg: DictConfig, shuffle_seed: int | None = None) -> 
     return image_dataset(split.paths, split.labels, cfg.image_size, cfg.batch_size, shuffle_seed)
 
 
-def _train_end_to_end(
-    model: keras.Model, optimizer: keras.optimizers.Optimizer, data: DataSet, cfg: DictConfig, xla: bool, backups: Path
-) -> dict[str, tuple[keras.Model, tf.data.Dataset]]:
-    """Images through the whole model every epoch; then, with finetune.layers, a second phase.
-
-    Each phase backs up the model and optimizer after every epoch (Keras's BackupAndRestore, in
-    `backups`), so a rerun of a killed run goes on at the epoch after the last backup; a finished
-    phase restores its end state and trains no more.
-    """
-    mlflow.set_tag(schema.FEATURE_CACHE, "off")
-    train, val = _batches(data.train, cfg, shuffle_seed=cfg.seed), _batches(data.val, cfg)
-    fit(model, optimizer, train, val, cfg.epochs, jit_compile=xla, backup_dir=backups / "head")
-    phases = [f"head: epochs 0-{cfg.epochs - 1}"]
-    if cfg.finetune.layers:
-        lr = cfg.finetune.lr or cfg.optimizer.lr / 10
-        unfreeze_top(model, cfg.finetune.layers)
-        finetune_optimizer = build_optimizer(OmegaConf.merge(cfg.optimizer, {"lr": lr}))
-        total = cfg.epochs + cfg.finetune.epochs
-        fit(model, finetune_optimizer, train, val, total, cfg.epochs, jit_compile=xla, backup_dir=backups / "finetune")
-        phases.append(f"finetune: epochs {cfg.epochs}-{total - 1}, top {cfg.finetune.layers} layers, lr {lr:g}")
-    mlflow.set_tags({schema.PHASES: "; ".join(phases), schema.XLA: str(model.jit_compile).lower()})  # may refuse XLA
-    splits = {"val": data.val, "test": data.test}
-    return {name: (model, _batches(split, cfg)) for name, split in splits.items() if split}
+Scored = dict[str, tuple[keras.Model, tf.data.Dataset | np.ndarray]]  # split -> (model, what it scores)
 
 
-def _train_head_on_cached_features(
+def _train(
     model: keras.Model,
     backbone: BackboneSpec,
     optimizer: keras.optimizers.Optimizer,
     data: DataSet,
     cfg: DictConfig,
     xla: bool,
+    backups: Path,
     stopwatch: Stopwatch,
-) -> dict[str, tuple[keras.Model, np.ndarray]]:
-    """The backbone runs once per image (or never, on a cache hit); the head trains on features.
+) -> tuple[Scored, BestEpoch]:
+    """The head phase, then with finetune.layers a fine-tuning phase; the model is left at its best epoch.
 
-    Seconds per run, so a killed one simply trains again (no backups). Returns each scored
-    split's features, which the head scores in eager calls: no predict function to trace."""
+    The head phase trains on cached features when it can (the backbone then runs once per image,
+    or never on a cache hit), else on images. Fine-tuning runs the backbone on images every epoch.
+    Resumable runs (see _resumable) back up every epoch in `backups`, the head phase on features
+    too: a rerun of a killed run goes on at the epoch after the last backup, with its best epoch
+    and early stopping's count carried over from the curves it logged. Returns what scores each
+    evaluated split: the head on features when no backbone layer was trained, else the model on images.
+    """
+    resumable = _resumable(cfg)
+    curves = _logged_curves(_backup_epoch(backups) if resumable and backups.is_dir() else 0)
+    best = BestEpoch(model, cfg.monitor, backups / "best" if resumable else None, curves[cfg.monitor])
+    stopping = cfg.early_stopping
+    stopping_monitor = stopping.monitor or cfg.monitor
+
+    def phase(
+        name: str, fitted: keras.Model, opt: keras.optimizers.Optimizer, batches: tuple, epochs: int, first: int
+    ) -> int:
+        """One fit, epochs first..epochs-1; returns the epoch it ended at (early stopping may end it sooner)."""
+        replay = [(epoch, value) for epoch, value in curves[stopping_monitor] if epoch >= first]
+        stop = early_stopping(stopping.patience, stopping_monitor, stopping.min_delta, replay)
+        backup_dir = backups / name if resumable else None
+        return fit(fitted, opt, *batches, epochs, first, xla, backup_dir, callbacks=[best, *stop])
+
+    train, val = _batches(data.train, cfg, shuffle_seed=cfg.seed), _batches(data.val, cfg)
+    features = _features(model, backbone, data, cfg, xla, stopwatch) if _cached_head(cfg) else None
+    with stopwatch.phase("fit"):
+        if features is not None:
+            classifier_head = head(model)
+            head_batches = features.batches("train", cfg.seed), features.batches("val")
+            end = phase("head", classifier_head, optimizer, head_batches, cfg.epochs, 0)
+            phases = [f"head on cached features: epochs 0-{end - 1}"]
+        else:
+            mlflow.set_tag(schema.FEATURE_CACHE, "off")
+            end = phase("head", model, optimizer, (train, val), cfg.epochs, 0)
+            phases = [f"head: epochs 0-{end - 1}"]
+        if cfg.finetune.layers:
+            lr = cfg.finetune.lr or cfg.optimizer.lr / 10
+            unfreeze_top(model, cfg.finetune.layers)
+            finetune_optimizer = build_optimizer(OmegaConf.merge(cfg.optimizer, {"lr": lr}))
+            total = end + cfg.finetune.epochs
+            start, end = end, phase("finetune", model, finetune_optimizer, (train, val), total, end)
+            phases.append(f"finetune: epochs {start}-{end - 1}, top {cfg.finetune.layers} layers, lr {lr:g}")
+    best.restore()
+    phases.append(f"kept epoch {best.epoch} (best {cfg.monitor} {best.value:.4f})")
+    on_features = features is not None and not cfg.finetune.layers
+    fitted = classifier_head if on_features else model
+    mlflow.set_tags({schema.PHASES: "; ".join(phases), schema.XLA: str(fitted.jit_compile).lower()})  # may refuse XLA
+    splits = {name: split for name, split in {"val": data.val, "test": data.test}.items() if split}
+    if on_features:
+        return {name: (classifier_head, features.array(name)) for name in splits}, best
+    return {name: (model, _batches(split, cfg)) for name, split in splits.items()}, best
+
+
+def _logged_curves(before_epoch: int) -> dict[str, list[tuple[int, float]]]:
+    """The active run's logged val_accuracy and val_loss, (epoch, value), of the epochs before
+    `before_epoch` (those a resumed run restored); an epoch trained twice counts with its last value."""
+    run_id = mlflow.active_run().info.run_id
+    curves = {}
+    for metric in MONITORS:
+        history = sorted(MlflowClient().get_metric_history(run_id, metric), key=lambda m: m.timestamp)
+        last = {m.step: m.value for m in history if m.step < before_epoch}
+        curves[metric] = sorted(last.items())
+    return curves
+
+
+@dataclass(frozen=True)
+class CachedFeatures:
+    """Each split's pooled backbone features, from the feature cache."""
+
+    lookups: dict[str, Lookup]
+    labels: dict[str, np.ndarray]
+    batch_size: int
+
+    def array(self, split: str) -> np.ndarray:
+        return np.asarray(self.lookups[split].features)
+
+    def batches(self, split: str, shuffle_seed: int | None = None) -> tf.data.Dataset:
+        dataset = tf.data.Dataset.from_tensor_slices((self.array(split), self.labels[split]))
+        if shuffle_seed is not None:
+            dataset = dataset.shuffle(len(self.labels[split]), seed=shuffle_seed, reshuffle_each_iteration=True)
+        return without_autotuner(dataset.batch(self.batch_size))
+
+
+def _features(
+    model: keras.Model, backbone: BackboneSpec, data: DataSet, cfg: DictConfig, xla: bool, stopwatch: Stopwatch
+) -> CachedFeatures:
+    """Every split's features from the cache, computed first where missing (under its lock)."""
     extractor = feature_extractor(model)
     extractor.jit_compile = xla  # predict_on_batch compiles with XLA if asked
     compute = {"precision": cfg.precision, "xla": extractor.jit_compile}
@@ -372,19 +441,7 @@ def _train_head_on_cached_features(
             for name, split in splits.items()
         }
     _log_cache_use(lookups)
-
-    def features(name: str, shuffle_seed: int | None = None) -> tf.data.Dataset:
-        dataset = tf.data.Dataset.from_tensor_slices((np.asarray(lookups[name].features), splits[name].labels))
-        if shuffle_seed is not None:
-            dataset = dataset.shuffle(len(splits[name]), seed=shuffle_seed, reshuffle_each_iteration=True)
-        return without_autotuner(dataset.batch(cfg.batch_size))
-
-    classifier_head = head(model)
-    with stopwatch.phase("fit"):
-        fit(classifier_head, optimizer, features("train", cfg.seed), features("val"), cfg.epochs, jit_compile=xla)
-    phases = f"head on cached features: epochs 0-{cfg.epochs - 1}"
-    mlflow.set_tags({schema.PHASES: phases, schema.XLA: str(extractor.jit_compile).lower()})
-    return {name: (classifier_head, np.asarray(lookups[name].features)) for name in splits if name != "train"}
+    return CachedFeatures(lookups, {name: split.labels for name, split in splits.items()}, cfg.batch_size)
 
 
 def _log_cache_use(lookups: dict) -> None:
@@ -398,13 +455,11 @@ def _log_cache_use(lookups: dict) -> None:
     log.info("feature cache %s; extraction %.1f s", "miss" if computed else "hit", seconds)
 
 
-def _evaluate_and_log(
-    scored: dict[str, tuple[keras.Model, tf.data.Dataset | np.ndarray]], data: DataSet
-) -> tuple[dict[str, float], dict[str, plots.Drawing]]:
+def _evaluate_and_log(scored: Scored, data: DataSet) -> tuple[dict[str, float], dict[str, plots.Drawing]]:
     """Softmax outputs of each split from the model (or head) that scores it, in file order, with
     their report; returns the metrics to log (the test split's, and of the validation split's its
-    macro F1: its loss and accuracy are the curves' last points) and the figures still being
-    drawn, by artifact path."""
+    accuracy and macro F1: its loss and accuracy per epoch are the curves) and the figures still
+    being drawn, by artifact path."""
     metrics: dict[str, float] = {}
     figures: dict[str, plots.Drawing] = {}
     for name, (model, batches) in scored.items():
@@ -412,7 +467,7 @@ def _evaluate_and_log(
         evaluation = evaluate(model, batches, split, name)
         writer.log_evaluation(evaluation, data.class_names, figures, with_metrics=False)
         scores = evaluation.metrics()
-        metrics |= {f"{name}_macro_f1": scores[f"{name}_macro_f1"]} if name == "val" else scores
+        metrics |= {key: scores[key] for key in ("val_accuracy", "val_macro_f1")} if name == "val" else scores
         log.info("%s: %s", name, {k: round(v, 4) for k, v in scores.items()})
     return metrics, figures
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
 import mlflow
+import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.config import disable_op_determinism  # no public twin of enable_op_determinism
 
 from simpsons import gpus, signals
 from simpsons.checks import XLA_NEEDS_NO_DETERMINISM
+from simpsons.config import MONITORS
 from simpsons.errors import ConfigError
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -129,6 +134,114 @@ class MlflowEpochMetrics(keras.callbacks.Callback):
             mlflow.log_metrics({name: float(logs[name]) for name in EPOCH_METRICS if name in logs}, step=epoch)
 
 
+class BestEpoch(keras.callbacks.Callback):
+    """The epoch with the best `monitor` value over every phase of a run, and its weights.
+
+    Keras's EarlyStopping(restore_best_weights=True) keeps the best weights of one fit; a run fits
+    its head, may fine-tune after, and may be resumed after a kill. One BestEpoch follows all of
+    its fits. It copies only the variables the fits train (the head's, then the unfrozen backbone
+    layers'), and remembers each one's value from before its first trained epoch: that is its value
+    at any best epoch before then. Ties keep the earlier epoch, as Keras's callbacks do.
+
+    With `directory` (runs that back up every epoch and can be resumed), each new best is saved
+    there too, whole, before BackupAndRestore's backup of that epoch: a resumed run, given the
+    curve it logged before (`history`, as (epoch, value)), knows its best epoch and can restore it.
+    """
+
+    def __init__(
+        self,
+        classifier: keras.Model,
+        monitor: str,
+        directory: Path | None = None,
+        history: Sequence[tuple[int, float]] = (),
+    ) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.monitor = monitor
+        self.directory = directory
+        self.epoch: int | None = None
+        self.value: float | None = None
+        self._first: dict[int, tuple[keras.Variable, np.ndarray]] = {}  # id -> (variable, value before training)
+        self._best: dict[int, np.ndarray] | None = None  # id -> value at the best epoch, once it is in this process
+        for epoch, value in history:
+            self._consider(epoch, value)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        # Not on_train_begin: BackupAndRestore restores a resumed phase's weights there.
+        for variable in self.model.trainable_variables:
+            self._first.setdefault(id(variable), (variable, keras.ops.convert_to_numpy(variable)))
+        if self.directory is not None:
+            self._prune()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if not self._consider(epoch, float((logs or {})[self.monitor])):
+            return
+        self._best = {key: keras.ops.convert_to_numpy(variable) for key, (variable, _) in self._first.items()}
+        if self.directory is not None:
+            self._save(epoch)
+
+    def restore(self) -> None:
+        """Set the classifier to its weights at the best epoch (no epoch trained: nothing to do)."""
+        if self._best is not None:
+            for key, (variable, first) in self._first.items():
+                variable.assign(self._best.get(key, first))
+        elif self.epoch is not None and self.directory is not None:  # best before a resume
+            self.classifier.load_weights(self.directory / self._weights_name(self.epoch))
+
+    def _consider(self, epoch: int, value: float) -> bool:
+        better = np.greater if MONITORS[self.monitor] == "max" else np.less
+        if self.value is not None and not better(value, self.value):
+            return False
+        self.epoch, self.value = epoch, value
+        return True
+
+    def _save(self, epoch: int) -> None:
+        """The whole classifier's weights, renamed into place: a kill leaves the previous best whole."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / self._weights_name(epoch)
+        partial = path.with_name(f"partial-{os.getpid()}.weights.h5")
+        self.classifier.save_weights(partial)
+        os.replace(partial, path)
+
+    def _prune(self) -> None:
+        """Delete the earlier bests' weights, once the epoch that beat them is backed up (the next
+        one begins): until then a kill resumes before that epoch, and the earlier best still counts."""
+        for older in self.directory.glob("best-epoch-*.weights.h5"):
+            if older.name != self._weights_name(self.epoch):
+                older.unlink()
+
+    @staticmethod
+    def _weights_name(epoch: int) -> str:
+        return f"best-epoch-{epoch}.weights.h5"
+
+
+class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras's EarlyStopping, told the phase's epochs that ran before a resume (`replay`), so that
+    its patience counts them as if the run had never stopped."""
+
+    def __init__(self, replay: Sequence[tuple[int, float]] = (), **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.replay = list(replay)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        super().on_train_begin(logs)
+        for epoch, value in self.replay:
+            self.on_epoch_end(epoch, {self.monitor: value})
+
+
+def early_stopping(
+    patience: int | None, monitor: str, min_delta: float, replay: Sequence[tuple[int, float]] = ()
+) -> list[keras.callbacks.Callback]:
+    """[EarlyStopping] for a phase, or [] with patience null. Weights are not restored here: the
+    run's BestEpoch does that, across phases."""
+    if patience is None:
+        return []
+    stopping = ResumedEarlyStopping(
+        replay, monitor=monitor, mode=MONITORS[monitor], patience=patience, min_delta=min_delta, verbose=1
+    )
+    return [stopping]
+
+
 def fit(
     model: keras.Model,
     optimizer: keras.optimizers.Optimizer,
@@ -138,31 +251,57 @@ def fit(
     initial_epoch: int = 0,
     jit_compile: bool = False,
     backup_dir: Path | None = None,
-) -> keras.callbacks.History:
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> int:
     """Compile (with XLA if asked) and fit; epochs count from initial_epoch, so a second phase
-    continues the curves.
+    continues the curves. Returns the epoch the phase ends at (the next one's first epoch): earlier
+    than `epochs` when a callback (early stopping) stopped it.
 
-    With `backup_dir`, Keras's BackupAndRestore saves the weights, optimizer and epoch there after
-    every epoch, after the epoch's metrics are logged, and restores them when fit starts: a rerun
-    goes on at the epoch after the last backup. The backup is kept after fit, for the caller to
-    delete once the whole run is logged.
+    `callbacks` run after the epoch's metrics are logged and before the backup. With `backup_dir`,
+    Keras's BackupAndRestore saves the weights, optimizer and epoch there after every epoch and
+    restores them when fit starts: a rerun goes on at the epoch after the last backup. The backup
+    is kept after fit, with the phase's end epoch beside it (a rerun of a finished phase trains
+    nothing), for the caller to delete once the whole run is logged.
     """
-    callbacks: list[keras.callbacks.Callback] = [MlflowEpochMetrics()]
+    done = None if backup_dir is None else _phase_end(backup_dir)
+    if done is not None:
+        epochs = done  # BackupAndRestore restores the phase's last epoch and trains no more
+    all_callbacks: list[keras.callbacks.Callback] = [MlflowEpochMetrics(), *callbacks]
     if backup_dir is not None:
         # double_checkpoint: a kill -9 in the middle of writing the weights leaves the previous
         # epoch's backup, which BackupAndRestore falls back to.
-        callbacks.append(
+        all_callbacks.append(
             keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True, delete_checkpoint=False)
         )
     model.compile(
         optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=jit_compile
     )
-    return model.fit(
+    history = model.fit(
         train,
         validation_data=val,
         epochs=epochs,
         initial_epoch=initial_epoch,
         shuffle=False,
-        callbacks=callbacks,
+        callbacks=all_callbacks,
         verbose=2,
     )
+    end = max(history.epoch, default=max(initial_epoch, epochs - 1)) + 1
+    if backup_dir is not None and done is None:
+        _mark_phase_end(backup_dir, end)
+    return end
+
+
+PHASE_END = "phase_end.json"
+
+
+def _phase_end(backup_dir: Path) -> int | None:
+    try:
+        return json.loads((backup_dir / PHASE_END).read_text())["end"]
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+
+
+def _mark_phase_end(backup_dir: Path, end: int) -> None:
+    partial = backup_dir / f"{PHASE_END}.{os.getpid()}.partial"
+    partial.write_text(json.dumps({"end": end}))
+    os.replace(partial, backup_dir / PHASE_END)

@@ -7,8 +7,10 @@ from __future__ import annotations
 import simpsons  # noqa: F401
 
 # isort: split
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -166,7 +168,9 @@ def serving(command: list[str], url: str, cwd: Path, env: dict[str, str], timeou
     """Run a server on 127.0.0.1 until the block ends; yields `url` once it answers."""
     log = cwd / "server.log"
     with log.open("w") as output:
-        server = subprocess.Popen(command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -179,8 +183,20 @@ def serving(command: list[str], url: str, cwd: Path, env: dict[str, str], timeou
                 time.sleep(0.5)
         yield url
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_group(server)
+
+
+def stop_group(process: subprocess.Popen, grace: float = 60) -> None:
+    """SIGTERM to the process's group (a server and its workers), SIGKILL once `grace` s have passed:
+    a loaded machine may take long to shut a server down, which is no test's failure."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def mlflow_cli() -> str:

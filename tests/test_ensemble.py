@@ -16,7 +16,18 @@ from PIL import Image
 from simpsons.tracking import reader as runs
 from simpsons.tracking import schema
 
-OWN_KEYS = ("top_n", "metric", "direction", "sweep", "filter", "one_per_backbone", "method", "weights", "register")
+OWN_KEYS = (
+    "top_n",
+    "metric",
+    "direction",
+    "sweep",
+    "filter",
+    "one_per_backbone",
+    "method",
+    "weights",
+    "calibrate",
+    "register",
+)
 TRAINING_GROUPS = ("backbone", "optimizer", "augment", "experiment", "data")
 
 
@@ -60,6 +71,7 @@ def test_the_cli_says_what_is_wrong_in_one_line(store, tmp_path):
     for bad, message in [
         ("method=vote", "method='vote' is unknown; use one of: mean, greedy"),
         ("registered_model=a/b", "registered_model='a/b' is invalid; expected a non-empty name without '/' or ':'"),
+        ("calibrate=maybe", "calibrate='maybe' is invalid; expected true or false"),
     ]:
         result = ensemble_cli([f"tracking.uri={store.uri}", bad], tmp_path)
         assert result.returncode == 2

@@ -13,6 +13,7 @@ from conftest import Store, ensemble_config
 from mlflow.tracking import MlflowClient
 
 from simpsons.ensembling.command import ensemble, ensemble_name
+from simpsons.ensembling.maths import expected_calibration_error, negative_log_likelihood, temperature_scaled
 from simpsons.tracking import lifecycle, reader, schema
 
 
@@ -117,3 +118,57 @@ def test_greedy_members_are_the_candidates_it_picked_and_never_below_the_best_on
     assert run.data.metrics["val_accuracy"] >= max(c["val_accuracy"] for c in table)
     assert run.data.metrics["val_accuracy_gain"] >= 0
     assert sum(c["weight"] for c in table) == pytest.approx(1)
+
+
+def label_indices(run_id: str, split: str) -> np.ndarray:
+    classes = reader.class_names(mlflow.get_run(run_id))
+    return np.array([classes.index(label) for label in reader.outputs(run_id, split).labels])
+
+
+def test_without_calibrate_the_calibration_error_is_logged_and_nothing_is_scaled(store, capsys):
+    run_id = ensemble(ensemble_config(store, f"sweep={store.sweep}", "top_n=2", "register=false"))
+    run = MlflowClient(store.uri).get_run(run_id)
+    members = run.data.tags[schema.MEMBERS].split(",")
+    for split in ("val", "test"):
+        mean = np.mean([probabilities(m, split) for m in members], axis=0)
+        expected = expected_calibration_error(mean, label_indices(run_id, split))
+        assert run.data.metrics[f"{split}_ece"] == pytest.approx(expected)
+    assert not {"temperature", "val_ece_calibrated", "test_ece_calibrated"} & run.data.metrics.keys()
+    assert all("temperature" not in c and "val_ece" in c for c in candidate_table(run_id))
+    assert "not calibrated (calibrate=false); ECE val 0." in capsys.readouterr().out
+
+
+def test_calibrate_scales_the_average_by_a_temperature_fitted_on_validation(store, capsys):
+    run_id = ensemble(ensemble_config(store, f"sweep={store.sweep}", "top_n=3", "calibrate=true", "register=false"))
+    run = MlflowClient(store.uri).get_run(run_id)
+    assert run.info.run_name == "ensemble-mean-top3-calibrated-sweep"
+    metrics = run.data.metrics
+    temperature = metrics["temperature"]
+    members = run.data.tags[schema.MEMBERS].split(",")
+    for split in ("val", "test"):
+        labels = label_indices(run_id, split)
+        mean = np.mean([probabilities(m, split) for m in members], axis=0)
+        logged = probabilities(run_id, split)  # the calibrated outputs, with the plain average's argmax
+        np.testing.assert_allclose(logged, temperature_scaled(mean, temperature), atol=1e-6)
+        assert (logged.argmax(1) == mean.argmax(1)).all()
+        assert metrics[f"{split}_ece"] == pytest.approx(expected_calibration_error(mean, labels))
+        assert metrics[f"{split}_ece_calibrated"] == pytest.approx(expected_calibration_error(logged, labels))
+        assert metrics[f"{split}_loss"] == pytest.approx(negative_log_likelihood(logged, labels), abs=1e-5)
+    val_labels = label_indices(run_id, "val")
+    val_mean = np.mean([probabilities(m, "val") for m in members], axis=0)
+    assert negative_log_likelihood(probabilities(run_id, "val"), val_labels) <= negative_log_likelihood(
+        val_mean, val_labels
+    )
+    for candidate in candidate_table(run_id):  # each with its own temperature, fitted on its validation outputs
+        own = {split: probabilities(candidate["run_id"], split) for split in ("val", "test")}
+        assert candidate["temperature"] > 0
+        for split, found in own.items():
+            labels = label_indices(run_id, split)
+            assert candidate[f"{split}_ece"] == pytest.approx(expected_calibration_error(found, labels))
+            scaled = temperature_scaled(found, candidate["temperature"])
+            assert candidate[f"{split}_ece_calibrated"] == pytest.approx(expected_calibration_error(scaled, labels))
+        assert negative_log_likelihood(temperature_scaled(own["val"], candidate["temperature"]), val_labels) <= (
+            negative_log_likelihood(own["val"], val_labels)
+        )
+    assert f"Calibrated by the temperature {temperature:.4f}" in run.data.tags["mlflow.note.content"]
+    assert f"calibration   temperature {temperature:.4f}, fitted on validation; ECE val " in capsys.readouterr().out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from simpsons.ensembling.console import Row, next_steps, table
+from simpsons.ensembling.console import Row, calibration, next_steps, table
 
 
 def test_the_table_rounds_to_four_decimals_and_aligns_its_columns():
@@ -31,3 +31,11 @@ def test_next_steps_name_the_store_only_when_it_is_not_the_default():
     assert "python -m simpsons.predict --run abc123 --tracking-uri sqlite:////tmp/x.db" in text
     assert "MLFLOW_TRACKING_URI=sqlite:////tmp/x.db mlflow models serve -m models:/m-1" in text
     assert "not registered (register=false)" in text
+
+
+def test_the_calibration_line_gives_the_temperature_and_the_error_before_and_after_to_four_decimals():
+    line = calibration(1.83456, {"val": 0.123456, "test": 0.2}, {"val": 0.01, "test": 0.05})
+    assert line == "temperature 1.8346, fitted on validation; ECE val 0.1235 -> 0.0100, test 0.2000 -> 0.0500"
+    assert calibration(None, {"val": 0.1}, {}) == "not calibrated (calibrate=false); ECE val 0.1000"
+    text = next_steps("abc123", "n", "models:/m-1", "models:/m-1", None, None, line)
+    assert text.splitlines()[2] == f"calibration   {line}"

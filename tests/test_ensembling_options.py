@@ -15,10 +15,10 @@ def composed(*overrides: str):
         return compose(config_name="ensemble", overrides=list(overrides))
 
 
-def test_the_defaults_pass_and_register_under_simpsons():
+def test_the_defaults_pass_register_under_simpsons_and_do_not_calibrate():
     cfg = composed()
     check_options(cfg)
-    assert (cfg.register, cfg.registered_model) == (True, "simpsons")
+    assert (cfg.register, cfg.registered_model, cfg.calibrate) == (True, "simpsons", False)
 
 
 @pytest.mark.parametrize(
@@ -29,6 +29,8 @@ def test_the_defaults_pass_and_register_under_simpsons():
         ("direction=up", "direction='up' is unknown; use one of: max, min"),
         ("top_n=0", "top_n=0 is invalid; expected an integer >= 1"),
         ("register=maybe", "register='maybe' is invalid; expected true or false"),
+        ("calibrate=yes please", "calibrate='yes please' is invalid; expected true or false"),
+        ("calibrate=1", "calibrate=1 is invalid; expected true or false"),
         ("registered_model=team:a", "registered_model='team:a' is invalid; expected a non-empty name without"),
         ("registered_model=' '", "registered_model=' ' is invalid"),
     ],

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import warnings
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import pytest
 from conftest import ensemble_config, free_port, get_json, mlflow_cli, serving
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from simpsons.ensembling import maths
 from simpsons.ensembling.command import ensemble
 from simpsons.ensembling.writer import SERVED_MODEL
 from simpsons.tracking import reader as runs
@@ -25,6 +28,29 @@ def probabilities(run_id: str, split: str) -> np.ndarray:
 def test_the_served_model_imports_nothing_from_simpsons():
     source = SERVED_MODEL.read_text()  # read, not imported: running it sets MLflow's model-from-code model
     assert "simpsons" not in "\n".join(line for line in source.splitlines() if line.startswith(("import", "from")))
+
+
+def test_the_served_model_floors_probabilities_as_the_logged_outputs_were_before_scaling():
+    assignments = [node for node in ast.parse(SERVED_MODEL.read_text()).body if isinstance(node, ast.Assign)]
+    [floor] = [node.value for node in assignments if node.targets[0].id == "PROBABILITY_FLOOR"]
+    assert ast.literal_eval(floor) == maths.PROBABILITY_FLOOR
+
+
+@pytest.mark.slow
+def test_a_calibrated_registered_ensemble_serves_its_logged_calibrated_outputs(store):
+    overrides = ("top_n=3", "calibrate=true", "registered_model=calibrated")
+    run_id = ensemble(ensemble_config(store, f"sweep={store.sweep}", *overrides))
+    run = MlflowClient(store.uri).get_run(run_id)
+    model = mlflow.pyfunc.load_model(f"models:/{run.data.tags[schema.REGISTERED_VERSION]}")
+    assert model.model_config["temperature"] == run.data.metrics["temperature"]
+    logged = probabilities(run_id, "val")
+    members = run.data.tags[schema.MEMBERS].split(",")
+    # Tiny random members output about 1/4 for every class, and scaling moves that: by more than the
+    # tolerance below, so that the comparison tells scaled from unscaled outputs.
+    assert np.abs(logged - np.mean([probabilities(m, "val") for m in members], axis=0)).max() > 1e-4
+    names = runs.outputs(run_id, "val").names
+    images = np.stack([np.asarray(Image.open(store.images / "train" / n), dtype=np.float32) for n in names])
+    np.testing.assert_allclose(model.predict(images), logged, atol=1e-5)
 
 
 def test_the_logged_ensemble_model_takes_images_of_any_size_and_mlflow_asks_for_no_type_hints(store):

@@ -67,7 +67,7 @@ def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_sof
     for name in EPOCH_METRICS:
         assert [m.step for m in client.get_metric_history(run_id, name)] == [0, 1], name
     val_history = [m.value for m in client.get_metric_history(run_id, "val_accuracy")]
-    assert run.data.metrics["best_val_accuracy"] == max(val_history)
+    assert run.data.metrics["best_val_accuracy"] == pytest.approx(max(val_history), abs=1e-6)
     assert {"test_loss", "test_accuracy", "test_macro_f1", "val_macro_f1"} <= run.data.metrics.keys()
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout
@@ -122,11 +122,14 @@ def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_sof
     [logged_model] = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
     assert logged_model.source_run_id == run_id
     assert logged_model.name == "vgg16 32px weights=null bs=16 lr=1e-3 ep=2"
-    # The Models tab's metrics: the run's final ones, the epochs' at the last epoch (not the first)
+    # The Models tab's metrics: the run's final ones, and the epochs' at the epoch the model is from
     linked = mlflow.get_logged_model(logged_model.model_id).metrics
-    final = ["best_val_accuracy", "val_macro_f1", "test_loss", "test_accuracy", "test_macro_f1", *EPOCH_METRICS]
-    assert {m.key: m.value for m in linked} == {key: run.data.metrics[key] for key in final}
-    assert {m.key: m.step for m in linked if m.key in EPOCH_METRICS} == dict.fromkeys(EPOCH_METRICS, 1)
+    final = ["best_val_accuracy", "best_epoch", "val_macro_f1", "test_loss", "test_accuracy", "test_macro_f1"]
+    kept = int(run.data.metrics["best_epoch"])  # the epochs' metrics at the kept epoch (not the first, or last)
+    kept_epoch = {name: client.get_metric_history(run_id, name)[kept].value for name in EPOCH_METRICS}
+    shown = {m.key: m.value for m in linked if m.key in [*final, *EPOCH_METRICS]}  # kept at 0: step 0's others too
+    assert shown == {key: run.data.metrics[key] for key in final} | kept_epoch
+    assert {m.key: m.step for m in linked if m.key in EPOCH_METRICS} == dict.fromkeys(EPOCH_METRICS, kept)
     info = mlflow.models.get_model_info(logged_model.model_uri)
     assert info.signature.inputs.inputs[0].shape == (-1, -1, -1, 3)
     assert info.saved_input_example_info is not None
@@ -333,3 +336,65 @@ def test_help_explains_the_main_keys_and_sweeps_without_importing_tensorflow(tmp
     assert re.search(r"^  image_size=N +input side in pixels \(64\)$", text, re.MULTILINE)
     assert re.search(r"^  backbone.weights=W .*\(null\)$", text, re.MULTILINE)
     assert "backbone: convnext_tiny, densenet201," in text  # Hydra's list of config groups
+
+
+@pytest.mark.slow
+def test_every_run_keeps_its_best_epoch_with_the_cache_without_it_and_with_fine_tuning(
+    image_folders, tracking_uri, tmp_path
+):
+    """What ranks a run (best_val_accuracy) is what it keeps: the accuracy of its logged validation
+    outputs, which its logged model reproduces, from its best epoch, not its last one."""
+    args = ["-m", *IMAGE_SENSITIVE_MODEL, "optimizer.lr=1e-2", *folder_data(image_folders), "epochs=5"]
+    args += ["finetune.epochs=4", "cache=true,false", "finetune.layers=0,2", f"tracking.uri={tracking_uri}"]
+    result = run_cli([*args, "tracking.experiment=best"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    client = MlflowClient(tracking_uri)
+    runs = [run for run in runs_of(tracking_uri, "best") if "best_epoch" in run.data.metrics]
+    cases = {(run.data.params["cache"], run.data.params["finetune.layers"]) for run in runs}
+    assert cases == {("True", "0"), ("False", "0"), ("True", "2"), ("False", "2")}
+    for run in runs:
+        run_id, metrics = run.info.run_id, run.data.metrics
+        curve = [m.value for m in sorted(client.get_metric_history(run_id, "val_accuracy"), key=lambda m: m.step)]
+        assert len(curve) == (9 if run.data.params["finetune.layers"] == "2" else 5), "the curves stay complete"
+        best_epoch = int(metrics["best_epoch"])
+        assert best_epoch == int(np.argmax(curve)) < len(curve) - 1, "kept the first best epoch, not the last"
+        assert metrics["best_val_accuracy"] == pytest.approx(max(curve), abs=1e-6)
+
+        val_csv = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions/val.csv")
+        names, labels, recorded = astuple(from_csv(Path(val_csv).read_text()))
+        classes = json.loads(run.data.tags["class_names"])
+        accuracy = np.mean(recorded.argmax(axis=1) == [classes.index(label) for label in labels])
+        assert accuracy == pytest.approx(metrics["best_val_accuracy"], abs=1e-6)
+        query = f"source_run_id = '{run_id}'"
+        [logged] = mlflow.search_logged_models([run.info.experiment_id], filter_string=query, output_format="list")
+        raw = np.stack([np.asarray(Image.open(image_folders / "train" / n), dtype=np.float32) for n in names])
+        np.testing.assert_allclose(mlflow.pyfunc.load_model(logged.model_uri).predict(raw), recorded, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_sweep_over_the_monitor_with_early_stopping_keeps_and_logs_what_each_run_was_told(
+    image_folders, tracking_uri, tmp_path
+):
+    args = ["-m", *IMAGE_SENSITIVE_MODEL, "optimizer.lr=1e-2", *folder_data(image_folders), "epochs=8"]
+    args += ["monitor=val_accuracy,val_loss", "early_stopping.patience=1", f"tracking.uri={tracking_uri}"]
+    result = run_cli([*args, "tracking.experiment=stopping"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    client = MlflowClient(tracking_uri)
+    jobs = [run for run in runs_of(tracking_uri, "stopping") if "best_epoch" in run.data.metrics]  # not the parent
+    runs = {run.data.params["monitor"]: run for run in jobs}
+    assert sorted(runs) == ["val_accuracy", "val_loss"]
+    for monitor, run in runs.items():
+        assert run.data.params["early_stopping.patience"] == "1"
+        assert run.data.params["early_stopping.monitor"] == "None"  # null: the run's monitor
+        curves = {
+            name: [m.value for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)]
+            for name in ("val_accuracy", "val_loss")
+        }
+        curve = curves[monitor]
+        pick = np.argmax if monitor == "val_accuracy" else np.argmin
+        kept = int(run.data.metrics["best_epoch"])
+        assert kept == int(pick(curve))
+        assert len(curve) == kept + 2 < 8, "stopped one epoch (patience 1) after its best, before epoch 8"
+        assert run.data.metrics["best_val_accuracy"] == pytest.approx(curves["val_accuracy"][kept], abs=1e-6)

@@ -5,7 +5,9 @@ that can be averaged together; its *members* are the candidates whose softmax ou
 (weight > 0). With method=mean every candidate is a member; greedy selection may leave some out.
 
 - `selection`: the candidates, best first, and why every other run is left out; no TensorFlow;
-- `maths`: weighted means and greedy forward selection of softmax outputs; numpy only;
+- `maths`: weighted means and greedy forward selection of softmax outputs, the expected calibration
+  error, temperature scaling; numpy, scipy and scikit-learn;
+- `scoring`: the ensemble's weights and outputs, calibrated or not, and every model's scores;
 - `command`: one ensemble, from its config to its run: select, combine, score, log, register, print;
 - `writer`: what an ensemble run logs to MLflow: tags, params, metrics, tables, chart, model;
 - `charts`: the members-vs-ensemble bar chart;

@@ -55,12 +55,14 @@ def ensemble(cfg: DictConfig) -> str:
 
 
 def ensemble_name(cfg: DictConfig, num_candidates: int, source: str) -> str:
-    """What the ensemble is, for its run and its logged model: `ensemble-mean-top5-<sweep or experiment>`.
+    """What the ensemble is, for its run and its logged model: `ensemble-mean-top5-<sweep or experiment>`,
+    `ensemble-mean-top5-calibrated-<...>` with calibrate=true.
 
     Written in the characters MLflow accepts in a logged model's name (no / : . % " ').
     """
     method = "weighted-mean" if cfg.method == "mean" and cfg.weights == "val_accuracy" else cfg.method
-    name = f"ensemble-{method}-top{num_candidates}-{source}"
+    calibrated = "-calibrated" if cfg.calibrate else ""
+    name = f"ensemble-{method}-top{num_candidates}{calibrated}-{source}"
     return re.sub(r"-{2,}", "-", re.sub(r"[\s/:%\"']", "-", name).replace(".", "_")).strip("-")
 
 
@@ -88,9 +90,19 @@ def _description(result: Ensemble, cfg: DictConfig, source: str, metrics: dict[s
     scores = ", ".join(f"{key} {metrics[key]:.4f}" for key in ("val_accuracy", "test_accuracy") if key in metrics)
     how = {"mean": "the mean", "greedy": "greedy forward selection (on validation)"}[cfg.method]
     weighted = " weighted by validation accuracy" if cfg.method == "mean" and cfg.weights == "val_accuracy" else ""
-    return (
+    described = (
         f"Ensemble of {len(result.members)} member(s), by {how}{weighted} of the softmax outputs of the best "
         f"{len(result.candidates)} training run(s) by {cfg.metric} ({cfg.direction}) of {source}: {scores}."
+    )
+    calibration = result.calibration
+    if calibration.temperature is None:
+        return described
+    errors = ", ".join(
+        f"{split} {calibration.ece[split]:.4f} to {calibration.ece_calibrated[split]:.4f}" for split in result.splits
+    )
+    return (
+        f"{described} Calibrated by the temperature {calibration.temperature:.4f}, fitted on validation: "
+        f"expected calibration error {errors}."
     )
 
 
@@ -136,6 +148,12 @@ def _print(cfg: DictConfig, result: Ensemble, run: Run, model: ModelInfo, regist
     # tell: mlflow.set_tracking_uri sets it in this process.)
     uri = mlflow.get_tracking_uri()
     named_uri = None if uri == store.absolute_sqlite_uri(default_tracking_uri()) else store.redact_uri(uri)
+    calibration = result.calibration
+    calibrated = console.calibration(calibration.temperature, calibration.ece, calibration.ece_calibrated)
     print(console.table(rows))
     print()
-    print(console.next_steps(run.info.run_id, run.info.run_name, model.model_uri, serve_uri, registered, named_uri))
+    print(
+        console.next_steps(
+            run.info.run_id, run.info.run_name, model.model_uri, serve_uri, registered, named_uri, calibrated
+        )
+    )

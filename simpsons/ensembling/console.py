@@ -42,18 +42,38 @@ def _shorten(name: str) -> str:
     return name if len(name) <= NAME_WIDTH else name[: NAME_WIDTH - 1] + "…"
 
 
+def calibration(temperature: float | None, ece: dict[str, float], ece_calibrated: dict[str, float]) -> str:
+    """The ensemble's temperature, if any, and its expected calibration error (ECE) per split, before and after."""
+    if temperature is None:
+        errors = ", ".join(f"{split} {value:.{DECIMALS}f}" for split, value in ece.items())
+        return f"not calibrated (calibrate=false); ECE {errors}"
+    errors = ", ".join(
+        f"{split} {value:.{DECIMALS}f} -> {ece_calibrated[split]:.{DECIMALS}f}" for split, value in ece.items()
+    )
+    return f"temperature {temperature:.{DECIMALS}f}, fitted on validation; ECE {errors}"
+
+
 def next_steps(
-    run_id: str, run_name: str, model_uri: str, serve_uri: str, registered: str | None, tracking_uri: str | None
+    run_id: str,
+    run_name: str,
+    model_uri: str,
+    serve_uri: str,
+    registered: str | None,
+    tracking_uri: str | None,
+    calibrated: str | None = None,
 ) -> str:
-    """The run id and model URI, what happened in the registry, and the commands that use the model.
+    """The run id and model URI, its calibration, what happened in the registry, and the commands that
+    use the model.
 
     `tracking_uri`: the store to name in the commands, or None for the one they find by default.
+    `calibrated`: the calibration() line, if any.
     """
     store_flag = f" --tracking-uri {tracking_uri}" if tracking_uri else ""
     store_variable = f"MLFLOW_TRACKING_URI={tracking_uri} " if tracking_uri else ""
     lines = [
         ("ensemble run", f"{run_id} ({run_name})"),
         ("model", model_uri),
+        *([("calibration", calibrated)] if calibrated else []),
         ("registry", registered or "not registered (register=false)"),
         ("predict", f"python -m simpsons.predict --run {run_id}{store_flag} photo.jpg folder/"),
         ("serve", f"{store_variable}mlflow models serve -m {serve_uri} --env-manager local -h 127.0.0.1 -p 5001"),

@@ -17,8 +17,9 @@ def check_options(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={cfg[key]!r} is unknown; use one of: {', '.join(accepted)}")
     if not isinstance(cfg.top_n, int) or isinstance(cfg.top_n, bool) or cfg.top_n < 1:
         raise ConfigError(f"top_n={cfg.top_n!r} is invalid; expected an integer >= 1")
-    if not isinstance(cfg.register, bool):
-        raise ConfigError(f"register={cfg.register!r} is invalid; expected true or false")
+    for key in ("register", "calibrate"):
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key}={cfg[key]!r} is invalid; expected true or false")
     name = cfg.registered_model
     if not isinstance(name, str) or not name.strip() or any(c in name for c in BAD_NAME_CHARACTERS):
         raise ConfigError(f"registered_model={name!r} is invalid; expected a non-empty name without '/' or ':'")

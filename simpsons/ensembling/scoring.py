@@ -1,4 +1,5 @@
-"""An ensemble of candidates: the weights, its evaluation on each split, and each candidate's accuracy.
+"""An ensemble of candidates: the weights, its evaluation on each split, each candidate's accuracy, and
+how well calibrated each one is (with calibrate=true, the ensemble's outputs are temperature-scaled).
 
 Scores come from the outputs each candidate logged (predictions/<split>.csv): no model is reloaded.
 """
@@ -6,17 +7,39 @@ Scores come from the outputs each candidate logged (predictions/<split>.csv): no
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from omegaconf import DictConfig
 
-from simpsons.ensembling.maths import accuracy, greedy_weights, weighted_mean
+from simpsons.ensembling.maths import (
+    accuracy,
+    expected_calibration_error,
+    fit_temperature,
+    greedy_weights,
+    temperature_scaled,
+    weighted_mean,
+)
 from simpsons.ensembling.selection import Candidate
 from simpsons.evaluation import Evaluation
 from simpsons.tracking import reader
 
 log = logging.getLogger("simpsons.ensemble")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How well one model's outputs are calibrated, per split: before, and after its own temperature."""
+
+    ece: dict[str, float]  # split -> expected calibration error of the outputs as they were logged
+    temperature: float | None = None  # fitted on validation; None without calibrate=true
+    ece_calibrated: dict[str, float] = field(default_factory=dict)  # split -> ECE after the temperature
+
+    def metrics(self) -> dict[str, float]:
+        """`val_ece`, `test_ece`; calibrated, also `val_ece_calibrated`, `test_ece_calibrated`, `temperature`."""
+        found = {f"{split}_ece": value for split, value in self.ece.items()}
+        found |= {f"{split}_ece_calibrated": value for split, value in self.ece_calibrated.items()}
+        return found if self.temperature is None else found | {"temperature": self.temperature}
 
 
 @dataclass(frozen=True)
@@ -26,6 +49,10 @@ class Ensemble:
     evaluations: dict[str, Evaluation]  # "val", and "test" where the candidates had a test set
     accuracies: dict[str, list[float]]  # split -> each candidate's accuracy
     method: str
+    # The ensemble's: its `ece` is that of the plain weighted mean; with a temperature, `evaluations`
+    # hold the temperature-scaled outputs (what its model serves).
+    calibration: Calibration
+    calibrations: list[Calibration]  # each candidate's, with its own temperature
 
     @property
     def members(self) -> list[tuple[Candidate, float]]:
@@ -54,19 +81,31 @@ def combine(candidates: list[Candidate], cfg: DictConfig, class_names: list[str]
         log.warning("the candidates have no test set: the ensemble is scored on validation only")
     labels = {split: _label_indices(outputs, class_names) for split, outputs in first.items()}
     weights = candidate_weights(candidates, cfg, labels["val"])
-    evaluations = {
-        split: Evaluation(
-            split,
-            outputs.names,
-            labels[split],
-            weighted_mean([c.outputs[split].probabilities for c in candidates], weights),
-        )
-        for split, outputs in first.items()
-    }
+    averaged = {split: weighted_mean([c.outputs[split].probabilities for c in candidates], weights) for split in first}
+    calibration, outputs = calibrated(averaged, labels, cfg.calibrate)
+    evaluations = {split: Evaluation(split, first[split].names, labels[split], outputs[split]) for split in first}
     accuracies = {
         split: [accuracy(c.outputs[split].probabilities, labels[split]) for c in candidates] for split in first
     }
-    return Ensemble(candidates, weights, evaluations, accuracies, cfg.method)
+    calibrations = [
+        calibrated({split: c.outputs[split].probabilities for split in first}, labels, cfg.calibrate)[0]
+        for c in candidates
+    ]
+    return Ensemble(candidates, weights, evaluations, accuracies, cfg.method, calibration, calibrations)
+
+
+def calibrated(
+    outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray], calibrate: bool
+) -> tuple[Calibration, dict[str, np.ndarray]]:
+    """The ECE of `outputs` on each split; with `calibrate`, also a temperature fitted on the validation
+    outputs, and the ECE after it. Returns that, and the outputs (temperature-scaled with `calibrate`)."""
+    ece = {split: expected_calibration_error(found, labels[split]) for split, found in outputs.items()}
+    if not calibrate:
+        return Calibration(ece), outputs
+    temperature = fit_temperature(outputs["val"], labels["val"])
+    scaled = {split: temperature_scaled(found, temperature) for split, found in outputs.items()}
+    after = {split: expected_calibration_error(found, labels[split]) for split, found in scaled.items()}
+    return Calibration(ece, temperature, after), scaled
 
 
 def candidate_weights(candidates: list[Candidate], cfg: DictConfig, val_labels: np.ndarray) -> np.ndarray:

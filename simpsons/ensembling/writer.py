@@ -37,13 +37,15 @@ def log_params(cfg: DictConfig, ensemble: Ensemble, sweep: str | None) -> None:
 def log_results(ensemble: Ensemble, class_names: list[str], chart_title: str) -> dict[str, float]:
     """Per split: metrics, outputs, report, confusion matrix and the gain over the best candidate;
     best_val_accuracy (= val_accuracy: an ensemble has no epochs), so that ensembles rank with
-    training runs; the candidates table and the members-vs-ensemble chart. Returns the metrics."""
+    training runs; the calibration errors (and temperature); the candidates table and the
+    members-vs-ensemble chart. Returns the metrics."""
     metrics: dict[str, float] = {}
     figures: dict[str, plots.Drawing] = {}
     for split, evaluation in ensemble.evaluations.items():
         writer.log_evaluation(evaluation, class_names, figures, with_metrics=False)
         metrics |= evaluation.metrics() | {f"{split}_accuracy_gain": ensemble.gain(split)}
     metrics["best_val_accuracy"] = metrics["val_accuracy"]
+    metrics |= ensemble.calibration.metrics()
     mlflow.log_metrics(metrics)
     mlflow.log_dict(candidate_table(ensemble), schema.CANDIDATES_JSON)
     mlflow.log_figure(members_chart(ensemble, chart_title), schema.MEMBERS_CHART)
@@ -60,8 +62,11 @@ def candidate_table(ensemble: Ensemble) -> list[dict]:
             "weight": float(w),
             "member": bool(w > 0),
             **{f"{split}_accuracy": ensemble.accuracies[split][i] for split in ensemble.splits},
+            **calibration.metrics(),
         }
-        for i, (c, w) in enumerate(zip(ensemble.candidates, ensemble.weights, strict=True))
+        for i, (c, w, calibration) in enumerate(
+            zip(ensemble.candidates, ensemble.weights, ensemble.calibrations, strict=True)
+        )
     ]
 
 
@@ -78,7 +83,8 @@ def members_chart(ensemble: Ensemble, title: str) -> Figure:
 
 
 def log_model(ensemble: Ensemble, class_names: list[str], name: str) -> ModelInfo:
-    """The pyfunc model that averages the members' logged Keras models, named `name`."""
+    """The pyfunc model that averages the members' logged Keras models, named `name`; with a temperature
+    (calibrate=true), it scales the average as the logged outputs were."""
     members = {f"member_{i}": (member, weight) for i, (member, weight) in enumerate(ensemble.members)}
     return mlflow.pyfunc.log_model(
         name=name,
@@ -87,6 +93,7 @@ def log_model(ensemble: Ensemble, class_names: list[str], name: str) -> ModelInf
         model_config={
             "members": list(members),
             "member_weights": [weight for _, weight in members.values()],
+            "temperature": ensemble.calibration.temperature,
             "class_names": class_names,
         },
         signature=writer.image_signature(len(class_names)),

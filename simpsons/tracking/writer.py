@@ -157,12 +157,12 @@ def log_figures(drawings: dict[str, plots.Drawing]) -> None:
             mlflow.log_artifact(str(local), str(Path(artifact_path).parent))
 
 
-def log_model(model: keras.Model, input_example: np.ndarray, class_names: list[str], name: str, last_epoch: int) -> str:
+def log_model(model: keras.Model, input_example: np.ndarray, class_names: list[str], name: str, step: int) -> str:
     """The Keras model, taking raw RGB images of any size, loadable with mlflow.pyfunc.load_model;
     returns its model id, to link the run's final metrics to it.
 
-    MLflow links the run's metrics at the model's `step` to it: the last epoch's, so the Models
-    tab shows the final loss and accuracy (at step 0 it showed the first epoch's).
+    MLflow links the run's metrics at the model's `step` to it: the kept (best) epoch's, so the
+    Models tab shows that epoch's loss and accuracy (at step 0 it showed the first epoch's).
 
     MLflow's serving-input check (reload the saved model, predict on the input example) is off:
     it cost 8 of a cached run's 20 s with a 95 MB backbone, and the tests reload logged models
@@ -171,7 +171,7 @@ def log_model(model: keras.Model, input_example: np.ndarray, class_names: list[s
     info = Model.log(  # what mlflow.keras.log_model does, through the flavor shim below
         artifact_path=None,
         name=name,
-        step=last_epoch,
+        step=step,
         flavor=_KerasFlavor,
         model=model,
         signature=image_signature(len(class_names)),
