@@ -38,7 +38,7 @@ from simpsons.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-CHECKED_GROUPS = ("backbone", "optimizer", "data", "augment", "scheduler", "experiment")
+CHECKED_GROUPS = ("backbone", "optimizer", "data", "augment", "scheduler", "experiment", "variant")
 # Constructor arguments, passed on as given: any key is accepted under them.
 OPEN_KEYS = ("backbone.kwargs", "optimizer.kwargs")
 # keras.optimizers classes that take learning_rate alone (tests/test_checks.py holds this to Keras).

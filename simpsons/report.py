@@ -4,6 +4,10 @@ One row per finished training run, sorted by a metric, with its short run id; en
 own section. With --output, also writes results.md, results.csv (training runs), ensembles.csv
 and results.png (a bar chart) there.
 
+With --group-by KEY, one row per value of the param KEY instead (e.g. variant, the options table of
+conf/experiment/options_mini.yaml), then one per ensemble method: how many runs, and the mean and
+sample standard deviation of the test and validation scores over them.
+
 MLflow and matplotlib are imported only once the arguments are parsed, so that --help answers at
 once (and nothing here imports TensorFlow).
 """
@@ -14,7 +18,9 @@ import argparse
 import csv
 import io
 import math
+import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,6 +65,9 @@ ENSEMBLE_COLUMNS = {
     "test_gain": ("metric", "test_accuracy_gain"),
 }
 TRAINING_COLOR, ENSEMBLE_COLOR = "tab:blue", "tab:orange"
+# --group-by: what each group's row summarises. An ensemble's best_val_accuracy is its val_accuracy.
+GROUP_METRICS = ("test_accuracy", "test_macro_f1", "best_val_accuracy")
+NOT_SET = "(not set)"  # the group of training runs that did not log the KEY param
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,107 @@ def headline_metric(found: list[Run]) -> str:
 
 def _sweep_of(run: Run) -> str | None:
     return run.data.tags.get(schema.ENSEMBLE_SWEEP)
+
+
+@dataclass(frozen=True)
+class Group:
+    """The runs that share a value of the grouping param (or, for ensembles, a method)."""
+
+    label: str
+    runs: tuple[Run, ...]
+    ensemble: bool = False
+
+    def values(self, metric: str) -> list[float]:
+        return [run.data.metrics[metric] for run in self.runs if metric in run.data.metrics]
+
+
+def groups(training: list[Run], ensembles: list[Run], key: str, metric: str, descending: bool) -> list[Group]:
+    """Training runs by their param `key`, then ensembles by their method ('ensemble greedy'), each
+    part sorted by the groups' mean `metric`, best first.
+
+    Ensembles have no training params: their method is what tells them apart in a comparison such
+    as the options table, where one greedy ensemble per seed makes the row 'ensemble greedy'.
+    """
+    by_value = _grouped(training, lambda run: run.data.params.get(key, NOT_SET), ensemble=False)
+    by_method = _grouped(ensembles, lambda run: f"ensemble {cell(run, 'method', '') or NOT_SET}", ensemble=True)
+    return _ranked(by_value, metric, descending) + _ranked(by_method, metric, descending)
+
+
+def _grouped(found: list[Run], label_of: Callable[[Run], str], ensemble: bool) -> list[Group]:
+    labels: dict[str, list[Run]] = {}
+    for run in found:
+        labels.setdefault(label_of(run), []).append(run)
+    return [Group(label, tuple(runs), ensemble) for label, runs in labels.items()]
+
+
+def _ranked(found: list[Group], metric: str, descending: bool) -> list[Group]:
+    sign = -1 if descending else 1
+
+    def rank(group: Group) -> tuple[bool, float, str]:
+        mean, _ = mean_std(group.values(metric))
+        return mean is None, 0.0 if mean is None else sign * mean, group.label
+
+    return sorted(found, key=rank)
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """The mean and the sample standard deviation (ddof=1) of `values`: no std of one value, nothing of none."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def summary_cell(values: list[float], runs: int) -> str:
+    """'0.4750 ± 0.0132' over every run of the group; says n when fewer runs logged the metric,
+    and that one value has no std."""
+    mean, std = mean_std(values)
+    if mean is None:
+        return ""
+    if std is None:
+        return f"{mean:.{DECIMALS}f} (n=1, no std)"
+    fewer = f" (n={len(values)})" if len(values) < runs else ""
+    return f"{mean:.{DECIMALS}f} ± {std:.{DECIMALS}f}{fewer}"
+
+
+def group_rows(found: list[Group]) -> list[list[str]]:
+    return [
+        [group.label, str(len(group.runs)), *(summary_cell(group.values(m), len(group.runs)) for m in GROUP_METRICS)]
+        for group in found
+    ]
+
+
+def group_csv_rows(found: list[Group]) -> list[list[str]]:
+    """Numbers only, as they are: mean, std (empty below two values) and n of each metric."""
+    table = []
+    for group in found:
+        row = [group.label, str(len(group.runs))]
+        for metric in GROUP_METRICS:
+            values = group.values(metric)
+            mean, std = mean_std(values)
+            row += ["" if mean is None else repr(mean), "" if std is None else repr(std), str(len(values))]
+        table.append(row)
+    return table
+
+
+def group_headers(key: str, style: str) -> list[str]:
+    if style == "csv":
+        return [key, "runs", *(f"{m}_{part}" for m in GROUP_METRICS for part in ("mean", "std", "n"))]
+    return [key, "runs", *(f"{m} (mean ± std)" for m in GROUP_METRICS)]
+
+
+def render_groups(found: list[Group], key: str, style: str, scope: Scope, sorted_by: str) -> str:
+    """The grouped table in a format, after a heading that names the scope and the statistic (none in csv)."""
+    if style == "csv":
+        return comma_separated(group_headers(key, style), group_csv_rows(found))
+    formatter = {"table": plain, "markdown": markdown}[style]
+    trained, ensembles = (sum(len(g.runs) for g in found if g.ensemble == kind) for kind in (False, True))
+    heading = f"Results by {key}: {scope.describe()}"
+    summary = (
+        f"{trained} training run(s) and {ensembles} ensemble(s) in {len(found)} "
+        f"group(s), sorted by mean {sorted_by}; mean ± sample standard deviation (ddof=1) over each group's runs"
+    )
+    body = formatter(group_headers(key, style), group_rows(found))
+    return f"# {heading}\n\n{summary}.\n\n{body}" if style == "markdown" else f"{heading}\n{summary}\n\n{body}"
 
 
 def markdown(headers: list[str], table: list[list[str]]) -> str:
@@ -210,7 +320,8 @@ def parser() -> argparse.ArgumentParser:
             "examples:\n"
             "  python -m simpsons.report --sweep latest\n"
             "  python -m simpsons.report --metric val_loss --format csv > runs.csv\n"
-            "  python -m simpsons.report --experiment simpsons-mini --sweep latest --output results/"
+            "  python -m simpsons.report --experiment simpsons-mini --sweep latest --output results/\n"
+            "  python -m simpsons.report --experiment options-mini --sweep latest --group-by variant --format markdown"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -242,6 +353,14 @@ def parser() -> argparse.ArgumentParser:
         default="table",
         help="what to print: table (aligned columns for a terminal), markdown (the same as results.md) or "
         "csv (training runs, then ensembles, each with its header row); default: table",
+    )
+    result.add_argument(
+        "--group-by",
+        metavar="KEY",
+        help="one row per value of the training runs' param KEY (e.g. variant, seed, optimizer.name), then one "
+        "per ensemble method: the number of runs and the mean ± sample std (ddof=1) of test_accuracy, "
+        "test_macro_f1 and best_val_accuracy over them, groups sorted by the mean --metric; with --output, "
+        "also by-KEY.md and by-KEY.csv (mean, std and n of each metric)",
     )
     result.add_argument(
         "--output",
@@ -292,12 +411,34 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"note: each config counted once, by its latest finished run; left out older runs: {older}", file=sys.stderr
         )
+    if args.group_by and (error := group_key_error(training, args.group_by)):
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     scope = Scope(args.experiment, sweep, client.get_run(sweep).info.run_name if sweep else None)
     sorted_by = f"{args.metric} ({'highest' if direction == 'max' else 'lowest'} first)"
-    print(render(training, ensembles, args.format, scope, sorted_by))
+    if args.group_by:
+        found = groups(training, ensembles, args.group_by, args.metric, descending=direction == "max")
+        print(render_groups(found, args.group_by, args.format, scope, sorted_by))
+    else:
+        print(render(training, ensembles, args.format, scope, sorted_by))
     if args.output:
         write(args.output, training, ensembles, scope, sorted_by)
+        if args.group_by:
+            write_groups(args.output, found, args.group_by, scope, sorted_by)
     return 0
+
+
+def group_key_error(training: list[Run], key: str) -> str | None:
+    """A KEY that no training run logged (a typo, most likely): name it and the params that would
+    split these runs (those whose values differ between them; else every param)."""
+    if not training or any(key in run.data.params for run in training):
+        return None
+    logged = sorted({name for run in training for name in run.data.params})
+    differing = [name for name in logged if len({run.data.params.get(name) for run in training}) > 1]
+    return (
+        f"--group-by {key!r} is not a param of these training runs; use one of the params that differ "
+        f"between them: {', '.join(differing or logged)}"
+    )
 
 
 def write(directory: Path, training: list[Run], ensembles: list[Run], scope: Scope, sorted_by: str) -> None:
@@ -309,6 +450,11 @@ def write(directory: Path, training: list[Run], ensembles: list[Run], scope: Sco
             comma_separated(list(ENSEMBLE_COLUMNS), rows(ensembles, ENSEMBLE_COLUMNS))
         )
     chart(training, ensembles, scope).savefig(directory / "results.png", dpi=120)
+
+
+def write_groups(directory: Path, found: list[Group], key: str, scope: Scope, sorted_by: str) -> None:
+    (directory / f"by-{key}.md").write_text(render_groups(found, key, "markdown", scope, sorted_by) + "\n")
+    (directory / f"by-{key}.csv").write_text(render_groups(found, key, "csv", scope, sorted_by))
 
 
 if __name__ == "__main__":

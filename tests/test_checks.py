@@ -35,6 +35,11 @@ MISSING = "{tmp}/no-such-weights.h5"
 BAD_INPUTS = [  # (test id, overrides, how the one line starts); {tmp}: the test's folder, {port}: a closed port
     ("backbone", ["backbone=resnet9000"], "unknown backbone 'resnet9000'; choose one of: convnext_tiny, densenet201,"),
     ("optimizer", ["optimizer=adamax"], "unknown optimizer 'adamax'; choose one of: adam, adamw, rmsprop, sgd"),
+    (
+        "variant",
+        ["-m", "experiment=options_mini", "variant=baseline,tta,nope"],
+        "unknown variant 'nope'; choose one of: baseline, class_weight, cosine, early_stopping, finetune,",
+    ),
     ("size", ["image_size=16"], "image_size=16 is below the minimum of backbone 'mobilenet'; use image_size >= 32"),
     ("+typo", ["+typo=1"], "unknown key 'typo' (+typo=1); the top level takes: augment, backbone, batch_size,"),
     ("+nested", ["+optimizer.lrr=1"], "unknown key 'optimizer.lrr' (+optimizer.lrr=1); did you mean optimizer.lr?"),

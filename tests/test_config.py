@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from simpsons.config import CONF_DIR, PROJECT_ROOT, check_choice, check_training
 from simpsons.errors import ConfigError
 from simpsons.model import build_classifier
 from simpsons.optimizers import build_optimizer
+from simpsons.tracking import store
 from simpsons.train import check_group_overrides
 
 BACKBONES = group_options("backbone")
@@ -50,6 +53,38 @@ def test_every_option_composes_and_resolves(group, option):
     assert resolved["tracking"]["uri"]
     if group in ("backbone", "optimizer", "data"):
         assert resolved[group]["name"] == option
+
+
+VARIANTS = group_options("variant")
+
+
+def test_the_options_preset_sweeps_every_variant_over_three_seeds_on_the_shared_mini_data():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=options_mini"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert sorted(params.variant.split(",")) == VARIANTS and params.variant.startswith("baseline,")
+    assert params.seed == "1,2,3"
+    assert (cfg.variant, cfg.backbone.name, cfg.backbone.kwargs.alpha) == ("baseline", "mobilenet", 0.25)
+    assert cfg.tracking.experiment == "options-mini"
+    assert Path(cfg.data.dir) == PROJECT_ROOT / ".." / "shared" / "data" / "simpsons-mini"
+    assert Path(cfg.backbone.weights) == PROJECT_ROOT / ".." / "shared" / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_each_variant_labels_its_runs_and_changes_only_keys_the_baseline_has(variant):
+    """A variant is one option against the preset: it sets `variant` to its own name and changes values
+    of existing keys (a key only it sets would be a typo, silently logged as a param); the scheduler
+    group's options may differ in their keys."""
+    baseline = store.flatten(OmegaConf.to_container(compose_train(["experiment=options_mini"])))
+    cfg = compose_train(["experiment=options_mini", f"variant={variant}"])
+    assert cfg.variant == variant
+    flat = store.flatten(OmegaConf.to_container(cfg))
+    assert {key for key in flat.keys() - baseline.keys() if not key.startswith("scheduler.")} == set()
+    changed = {key for key in flat.keys() & baseline.keys() if flat[key] != baseline[key]}
+    if variant == "baseline":
+        assert changed == set()
+    else:
+        assert "variant" in changed and changed - {"variant"}  # the label, and the option itself
 
 
 @pytest.mark.parametrize("preset", group_options("hydra/launcher"))

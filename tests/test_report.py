@@ -8,8 +8,11 @@ tests/test_ensemble.py reports on runs that really trained.
 from __future__ import annotations
 
 import csv
+import io
+import re
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 from conftest import ensemble_config, help_imports
 from mlflow.tracking import MlflowClient
@@ -190,3 +193,132 @@ def test_report_lists_the_sweep_sorted_by_the_metric_with_its_ensembles(store, t
     assert Image.open(tmp_path / "results.png").format == "PNG"
     csv_rows = (tmp_path / "results.csv").read_text().splitlines()
     assert csv_rows[0].startswith("id,run,backbone,image_size,dropout,batch_size,epochs,optimizer,lr,val_accuracy")
+
+
+def terminal_rows(printed: str) -> list[list[str]]:
+    """The --group-by terminal table (after its heading and summary lines): header, then rows; cells
+    split on runs of two or more spaces."""
+    header, _, *body = printed.split("\n\n", 1)[1].strip().splitlines()
+    return [[cell.strip() for cell in re.split(r"\s{2,}", line)] for line in [header, *body]]
+
+
+def grouped_csv(printed: str) -> dict[str, dict[str, str]]:
+    """The --group-by csv, by the first column (the group)."""
+    return {row[next(iter(row))]: row for row in csv.DictReader(io.StringIO(printed))}
+
+
+def test_group_by_gives_each_value_its_runs_mean_and_sample_std_of_real_runs(store, tmp_path, capsys):
+    """Four real runs of the fixture's sweep by backbone (3 mobilenet, 1 mobilenetv2), and its greedy
+    ensembles as one row; expected values from the store's own metrics, std with ddof=1."""
+    for top_n in (2, 4):
+        ensemble(ensemble_config(store, f"sweep={store.sweep}", "method=greedy", f"top_n={top_n}", "register=false"))
+    capsys.readouterr()
+    args = ["--sweep", store.sweep, "--group-by", "backbone.name", "--tracking-uri", store.uri]
+    assert report.main([*args, "--format", "csv"]) == 0
+    found = grouped_csv(capsys.readouterr().out)
+
+    client = MlflowClient(store.uri)
+    children = [client.get_run(run_id) for run_id in store.children]
+    greedy = [
+        run
+        for run in client.search_runs(
+            [children[0].info.experiment_id],
+            f"tags.`{schema.ENSEMBLE_SWEEP}` = '{store.sweep}' AND params.method = 'greedy'",
+        )
+        if run.info.status == "FINISHED"
+    ]
+    expected = {
+        backbone: [run for run in children if run.data.params["backbone.name"] == backbone]
+        for backbone in ("mobilenet", "mobilenetv2")
+    } | {"ensemble greedy": greedy}
+    assert [len(runs) for runs in expected.values()] == [3, 1, len(greedy)] and len(greedy) >= 2
+    assert set(expected) <= set(found)
+    for label, runs in expected.items():
+        row = found[label]
+        assert row["runs"] == str(len(runs))
+        for metric in report.GROUP_METRICS:
+            values = np.array([run.data.metrics[metric] for run in runs])
+            assert float(row[f"{metric}_mean"]) == pytest.approx(values.mean(), abs=1e-12)
+            assert row[f"{metric}_n"] == str(len(values))
+            if len(values) > 1:
+                assert float(row[f"{metric}_std"]) == pytest.approx(values.std(ddof=1), abs=1e-12)
+            else:
+                assert row[f"{metric}_std"] == ""  # no sample std of one run
+
+    assert report.main([*args, "--output", str(tmp_path)]) == 0
+    rows = terminal_rows(capsys.readouterr().out)
+    mobilenet = np.array([run.data.metrics["test_accuracy"] for run in expected["mobilenet"]])
+    assert rows[0] == ["backbone.name", "runs", "test_accuracy (mean ± std)"] + rows[0][3:]
+    by_label = {row[0]: row for row in rows[1:]}
+    assert by_label["mobilenet"][1:3] == ["3", f"{mobilenet.mean():.4f} ± {mobilenet.std(ddof=1):.4f}"]
+    single = expected["mobilenetv2"][0].data.metrics["test_accuracy"]
+    assert by_label["mobilenetv2"][1:3] == ["1", f"{single:.4f} (n=1, no std)"]
+    labels = [row[0] for row in rows[1:]]
+    assert labels[:2] == sorted(  # training groups first, by mean best_val_accuracy, best first
+        ["mobilenet", "mobilenetv2"],
+        key=lambda b: -np.mean([run.data.metrics["best_val_accuracy"] for run in expected[b]]),
+    )
+    assert "ensemble greedy" in labels[2:]
+    assert (tmp_path / "by-backbone.name.md").read_text().startswith("# Results by backbone.name: experiment")
+    assert grouped_csv((tmp_path / "by-backbone.name.csv").read_text()).keys() == found.keys()
+    assert (tmp_path / "results.csv").is_file()  # the per-run files as without --group-by
+
+
+def test_group_by_in_markdown_puts_runs_without_the_param_in_their_own_group(logged, capsys):
+    """The whole experiment by backbone: the sweep's three runs, and the run outside it, which logged
+    neither a backbone nor a test set; ensembles by their method, last."""
+    assert report.main(["--group-by", "backbone.name", "--format", "markdown", "--tracking-uri", logged.uri]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(
+        "# Results by backbone.name: experiment simpsons, all runs\n\n4 training run(s) and 2 ensemble(s) in "
+        "4 group(s), sorted by mean best_val_accuracy (highest first); mean ± sample standard deviation (ddof=1)"
+    )
+    header, *body = [[c.strip() for c in line.split("|")[1:-1]] for line in printed.splitlines() if line[:2] == "| "]
+    assert header == ["backbone.name", "runs", *(f"{m} (mean ± std)" for m in report.GROUP_METRICS)]
+    tests = np.array([metrics["test_accuracy"] for _, metrics in TRAINING.values()])
+    best = np.array([metrics["best_val_accuracy"] for _, metrics in TRAINING.values()])
+    assert body == [
+        [report.NOT_SET, "1", "", "", "0.9900 (n=1, no std)"],  # the best mean best_val_accuracy first
+        [
+            "resnet50v2",
+            "3",
+            f"{tests.mean():.4f} ± {tests.std(ddof=1):.4f}",
+            "0.1235 ± 0.0000",
+            f"{best.mean():.4f} ± {best.std(ddof=1):.4f}",
+        ],
+        ["ensemble (not set)", "1", "0.1000 (n=1, no std)", "", ""],  # neither logged best_val_accuracy
+        ["ensemble mean", "1", "0.9000 (n=1, no std)", "0.8889 (n=1, no std)", ""],
+    ]
+
+
+def test_group_by_says_n_of_a_metric_that_some_runs_of_a_group_lack(tmp_path, capsys):
+    uri = configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("simpsons")
+    scores = [(0.5, 0.4), (0.6, None), (0.7, 0.45)]  # (best_val_accuracy, test_accuracy); one without a test set
+    for i, (best, test) in enumerate(scores):
+        tags = {schema.RUN_TYPE: schema.TRAIN, schema.CONFIG_HASH: f"config-{i}"}
+        run_id = client.create_run(experiment, run_name=f"run {i}", tags=tags).info.run_id
+        metrics = {"best_val_accuracy": best} | ({"test_accuracy": test} if test is not None else {})
+        finish(client, run_id, {"variant": "tta", "seed": str(i)}, metrics)
+
+    assert report.main(["--group-by", "variant", "--tracking-uri", uri]) == 0
+    [header, row] = terminal_rows(capsys.readouterr().out)
+    tests, best = np.array([0.4, 0.45]), np.array([0.5, 0.6, 0.7])
+    assert row == ["tta", "3", f"{tests.mean():.4f} ± {tests.std(ddof=1):.4f} (n=2)", f"{best.mean():.4f} ± 0.1000"]
+    assert header[0] == "variant"
+
+    assert report.main(["--group-by", "variant", "--format", "csv", "--tracking-uri", uri]) == 0
+    [found] = grouped_csv(capsys.readouterr().out).values()
+    assert (found["test_accuracy_n"], found["test_macro_f1_n"], found["test_macro_f1_mean"]) == ("2", "0", "")
+
+
+def test_group_by_a_param_no_run_logged_is_one_line_and_exit_2(logged, capsys):
+    args = ["--sweep", logged.sweep, "--group-by", "optimizer", "--tracking-uri", logged.uri]
+    assert report.main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        "error: --group-by 'optimizer' is not a param of these training runs; use one of the params that differ "
+        "between them: optimizer.name"
+    ]
