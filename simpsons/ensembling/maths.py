@@ -45,7 +45,10 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
 def _score(probabilities: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> tuple[float, float]:
     accuracy = accuracy_score(labels, probabilities.argmax(axis=1))
-    return accuracy, -log_loss(labels, np.clip(probabilities, 1e-7, 1), labels=classes)
+    # float32 softmax rows sum to 1 only within about 1e-7, beyond what log_loss's check allows: it
+    # warned for every candidate in every round. Renormalised in float64; log_loss clips zeros itself.
+    rows = probabilities.astype(np.float64)
+    return accuracy, -log_loss(labels, rows / rows.sum(axis=1, keepdims=True), labels=classes)
 
 
 # Calibration. A temperature T turns softmax outputs p into softmax(log(p) / T): T > 1 softens
