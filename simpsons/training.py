@@ -290,6 +290,9 @@ def fit(
         )
     loss, train, val = loss_and_targets(label_smoothing, model.output_shape[-1], train, val)
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=jit_compile)
+    # BackupAndRestore tells fit where a restored phase resumes through this private attribute, which
+    # Keras never clears: left set, the next phase (same model, nothing to restore) would start there.
+    model._initial_epoch = None
     history = model.fit(
         train,
         validation_data=val,

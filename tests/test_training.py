@@ -306,3 +306,19 @@ def test_a_model_trained_end_to_end_with_every_knob_loads_where_simpsons_is_not_
     assert loaded["learning_rate"] == "CosineDecay"
     np.testing.assert_allclose(loaded["keras"], recorded, atol=1e-5)
     np.testing.assert_allclose(loaded["pyfunc"], recorded, atol=1e-5)
+
+
+def test_a_phase_after_a_resumed_one_starts_at_its_own_first_epoch(tracking_uri, tmp_path):
+    """A run killed in its head phase and resumed: the head goes on from its backup, then fine-tuning
+    trains its own epochs, not again from where the head resumed."""
+    with mlflow.start_run():
+        fit(two_layer_model(), keras.optimizers.Adam(), batches(), batches(), 2, backup_dir=tmp_path / "head")
+    (tmp_path / "head" / "phase_end.json").unlink()  # killed after epoch 1's backup, before the phase ended
+
+    model, trained = two_layer_model(), []
+    record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: trained.append(epoch))
+    with mlflow.start_run():
+        head_end = fit(model, keras.optimizers.Adam(), batches(), batches(), 4, 0, False, tmp_path / "head", [record])
+        assert (head_end, trained) == (4, [2, 3])
+        end = fit(model, keras.optimizers.Adam(), batches(), batches(), 6, 4, False, tmp_path / "finetune", [record])
+    assert (end, trained) == (6, [2, 3, 4, 5])
