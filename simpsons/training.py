@@ -238,6 +238,16 @@ class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
         for epoch, value in self.replay:
             self.on_epoch_end(epoch, {self.monitor: value})
 
+    def stopped_before_resume(self, model: keras.Model) -> int | None:
+        """The epoch the phase ended at, if the replayed epochs alone stop it: a kill came after
+        its last backup, before the phase's end was marked. Keras checks `stop_training` only after
+        an epoch, so fit must be told not to train one more."""
+        self.set_model(model)
+        model.stop_training = False  # what fit sets before its callbacks start
+        self.on_train_begin()
+        stopped, model.stop_training = model.stop_training, False
+        return self.replay[-1][0] + 1 if stopped else None
+
 
 def early_stopping(
     patience: int | None, monitor: str, min_delta: float, replay: Sequence[tuple[int, float]] = ()
@@ -278,7 +288,9 @@ def fit(
     `label_smoothing` > 0 trains on smoothed one-hot targets (see loss_and_targets); `class_weight`
     (class index -> weight) weighs each training example's loss by its class.
     """
-    done = None if backup_dir is None else _phase_end(backup_dir)
+    marked = None if backup_dir is None else _phase_end(backup_dir)
+    stops = [c.stopped_before_resume(model) for c in callbacks if isinstance(c, ResumedEarlyStopping)]
+    done = marked or min(filter(None, stops), default=None)
     if done is not None:
         epochs = done  # BackupAndRestore restores the phase's last epoch and trains no more
     all_callbacks: list[keras.callbacks.Callback] = [MlflowEpochMetrics(), *callbacks]
@@ -304,7 +316,7 @@ def fit(
         verbose=2,
     )
     end = max(history.epoch, default=max(initial_epoch, epochs - 1)) + 1
-    if backup_dir is not None and done is None:
+    if backup_dir is not None and marked is None:
         _mark_phase_end(backup_dir, end)
     return end
 

@@ -322,3 +322,19 @@ def test_a_phase_after_a_resumed_one_starts_at_its_own_first_epoch(tracking_uri,
         assert (head_end, trained) == (4, [2, 3])
         end = fit(model, keras.optimizers.Adam(), batches(), batches(), 6, 4, False, tmp_path / "finetune", [record])
     assert (end, trained) == (6, [2, 3, 4, 5])
+
+
+def test_a_phase_that_early_stopping_ended_just_before_a_kill_trains_no_more(tracking_uri, tmp_path):
+    """Killed after the stopping epoch's backup, before the phase's end was marked: the replayed
+    curve alone stops the phase, and the resumed fit trains no epoch."""
+    with mlflow.start_run():
+        fit(two_layer_model(), keras.optimizers.Adam(), batches(), batches(), 3, backup_dir=tmp_path)
+    (tmp_path / "phase_end.json").unlink()
+
+    model, trained = two_layer_model(), []
+    record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: trained.append(epoch))
+    [stopping] = early_stopping(2, "val_accuracy", 0.0, replay=[(0, 0.9), (1, 0.5), (2, 0.5)])  # stopped at 2
+    with mlflow.start_run():
+        end = fit(model, keras.optimizers.Adam(), batches(), batches(), 10, 0, False, tmp_path, [stopping, record])
+    assert (end, trained) == (3, [])
+    assert json.loads((tmp_path / "phase_end.json").read_text()) == {"end": 3}
