@@ -406,6 +406,8 @@ def _train(
 def _logged_curves(before_epoch: int) -> dict[str, list[tuple[int, float]]]:
     """The active run's logged val_accuracy and val_loss, (epoch, value), of the epochs before
     `before_epoch` (those a resumed run restored); an epoch trained twice counts with its last value."""
+    if before_epoch == 0:  # a new run: nothing to read back
+        return {metric: [] for metric in MONITORS}
     run_id = mlflow.active_run().info.run_id
     curves = {}
     for metric in MONITORS:
