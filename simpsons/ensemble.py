@@ -12,6 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from simpsons import startup
 from simpsons.config import register_resolvers
 from simpsons.ensembling.options import check_options
 from simpsons.errors import SimpsonsError
@@ -22,6 +23,7 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="ensemble")
 def hydra_main(cfg: DictConfig) -> None:
+    startup.prepare_process()
     try:
         check_options(cfg)
         from simpsons.ensembling.command import ensemble  # MLflow and TensorFlow, once there is work to do
@@ -32,5 +34,10 @@ def hydra_main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """`simpsons-ensemble` and `python -m simpsons.ensemble`."""
     hydra_main()
+
+
+if __name__ == "__main__":
+    main()

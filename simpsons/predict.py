@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from simpsons import startup
 from simpsons.config import tracking_uri_from_environment
 from simpsons.errors import SimpsonsError
 from simpsons.tracking import schema
@@ -232,6 +233,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    startup.prepare_process()
     if args.top_k < 1:
         print(f"error: --top-k {args.top_k} is invalid; expected an integer >= 1", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
+from simpsons import startup
 from simpsons.config import CONF_DIR, tracking_uri_from_environment
 from simpsons.errors import SimpsonsError
 from simpsons.tracking import schema
@@ -388,6 +389,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    startup.prepare_process()
     # Imported now: --help and bad arguments answer without loading MLflow.
     from mlflow.tracking import MlflowClient
 

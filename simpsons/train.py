@@ -14,7 +14,7 @@ from typing import NoReturn
 import hydra
 from omegaconf import DictConfig
 
-from simpsons import checks, config, signals
+from simpsons import checks, config, signals, startup
 from simpsons.errors import ConfigError, SimpsonsError
 
 log = logging.getLogger("simpsons.train")
@@ -24,6 +24,7 @@ config.register_resolvers()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def hydra_main(cfg: DictConfig) -> None:
     # The task function: a launcher's job process (a loky worker, a submitit task) starts here, not in main().
+    startup.prepare_process()
     with signals.job_process():
         # Imported here, so that `--help` and bad group choices answer without loading TensorFlow.
         from simpsons.job import JobContext, train
@@ -46,6 +47,8 @@ def check_group_overrides(args: list[str]) -> None:
 
 
 def main() -> None:
+    """`simpsons-train` and `python -m simpsons.train`."""
+    startup.prepare_process()
     signals.install(driver=True)
     # Unknown group choices and keys, before Hydra composes (it would say so in several lines);
     # every value of every job is checked next, before anything starts, by the sweep callback.

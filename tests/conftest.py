@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-# First, before keras imports TensorFlow: simpsons sets TF_CPP_MIN_LOG_LEVEL and filters TensorFlow's
-# start-up lines (simpsons/tfstartup.py), in the test processes too.
-import simpsons  # noqa: F401
+# First, before keras imports TensorFlow: what every command does (TF_CPP_MIN_LOG_LEVEL, TensorFlow's
+# start-up lines filtered: simpsons/startup.py), in the test processes too.
+from simpsons import startup
+
+startup.prepare_process()
 
 # isort: split
 import contextlib

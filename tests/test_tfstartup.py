@@ -18,7 +18,8 @@ def import_tensorflow(level: str | None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     if level is not None:
         env["TF_CPP_MIN_LOG_LEVEL"] = level
-    code = "import simpsons, tensorflow as tf; print(int(tf.constant(2) * 3))"
+    prepared = "from simpsons import startup; startup.prepare_process()"
+    code = f"{prepared}; import tensorflow as tf; print(int(tf.constant(2) * 3))"
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
 
 
