@@ -15,12 +15,6 @@ def composed(*overrides: str):
         return compose(config_name="ensemble", overrides=list(overrides))
 
 
-def test_the_defaults_pass_register_under_simpsons_and_do_not_calibrate():
-    cfg = composed()
-    check_options(cfg)
-    assert (cfg.register, cfg.registered_model, cfg.calibrate) == (True, "simpsons", False)
-
-
 @pytest.mark.parametrize(
     ("override", "message"),
     [

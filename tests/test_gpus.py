@@ -116,12 +116,6 @@ def test_claims_are_per_host_and_per_slurm_job(monkeypatch, tmp_path):
     assert gpus.lock_dir(tmp_path) == host / "slurm-417"
 
 
-def test_gpu_keys_default_to_memory_growth_and_one_gpu_per_job():
-    cfg = compose_train([])
-    assert cfg.gpu.memory_growth is True and cfg.gpu.one_per_job is True
-    check_training_keys(compose_train(["gpu.memory_growth=false", "gpu.one_per_job=false"]))
-
-
 @pytest.mark.parametrize("key", ["gpu.memory_growth", "gpu.one_per_job"])
 def test_a_gpu_key_takes_true_or_false(key):
     with pytest.raises(ConfigError, match=rf"^{key}='auto' is invalid; expected true or false$"):

@@ -288,11 +288,13 @@ def test_a_job_process_ends_its_cleanup_then_dies_of_the_signal_even_in_a_loop_t
 def test_the_sweep_callback_pickles_for_the_job_processes_without_its_client_and_heartbeat(tracking_uri):
     callback = MlflowSweepCallback()
     callback.client = MlflowClient(tracking_uri)
-    callback.parent_run_id = "0123456789abcdef"
+    parent = callback.client.create_run(callback.client.create_experiment("sweeps")).info.run_id
+    callback.parent_run_id = parent
     callback.heartbeat = lifecycle.Heartbeat(callback.client, callback.parent_run_id, 30)
     copy = pickle.loads(pickle.dumps(callback))
-    assert (copy.client, copy.heartbeat, copy.parent_run_id) == (None, None, "0123456789abcdef")
-    copy._end_parent(RunStatus.FAILED)  # a job's copy cannot end the parent: it has no client
+    assert (copy.client, copy.heartbeat, copy.parent_run_id) == (None, None, parent)
+    assert copy._end_parent(RunStatus.FAILED) is None  # a job's copy cannot end the parent: it has no client
+    assert callback.client.get_run(parent).info.status == "RUNNING"
 
 
 def test_the_line_and_the_exit_codes():
