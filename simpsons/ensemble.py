@@ -13,7 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from simpsons import startup
-from simpsons.config import register_resolvers
+from simpsons.config import CONF_DIR, register_resolvers
 from simpsons.ensembling.options import check_options
 from simpsons.errors import SimpsonsError
 
@@ -21,7 +21,7 @@ log = logging.getLogger("simpsons.ensemble")
 register_resolvers()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="ensemble")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="ensemble")  # absolute: see train.py
 def hydra_main(cfg: DictConfig) -> None:
     startup.prepare_process()
     try:

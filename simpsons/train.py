@@ -21,7 +21,9 @@ log = logging.getLogger("simpsons.train")
 config.register_resolvers()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+# An absolute path: the console script `simpsons-train` runs this module as a module, not a file, and
+# Hydra would then look for a Python package named `conf`.
+@hydra.main(version_base="1.3", config_path=str(config.CONF_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> None:
     # The task function: a launcher's job process (a loky worker, a submitit task) starts here, not in main().
     startup.prepare_process()
