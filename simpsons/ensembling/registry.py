@@ -31,7 +31,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
-from simpsons.tracking import schema, store
+from simpsons.tracking import races, schema
 
 FALLBACK_METRIC = ("best_val_accuracy", "max")  # every ensemble logs it
 REGISTERED_MODEL_DESCRIPTION = (
@@ -92,10 +92,15 @@ def register(
         description=description,
     )
     _link_logged_model(client, model_id, version)
-    with store.store_lock(client.tracking_uri):  # SQLite: no other job moves the alias in between
+
+    def decide_and_move() -> tuple[str, bool, str]:  # decided again after a clash: the champion may be new
         champion, moved, reason = _decide(client, name, version.version, score)
         if moved:
             client.set_registered_model_alias(name, schema.CHAMPION, version.version)
+        return champion, moved, reason
+
+    # SQLite: under the store's lock, so no other job moves the alias in between.
+    champion, moved, reason = races.shared_write(client.tracking_uri, decide_and_move, f"alias {name}@champion")
     return Registration(name, str(version.version), str(champion), moved, reason)
 
 

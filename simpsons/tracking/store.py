@@ -148,16 +148,32 @@ def sqlite_path(uri: str) -> Path:
     return Path(uri.removeprefix(SQLITE_PREFIX))
 
 
+_held = threading.local()  # the store locks this thread holds
+
+
 @contextlib.contextmanager
 def store_lock(uri: str) -> Iterator[None]:
     """An exclusive inter-process lock on a SQLite store (a no-op for servers and other databases,
-    which serialise their own schema changes). Released by the OS when the process dies."""
+    which serialise their own schema changes). Released by the OS when the process dies.
+
+    Reentrant in a thread: flock locks belong to an open file, so taking it again through a second
+    open file would wait for ourselves forever.
+    """
     if not uri.startswith(SQLITE_PREFIX):
         yield
         return
-    with _lock_file(sqlite_path(uri)) as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    path = sqlite_path(uri)
+    held = _held.__dict__.setdefault("paths", set())
+    if path in held:
         yield
+        return
+    with _lock_file(path) as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        held.add(path)
+        try:
+            yield
+        finally:
+            held.discard(path)
 
 
 def _lock_file(database: Path) -> IO[str]:
@@ -310,8 +326,11 @@ def ensure_experiment(uri: str, name: str) -> str:
     mlflow.db keeps them in mlruns/, any other X.db in X-mlruns/, so two stores in one folder
     never share an artifact folder. A server or other database keeps its own artifact root.
     """
+    from simpsons.tracking import races  # it builds on store_lock
+
     client = MlflowClient(uri)
-    with store_lock(uri):
+
+    def existing_or_new() -> str:
         experiment = client.get_experiment_by_name(name)
         if experiment is not None and experiment.lifecycle_stage == "deleted":
             raise ConfigError(
@@ -320,13 +339,9 @@ def ensure_experiment(uri: str, name: str) -> str:
             )
         if experiment is not None:
             return experiment.experiment_id
-        try:
-            return client.create_experiment(name, artifact_location=artifact_location(uri, name))
-        except MlflowException:  # created meanwhile by another process (a server or shared database)
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                raise
-            return experiment.experiment_id
+        return client.create_experiment(name, artifact_location=artifact_location(uri, name))
+
+    return races.shared_write(uri, existing_or_new, f"experiment {name!r}")
 
 
 def artifact_location(uri: str, experiment: str) -> str | None:
