@@ -51,6 +51,8 @@ PASSWORD_VARIABLE = "MLFLOW_TRACKING_PASSWORD"
 TOKEN_VARIABLE = "MLFLOW_TRACKING_TOKEN"
 SEARCH_PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
 LOGIN_PROBE_SECONDS = 30  # a server that answered /health: its first search may wait for the store
+# PostgreSQL's advisory lock on setting up MLflow's schema: any fixed 64-bit number, ours alone.
+SCHEMA_LOCK_KEY = int.from_bytes(hashlib.sha256(b"simpsons: the MLflow schema").digest()[:8], "big", signed=True)
 
 
 def configure(uri: str) -> str:
@@ -66,6 +68,8 @@ def configure(uri: str) -> str:
         _prepare_sqlite(sqlite_path(uri))
     else:
         _check_remote(uri)
+        if urlsplit(uri).scheme.split("+")[0] == "postgresql":
+            _prepare_postgres(uri)
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -317,6 +321,29 @@ def _probe_database(uri: str) -> None:
     except Exception as error:  # sqlalchemy wraps every driver's own errors differently
         reason = str(error).strip().splitlines()[0]
         raise ConfigError(f"tracking.uri={redact_uri(uri)}: cannot connect ({reason})") from error
+
+
+@functools.cache
+def _prepare_postgres(uri: str) -> None:
+    """Create or check the schema of a PostgreSQL store, once, under a lock of that database.
+
+    MLflow creates the tables of an empty database on its first access, without a lock: processes
+    that start together on a new database fail (`duplicate key value violates unique constraint
+    "pg_type_typname_nsp_index"`). An advisory lock belongs to the database, so it holds for
+    processes on any machine, and PostgreSQL drops it with the connection of a process that dies.
+    """
+    engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": PROBE_SECONDS})
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            try:
+                MlflowClient(uri).search_experiments(max_results=1)  # creates or checks the schema
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+    except MlflowException as error:
+        raise ConfigError(f"tracking.uri={redact_uri(uri)}: {str(error).splitlines()[0]}") from error
+    finally:
+        engine.dispose()
 
 
 def ensure_experiment(uri: str, name: str) -> str:
