@@ -9,11 +9,13 @@ comparable; register those ensembles under another name (registered_model=...).
 Two ensemble jobs at once. Registering is safe: MLflow numbers the versions and retries on a
 clash, and a job uses the registered model that another job has just created. Moving the alias
 is a read, a comparison and a write, and MLflow offers no compare-and-set on aliases. On a SQLite
-store the three run under the store's lock file, so each job compares with the champion of that
-moment and the better ensemble ends as champion, whatever the order. On a tracking server or a
-database nothing serialises them: two jobs that read the same champion within the same few
-milliseconds may both move it, and the later write wins even if it scored lower. Every ensemble
-run records what it did to the alias and why (tag `simpsons.champion`), so such a case shows, and
+store the three run under the store's lock file (races.shared_write), so each job compares with
+the champion of that moment and the better ensemble ends as champion, whatever the order. On a
+tracking server or a database nothing serialises them: two jobs that both set the first champion
+clash on its row, and the second decides again against the first's (no error); but two jobs that
+read the same champion within the same few milliseconds may both move it, and the later write
+wins even if it scored lower. Every ensemble run records what it did to the alias and why (tag
+`simpsons.champion`), so such a case shows, and
 `MlflowClient().set_registered_model_alias(name, "champion", version)` undoes it.
 
 No TensorFlow here.

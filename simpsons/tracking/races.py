@@ -1,27 +1,31 @@
 """Store writes that other processes may make at the same instant: each holds, whoever comes first.
 
 Every parallel launcher starts its jobs together, on the same data, into the same experiment and
-registered model. Several MLflow writes read, then insert, without a lock: two processes that both
-read "not there" both insert, and the second fails on the table's unique key. MLflow 3.17.2 raises
-that as an MlflowException whose message carries the database's error, on a direct store and over
-HTTP alike (the server answers it as BAD_REQUEST or INTERNAL_ERROR, with the same message):
+registered model. Several MLflow 3.17.2 writes read, then insert, without a lock: two processes
+that both read "not there" both insert, and the second fails on the table's unique key. MLflow
+raises that as an MlflowException whose message carries the database's error, on a direct store
+and over HTTP alike (the server answers BAD_REQUEST with the same message):
 
 - `log_inputs` (`_log_inputs_impl`): the experiment's dataset row, keyed by (experiment, name,
   digest): `UNIQUE constraint failed: datasets...` (SQLite), `UniqueViolation ... "dataset_pk"`
-  (PostgreSQL);
-- `set_tag` (a `session.merge`) on the same run, e.g. two commands ending one dead run;
-- `set_registered_model_alias` (a `session.merge`) on the same alias;
-- `create_experiment` and `create_registered_model`: RESOURCE_ALREADY_EXISTS.
+  (PostgreSQL). Used by writer.log_dataset_inputs and lifecycle.record_reuse;
+- `set_tag` (a `session.merge`) on the same run: every command ends the dead runs it finds
+  (lifecycle.end_dead_runs), and the jobs of a sweep start together;
+- `set_registered_model_alias` (a `session.merge`) on the same alias (ensembling.registry);
+- `create_experiment`: RESOURCE_ALREADY_EXISTS (store.ensure_experiment).
 
 `shared_write` makes such a write safe. On a SQLite store it runs under the store's lock file, so
 no two of our processes interleave their check and insert. Elsewhere (a server, PostgreSQL), and
 against writers that do not take our lock, a unique-key clash means that another process has just
 written the same row: the write is tried again, and finds that row. Each write passed to it must
-therefore be idempotent (a retry reads again what it decides on).
+therefore be idempotent: a retry reads again what it decides on.
 
-What needs nothing: model versions (MLflow numbers them under a row lock on the registered model,
-and retries a clash itself), logged models (each has a new random id), a run's own params, metrics
-and tags, written by its one process.
+Safe without it: a new store's schema (store.configure: under the lock file on SQLite, an
+advisory lock on PostgreSQL), `create_registered_model` (registry takes RESOURCE_ALREADY_EXISTS
+as "there"), model versions (MLflow numbers them under a row lock on the registered model, and
+retries a clash itself), logged models (each has a new random id), and a run's own params,
+metrics and tags, written by its one process. tests/test_races.py races 8 processes through all
+of these on SQLite, PostgreSQL and a server.
 
 No TensorFlow here.
 """
