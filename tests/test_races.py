@@ -44,6 +44,7 @@ def writer(uri: str, images: Path, index: int, ready: int, phases: list[int]) ->
     """Set up, then before each racing write say ready and wait for the release (EOF on that phase's
     pipe), so that all writers make it at the same instant. Prints one JSON line of what it wrote."""
     import contextlib
+    import logging
 
     import keras
     import mlflow
@@ -55,6 +56,8 @@ def writer(uri: str, images: Path, index: int, ready: int, phases: list[int]) ->
     from simpsons.tracking import lifecycle, store
     from simpsons.tracking import writer as run_writer
 
+    logging.basicConfig()
+    logging.getLogger(races.__name__).setLevel(logging.DEBUG)  # each retried clash, in the writer's output
     data = load_dataset(compose_train(folder_data(images)).data)
     model = keras.Sequential(
         [keras.Input((None, None, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(len(data.class_names))]
