@@ -157,8 +157,8 @@ _held = threading.local()  # the store locks this thread holds
 
 @contextlib.contextmanager
 def store_lock(uri: str) -> Iterator[None]:
-    """An exclusive inter-process lock on a SQLite store (a no-op for servers and other databases,
-    which serialise their own schema changes). Released by the OS when the process dies.
+    """An exclusive inter-process lock on a SQLite store (a no-op for servers and other databases:
+    races.py says what stands in for it there). Released by the OS when the process dies.
 
     Reentrant in a thread: flock locks belong to an open file, so taking it again through a second
     open file would wait for ourselves forever.
