@@ -9,11 +9,13 @@ comparable; register those ensembles under another name (registered_model=...).
 Two ensemble jobs at once. Registering is safe: MLflow numbers the versions and retries on a
 clash, and a job uses the registered model that another job has just created. Moving the alias
 is a read, a comparison and a write, and MLflow offers no compare-and-set on aliases. On a SQLite
-store the three run under the store's lock file, so each job compares with the champion of that
-moment and the better ensemble ends as champion, whatever the order. On a tracking server or a
-database nothing serialises them: two jobs that read the same champion within the same few
-milliseconds may both move it, and the later write wins even if it scored lower. Every ensemble
-run records what it did to the alias and why (tag `simpsons.champion`), so such a case shows, and
+store the three run under the store's lock file (races.shared_write), so each job compares with
+the champion of that moment and the better ensemble ends as champion, whatever the order. On a
+tracking server or a database nothing serialises them: two jobs that both set the first champion
+clash on its row, and the second decides again against the first's (no error); but two jobs that
+read the same champion within the same few milliseconds may both move it, and the later write
+wins even if it scored lower. Every ensemble run records what it did to the alias and why (tag
+`simpsons.champion`), so such a case shows, and
 `MlflowClient().set_registered_model_alias(name, "champion", version)` undoes it.
 
 No TensorFlow here.
@@ -31,7 +33,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
-from simpsons.tracking import schema, store
+from simpsons.tracking import races, schema
 
 FALLBACK_METRIC = ("best_val_accuracy", "max")  # every ensemble logs it
 REGISTERED_MODEL_DESCRIPTION = (
@@ -92,10 +94,15 @@ def register(
         description=description,
     )
     _link_logged_model(client, model_id, version)
-    with store.store_lock(client.tracking_uri):  # SQLite: no other job moves the alias in between
+
+    def decide_and_move() -> tuple[str, bool, str]:  # decided again after a clash: the champion may be new
         champion, moved, reason = _decide(client, name, version.version, score)
         if moved:
             client.set_registered_model_alias(name, schema.CHAMPION, version.version)
+        return champion, moved, reason
+
+    # SQLite: under the store's lock, so no other job moves the alias in between.
+    champion, moved, reason = races.shared_write(client.tracking_uri, decide_and_move, f"alias {name}@champion")
     return Registration(name, str(version.version), str(champion), moved, reason)
 
 

@@ -12,6 +12,7 @@ No TensorFlow here.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -29,7 +30,7 @@ import psutil
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from simpsons.tracking import schema, sweeps
+from simpsons.tracking import races, schema, sweeps
 
 log = logging.getLogger(__name__)
 
@@ -174,13 +175,11 @@ def end_dead_runs(
     for run in running:
         if why_dead(run, stale_after) is None:
             continue
-        fresh = client.get_run(run.info.run_id)  # a dead process cannot change it after this read
-        reason = why_dead(fresh, stale_after) if fresh.info.status == "RUNNING" else None
-        if reason is None:
-            continue
-        client.set_tag(run.info.run_id, schema.ENDED_BY, reason)
-        client.set_terminated(run.info.run_id, "KILLED")
-        ended.append(fresh)
+        # Every job of a sweep starts with this: several may end the same dead run at once.
+        end = functools.partial(_end_if_dead, client, run, stale_after)
+        fresh = races.shared_write(client.tracking_uri, end, f"end dead run {run.info.run_id}")
+        if fresh is not None:
+            ended.append(fresh)
     if ended:
         listed = ", ".join(f"{run.info.run_id[:8]} ({run.info.run_name})" for run in ended)
         log.warning("ended %d run(s) KILLED whose process is gone: %s", len(ended), listed)
@@ -188,6 +187,17 @@ def end_dead_runs(
         if run.data.tags.get(schema.RUN_TYPE) == schema.SWEEP:
             _record_sweep_outcome(client, run.info.run_id)
     return ended
+
+
+def _end_if_dead(client: MlflowClient, run: Run, stale_after: float) -> Run | None:
+    """End `run` KILLED if it is still RUNNING and dead; returns it as it was, or None."""
+    fresh = client.get_run(run.info.run_id)  # a dead process cannot change it after this read
+    reason = why_dead(fresh, stale_after) if fresh.info.status == "RUNNING" else None
+    if reason is None:
+        return None
+    client.set_tag(run.info.run_id, schema.ENDED_BY, reason)
+    client.set_terminated(run.info.run_id, "KILLED")
+    return fresh
 
 
 def _record_sweep_outcome(client: MlflowClient, run_id: str) -> None:
@@ -273,7 +283,8 @@ def record_reuse(
         client.log_batch(run_id, params=params[start : start + BATCH_LIMIT])
     client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in original.data.metrics.items()])
     if original.inputs is not None and original.inputs.dataset_inputs:  # the UI's Dataset column, as the original's
-        client.log_inputs(run_id, datasets=list(original.inputs.dataset_inputs))
+        datasets = list(original.inputs.dataset_inputs)
+        races.shared_write(client.tracking_uri, lambda: client.log_inputs(run_id, datasets=datasets), "dataset inputs")
     client.set_terminated(run_id, "FINISHED")
     return run_id
 

@@ -51,6 +51,8 @@ PASSWORD_VARIABLE = "MLFLOW_TRACKING_PASSWORD"
 TOKEN_VARIABLE = "MLFLOW_TRACKING_TOKEN"
 SEARCH_PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
 LOGIN_PROBE_SECONDS = 30  # a server that answered /health: its first search may wait for the store
+# PostgreSQL's advisory lock on setting up MLflow's schema: any fixed 64-bit number, ours alone.
+SCHEMA_LOCK_KEY = int.from_bytes(hashlib.sha256(b"simpsons: the MLflow schema").digest()[:8], "big", signed=True)
 
 
 def configure(uri: str) -> str:
@@ -66,6 +68,8 @@ def configure(uri: str) -> str:
         _prepare_sqlite(sqlite_path(uri))
     else:
         _check_remote(uri)
+        if urlsplit(uri).scheme.split("+")[0] == "postgresql":
+            _prepare_postgres(uri)
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -148,16 +152,32 @@ def sqlite_path(uri: str) -> Path:
     return Path(uri.removeprefix(SQLITE_PREFIX))
 
 
+_held = threading.local()  # the store locks this thread holds
+
+
 @contextlib.contextmanager
 def store_lock(uri: str) -> Iterator[None]:
-    """An exclusive inter-process lock on a SQLite store (a no-op for servers and other databases,
-    which serialise their own schema changes). Released by the OS when the process dies."""
+    """An exclusive inter-process lock on a SQLite store (a no-op for servers and other databases:
+    races.py says what stands in for it there). Released by the OS when the process dies.
+
+    Reentrant in a thread: flock locks belong to an open file, so taking it again through a second
+    open file would wait for ourselves forever.
+    """
     if not uri.startswith(SQLITE_PREFIX):
         yield
         return
-    with _lock_file(sqlite_path(uri)) as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    path = sqlite_path(uri)
+    held = _held.__dict__.setdefault("paths", set())
+    if path in held:
         yield
+        return
+    with _lock_file(path) as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        held.add(path)
+        try:
+            yield
+        finally:
+            held.discard(path)
 
 
 def _lock_file(database: Path) -> IO[str]:
@@ -303,6 +323,29 @@ def _probe_database(uri: str) -> None:
         raise ConfigError(f"tracking.uri={redact_uri(uri)}: cannot connect ({reason})") from error
 
 
+@functools.cache
+def _prepare_postgres(uri: str) -> None:
+    """Create or check the schema of a PostgreSQL store, once, under a lock of that database.
+
+    MLflow creates the tables of an empty database on its first access, without a lock: processes
+    that start together on a new database fail (`duplicate key value violates unique constraint
+    "pg_type_typname_nsp_index"`). An advisory lock belongs to the database, so it holds for
+    processes on any machine, and PostgreSQL drops it with the connection of a process that dies.
+    """
+    engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": PROBE_SECONDS})
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            try:
+                MlflowClient(uri).search_experiments(max_results=1)  # creates or checks the schema
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+    except MlflowException as error:
+        raise ConfigError(f"tracking.uri={redact_uri(uri)}: {str(error).splitlines()[0]}") from error
+    finally:
+        engine.dispose()
+
+
 def ensure_experiment(uri: str, name: str) -> str:
     """The experiment's id, created if needed (once, under the store's lock).
 
@@ -310,8 +353,11 @@ def ensure_experiment(uri: str, name: str) -> str:
     mlflow.db keeps them in mlruns/, any other X.db in X-mlruns/, so two stores in one folder
     never share an artifact folder. A server or other database keeps its own artifact root.
     """
+    from simpsons.tracking import races  # it builds on store_lock
+
     client = MlflowClient(uri)
-    with store_lock(uri):
+
+    def existing_or_new() -> str:
         experiment = client.get_experiment_by_name(name)
         if experiment is not None and experiment.lifecycle_stage == "deleted":
             raise ConfigError(
@@ -320,13 +366,9 @@ def ensure_experiment(uri: str, name: str) -> str:
             )
         if experiment is not None:
             return experiment.experiment_id
-        try:
-            return client.create_experiment(name, artifact_location=artifact_location(uri, name))
-        except MlflowException:  # created meanwhile by another process (a server or shared database)
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                raise
-            return experiment.experiment_id
+        return client.create_experiment(name, artifact_location=artifact_location(uri, name))
+
+    return races.shared_write(uri, existing_or_new, f"experiment {name!r}")
 
 
 def artifact_location(uri: str, experiment: str) -> str | None:

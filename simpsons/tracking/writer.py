@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from simpsons import plots
 from simpsons.data import DataSet
 from simpsons.evaluation import Evaluation, report_text
-from simpsons.tracking import predictions, schema
+from simpsons.tracking import predictions, races, schema
 from simpsons.tracking.store import flatten, git, redact_uri
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,11 @@ def log_dataset_inputs(data: DataSet, data_name: str, root: str, test_root: str 
         for key, split in logged.items()
     ]
     contexts = [schema.DATASET_CONTEXTS[key] for key in logged]
-    mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=[None] * len(datasets))
+    races.shared_write(  # every job of a sweep logs the same data set at the same moment
+        mlflow.get_tracking_uri(),
+        lambda: mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=[None] * len(datasets)),
+        f"dataset inputs {data_name}",
+    )
 
 
 def log_evaluation(
