@@ -12,6 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from simpsons import credentials
 from simpsons.config import register_resolvers
 from simpsons.ensembling.options import check_options
 from simpsons.errors import SimpsonsError
@@ -32,5 +33,11 @@ def hydra_main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    # Before Hydra, which writes the command line into outputs/.../.hydra/ before the app starts.
+    credentials.exit_if_in_arguments(sys.argv[1:])
     hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -14,7 +14,7 @@ from typing import NoReturn
 import hydra
 from omegaconf import DictConfig
 
-from simpsons import checks, config, signals
+from simpsons import checks, config, credentials, signals
 from simpsons.errors import ConfigError, SimpsonsError
 
 log = logging.getLogger("simpsons.train")
@@ -47,6 +47,7 @@ def check_group_overrides(args: list[str]) -> None:
 
 def main() -> None:
     signals.install(driver=True)
+    credentials.exit_if_in_arguments(sys.argv[1:])  # first: Hydra would write a password into .hydra/
     # Unknown group choices and keys, before Hydra composes (it would say so in several lines);
     # every value of every job is checked next, before anything starts, by the sweep callback.
     checks.exit_on_bad_command_line(sys.argv[1:])
