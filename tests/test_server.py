@@ -321,7 +321,7 @@ def test_a_password_inside_the_server_url_is_refused_before_anything_starts(imag
     assert result.returncode == 2
     assert leaked_secrets(result.stdout + result.stderr) == []
     assert result.stderr.strip().splitlines() == [
-        f"error: tracking.uri=http://alice:***@127.0.0.1:{url.rsplit(':', 1)[1]} has a password in it; "
+        f"error: MLFLOW_TRACKING_URI=http://alice:***@127.0.0.1:{url.rsplit(':', 1)[1]} has a password in it; "
         "leave it out and set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead"
     ]
 
@@ -381,11 +381,13 @@ def test_postgres_four_parallel_writers_of_two_users_lose_no_run(team, as_alice,
     args = [*folder_data(image_folders), *TINY_MODEL, "epochs=1", "tracking.experiment=team-writers"]
     refused = simpsons("train", args, tmp_path, teammate(team.url, "bob"))
     assert refused.returncode == 2, refused.stderr[-3000:]
-    assert refused.stderr.strip().splitlines()[-1] == (
+    [line] = [line for line in (refused.stdout + refused.stderr).splitlines() if "error: " in line]
+    assert line.endswith(
         f"error: tracking.experiment='team-writers' on {team.url}: user 'bob' has READ on it, not EDIT; use one of "
         "your own (tracking.experiment=NAME), or have its owner or the server's admin run: "
         "python -m simpsons.server grant bob --experiment team-writers --permission EDIT"
     )
+    assert "Traceback" not in refused.stdout + refused.stderr
     assert runs_of(as_alice, "team-writers") == []
     granted = admin_command(["grant", "bob", "--experiment", "team-writers", "--server", team.url], tmp_path)
     assert granted.stdout.strip() == f"bob now has EDIT on experiment 'team-writers' at {team.url}"
@@ -595,12 +597,29 @@ def test_postgres_bob_reads_alices_work_but_every_change_is_refused_until_grante
     )
     assert json.loads(found[1])["runs"][0]["info"]["run_id"] == run.info.run_id
 
+    # An ensemble into her experiment, or registered into her model, stops in one line naming the grant.
+    experiment = as_alice.get_experiment(alices_work["experiment"]).name
+    ensemble = simpsons("ensemble", [f"tracking.experiment={experiment}"], tmp_path, teammate(team.url, "bob"))
+    assert ensemble.returncode == 2
+    assert error_lines("ensemble", ensemble) == [
+        f"error: tracking.experiment={experiment!r} on {team.url}: user 'bob' has READ on it, not EDIT; use one of "
+        "your own (tracking.experiment=NAME), or have its owner or the server's admin run: "
+        f"python -m simpsons.server grant bob --experiment {experiment} --permission EDIT"
+    ]
+
     # Granted EDIT, by alice herself (she created them: MANAGE) and by the admin: bob may write.
     alice = clean_environment() | {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": PASSWORDS["alice"]}
-    experiment = as_alice.get_experiment(alices_work["experiment"]).name
     by_alice = simpsons("server", ["grant", "bob", "--experiment", experiment, "--server", team.url], tmp_path, alice)
     assert by_alice.returncode == 0, by_alice.stderr[-3000:]
     assert by_alice.stdout.strip() == f"bob now has EDIT on experiment {experiment!r} at {team.url}"
+    args = [f"tracking.experiment={experiment}", f"registered_model={model.name}"]
+    ensemble = simpsons("ensemble", args, tmp_path, teammate(team.url, "bob"))
+    assert ensemble.returncode == 2
+    assert error_lines("ensemble", ensemble) == [
+        f"error: registered_model={model.name!r} on {team.url}: user 'bob' has READ on it, not EDIT; use one of "
+        "your own (registered_model=NAME), or have its owner or the server's admin run: "
+        f"python -m simpsons.server grant bob --registered-model {model.name} --permission EDIT"
+    ]
     admin_command(["grant", "bob", "--registered-model", model.name, "--server", team.url], tmp_path)
     for what in ("create a run in her experiment", "log a metric into her run", "move her champion alias"):
         method, path, body, data = tampering(alices_work)[what]
