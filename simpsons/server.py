@@ -3,13 +3,12 @@
     MLFLOW_AUTH_ADMIN_PASSWORD=... PGPASSWORD=... python -m simpsons.server \\
         --backend-store-uri postgresql://mlflow@dbhost:5432/mlflow --artifacts-destination /srv/mlflow-artifacts
     MLFLOW_AUTH_ADMIN_PASSWORD=... SIMPSONS_NEW_USER_PASSWORD=... python -m simpsons.server add-user alice
+    MLFLOW_AUTH_ADMIN_PASSWORD=... python -m simpsons.server grant bob --experiment simpsons --permission EDIT
 
 The first runs MLflow's `mlflow server` with a PostgreSQL backend store, proxied artifacts and MLflow's
 basic-auth app (with simpsons/server_app.py around it), on 127.0.0.1 unless `--host` says otherwise;
-the others add a user and grant a permission through the server's REST API, as its admin. No
-TensorFlow here.
-
-    MLFLOW_AUTH_ADMIN_PASSWORD=... python -m simpsons.server grant bob --experiment simpsons --permission EDIT
+the others add a user, and grant a user a permission on one experiment or registered model, through
+the server's REST API as its admin (a grant also as the owner). No TensorFlow here.
 
 Safe by default: every user reads everything and writes only what they created (MLflow makes a
 creator MANAGE its experiment or registered model) or were granted with `grant`; nobody but the
@@ -129,10 +128,13 @@ def serve(args: argparse.Namespace) -> int:
     backend = _checked_backend("--backend-store-uri", args.backend_store_uri)
     auth_database = _checked_backend("--auth-database-uri", args.auth_database_uri or backend)
     _admin_password()  # missing or too short: refuse before anything starts
-    artifacts = _artifacts_destination(args.artifacts_destination)
+    if error := credentials.password_error("--artifacts-destination", args.artifacts_destination):
+        raise ServerError(error)
     _check_app_installed()
-    for name, database in {"--backend-store-uri": backend, "--auth-database-uri": auth_database}.items():
-        _check_database(name, database)
+    _check_database("--backend-store-uri", backend)
+    if auth_database != backend:
+        _check_database("--auth-database-uri", auth_database)
+    artifacts = _artifacts_destination(args.artifacts_destination)
     env = server_environment(auth_config_text(auth_database, args.default_permission))
     _bootstrap(env)
     command = mlflow_server_command(args, backend, artifacts)
@@ -215,8 +217,6 @@ def _admin_password() -> str:
 
 def _artifacts_destination(destination: str) -> str:
     """A local folder made absolute (and created), or an object store's URI as given."""
-    if error := credentials.password_error("--artifacts-destination", destination):
-        raise ServerError(error)
     if "://" in destination:
         return destination
     folder = Path(destination).expanduser().resolve()
@@ -363,11 +363,16 @@ def add_user_parser() -> argparse.ArgumentParser:
 
 def add_user(args: argparse.Namespace) -> int:
     url, admin = _server_url(args.server), _admin()
+    exists = ServerError(f"user {args.username!r} already exists on {url}; nothing was changed")
     if _user_exists(url, admin, args.username):
-        # MLflow would answer with its database's error, the new password's hash in it.
-        raise ServerError(f"user {args.username!r} already exists on {url}; nothing was changed")
+        raise exists  # MLflow would answer with its database's error, the new password's hash in it
     password = _new_user_password(args.username)
-    _request(url, "/api/2.0/mlflow/users/create", admin, {"username": args.username, "password": password})
+    try:
+        _request(url, "/api/2.0/mlflow/users/create", admin, {"username": args.username, "password": password})
+    except RequestRefused as error:
+        if error.error_code == "RESOURCE_ALREADY_EXISTS":  # added meanwhile by another admin
+            raise exists from error
+        raise
     print(
         f"added user {args.username!r} to {url}; they set MLFLOW_TRACKING_URI={url}, "
         f"MLFLOW_TRACKING_USERNAME={args.username} and MLFLOW_TRACKING_PASSWORD"
