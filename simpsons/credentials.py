@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 # `password`, `sslpassword`, `passwd`, `pwd`, in any case, followed by `=`: libpq's, MySQL's, ODBC's.
 SECRET_KEY = re.compile(r"(password|passwd|pwd)\s*=", re.IGNORECASE)
+SECRET_VALUE = re.compile(r"(?:password|passwd|pwd)\s*=\s*([^&;\s'\"]*)", re.IGNORECASE)
 SECRET_NAME = re.compile(r"^\s*(ssl)?(password|passwd|pwd)\s*$", re.IGNORECASE)
 HIDDEN = "***"
 TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
@@ -71,7 +72,24 @@ def redact_uri(uri: str) -> str:
             query = HIDDEN
     fragment = HIDDEN if SECRET_KEY.search(fully_unquoted(parts.fragment)) else parts.fragment
     # Joined by hand: urlunsplit drops the empty netloc of sqlite:////path and mssql:///?...
-    return f"{parts.scheme}://{netloc}{path}" + (f"?{query}" if query else "") + (f"#{fragment}" if fragment else "")
+    redacted = (
+        f"{parts.scheme}://{netloc}{path}" + (f"?{query}" if query else "") + (f"#{fragment}" if fragment else "")
+    )
+    return _checked(redacted, _secrets(uri))
+
+
+def _secrets(uri: str) -> list[str]:
+    """The passwords themselves, as found in `uri` (raw and decoded): what a redaction must not show."""
+    parts = _split(uri)
+    found = [parts.password, fully_unquoted(parts.password)] if parts is not None and parts.password else []
+    found += [match.group(1) for match in SECRET_VALUE.finditer(fully_unquoted(uri))]
+    return [secret for secret in found if secret and secret != HIDDEN]
+
+
+def _checked(redacted: str, secrets: list[str]) -> str:
+    """`redacted`, unless a password still shows in it (a spelling redact_uri did not foresee): ***."""
+    shown = (redacted, fully_unquoted(redacted))
+    return HIDDEN if any(secret in text for secret in secrets for text in shown) else redacted
 
 
 def password_error(name: str | None, uri: str) -> str | None:
@@ -95,8 +113,13 @@ def arguments_error(args: Iterable[str]) -> str | None:
     for arg in args:
         key, separator, value = arg.partition("=")
         name, value = (key.lstrip("+~"), value) if separator and "://" not in key else (None, arg)
-        if "://" in value and (error := password_error(name, value)):
-            return error
+        # Hydra's quoting ('...'), and its sweeps (a,b), around one or more URIs: each is looked at.
+        candidates = [value, value.strip("'\" "), *re.split(r"[\s,'\"]+", value)]
+        if "://" in value and any(has_password(candidate) for candidate in candidates):
+            stripped = value.strip("'\" ")
+            shown = _checked(redact_uri(stripped), [secret for c in candidates for secret in _secrets(c)])
+            named = f"{name}={shown}" if name else shown
+            return f"{named} has a password in it; leave it out and {password_source(stripped)}"
     environment = os.environ.get(TRACKING_URI_VARIABLE, "")
     return password_error(TRACKING_URI_VARIABLE, environment) if environment else None
 
@@ -107,7 +130,7 @@ def _split(uri: str):
         parts.port  # noqa: B018 (raises ValueError for a malformed netloc)
     except ValueError:
         return None
-    return parts if "://" in uri else None
+    return parts if parts.scheme and "://" in uri else None  # ('postgresql://...', quoted for Hydra: none)
 
 
 def _hidden_value(key: str, value: str) -> str:

@@ -73,3 +73,18 @@ def test_command_line_values_and_the_environment_are_checked(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://bob:{PW}@h:5000")
     error = credentials.arguments_error(["dropout=0.2"])
     assert error is not None and error.startswith("MLFLOW_TRACKING_URI=http://bob:***@h:5000 has a password")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"'postgresql://m:{PW}@db/m'",  # Hydra's quotes, which it strips before the value is used
+        f'"postgresql://m@db/m?password={PW}"',
+        f"'postgresql://m:p,{PW}@db/m','sqlite:////tmp/x.db'",  # a sweep; a comma inside the password
+    ],
+)
+def test_a_quoted_or_swept_value_is_seen_through(monkeypatch, value):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    error = credentials.arguments_error([f"tracking.uri={value}"])
+    assert error is not None and " has a password in it; " in error
+    assert PW not in credentials.fully_unquoted(error)
