@@ -20,8 +20,11 @@ three things added, each where MLflow leaves a gap:
   every worker), which the wrapper started as a session of its own. The watch starts before
   anything else in the worker, so even a worker that fails to load the app still does it.
 
-Writes a READ user could make are refused by MLflow 3.17.2's own validators (tests/test_server.py
-holds it to that, request by request), so nothing here second-guesses them.
+Why an app of our own through that entry point, rather than a reverse proxy or patching MLflow: it
+is the hook `mlflow server --app-name` offers for this; it runs inside every worker, so the config
+and the watch reach each one however uvicorn starts them; and it wraps MLflow's app without changing
+it. Writes a READ user could make are refused by MLflow 3.17.2's own validators
+(tests/test_server.py holds it to that, request by request), so nothing here second-guesses them.
 """
 
 from __future__ import annotations
@@ -118,13 +121,19 @@ def _kill_server() -> None:
 
 class LoginEverywhere:
     """ASGI middleware: the routes MLflow answers without a login (server-info, static files)
-    need one too; only ANONYMOUS_PATHS do not. Every other route MLflow authenticates itself."""
+    need one too; only ANONYMOUS_PATHS do not. Every other route MLflow authenticates itself, so
+    a request is checked once, not twice (a password hash costs tens of milliseconds)."""
 
     def __init__(self, app: Any, auth: Any) -> None:
         self.app = app
         self.auth = auth
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            # MLflow serves no WebSocket, and its auth middleware looks at HTTP requests only:
+            # refused (a close before the accept is a 403 handshake answer).
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] == "http" and self._left_open(scope["path"]) and not await self._logged_in(scope):
             await _unauthorized(send)
             return
