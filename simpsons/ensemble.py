@@ -12,7 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from simpsons import startup
+from simpsons import credentials, startup
 from simpsons.config import CONF_DIR, register_resolvers
 from simpsons.ensembling.options import check_options
 from simpsons.errors import SimpsonsError
@@ -36,6 +36,8 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """`simpsons-ensemble` and `python -m simpsons.ensemble`."""
+    # Before Hydra, which writes the command line into outputs/.../.hydra/ before the app starts.
+    credentials.exit_if_in_arguments(sys.argv[1:])
     hydra_main()
 
 

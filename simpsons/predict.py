@@ -237,12 +237,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.top_k < 1:
         print(f"error: --top-k {args.top_k} is invalid; expected an integer >= 1", file=sys.stderr)
         return 2
+    from simpsons.tracking import store
+
+    try:  # a bad store (a password in its URI, no server) in one line, before TensorFlow loads
+        store.configure(args.tracking_uri)
+    except SimpsonsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     # Imported now: --help and bad arguments answer without loading TensorFlow.
     import keras
 
-    from simpsons.tracking import store
-
-    store.configure(args.tracking_uri)
     keras.utils.disable_interactive_logging()  # no Keras progress bar per image in the table
     try:
         model, model_header = load(args.run, args.model)

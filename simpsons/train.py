@@ -14,7 +14,7 @@ from typing import NoReturn
 import hydra
 from omegaconf import DictConfig
 
-from simpsons import checks, config, signals, startup
+from simpsons import checks, config, credentials, signals, startup
 from simpsons.errors import ConfigError, SimpsonsError
 
 log = logging.getLogger("simpsons.train")
@@ -52,6 +52,7 @@ def main() -> None:
     """`simpsons-train` and `python -m simpsons.train`."""
     startup.prepare_process()
     signals.install(driver=True)
+    credentials.exit_if_in_arguments(sys.argv[1:])  # first: Hydra would write a password into .hydra/
     # Unknown group choices and keys, before Hydra composes (it would say so in several lines);
     # every value of every job is checked next, before anything starts, by the sweep callback.
     checks.exit_on_bad_command_line(sys.argv[1:])

@@ -7,7 +7,10 @@ and in folders of its own, so workers never share one.
 
 from __future__ import annotations
 
+import base64
 import configparser
+import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -20,6 +23,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 import mlflow
 import psutil
@@ -37,6 +41,7 @@ ADMIN_PASSWORD = "admin-" + secrets.token_hex(12)
 PASSWORDS = {"alice": "alice-" + secrets.token_hex(12), "bob": "bob-" + secrets.token_hex(12)}
 DATABASE_PASSWORD = "database-" + secrets.token_hex(12)
 SECRETS = [ADMIN_PASSWORD, DATABASE_PASSWORD, *PASSWORDS.values()]
+API = "/api/2.0/mlflow"
 JOBLIB_2 = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
 COMMAND_SECONDS = 900
 
@@ -74,15 +79,32 @@ def simpsons(module: str, args: list[str], cwd: Path, env: dict[str, str]) -> su
 def psql_command(binaries: Path, socket_dir: Path, port: int, sql: str) -> list[str]:
     return [
         str(binaries / "psql"),
-        *("-h", str(socket_dir), "-p", str(port), "-U", "postgres", "-d", "postgres"),
-        *("-v", "ON_ERROR_STOP=1", "-q", "-c", sql),
+        *connection(socket_dir, port),
+        *("-d", "postgres", "-v", "ON_ERROR_STOP=1", "-q", "-c", sql),
+    ]
+
+
+def connection(socket_dir: Path, port: int) -> list[str]:
+    return ["-h", str(socket_dir), "-p", str(port), "-U", "postgres"]
+
+
+def least_privilege_setup(binaries: Path, socket_dir: Path, port: int) -> list[list[str]]:
+    """docs/scaling-out.md's commands for the role and database, as the superuser `postgres`; the
+    password is set by SQL here, where the docs have createuser prompt for it (--pwprompt)."""
+    role = ("--login", "--no-superuser", "--no-createdb", "--no-createrole", "mlflow")
+    return [
+        [str(binaries / "createuser"), *connection(socket_dir, port), *role],
+        psql_command(binaries, socket_dir, port, f"ALTER ROLE mlflow PASSWORD '{DATABASE_PASSWORD}'"),
+        [str(binaries / "createdb"), *connection(socket_dir, port), "--owner=mlflow", "mlflow"],
+        psql_command(binaries, socket_dir, port, "REVOKE ALL ON DATABASE mlflow FROM PUBLIC"),
     ]
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[str]:
     """A real PostgreSQL in a temporary folder, on 127.0.0.1 and a free port, with a database
-    `mlflow` owned by a user `mlflow` whose password is DATABASE_PASSWORD; yields its URI (no password).
+    `mlflow` owned by a user `mlflow` whose password is DATABASE_PASSWORD, set up as the docs say (a
+    login role with no other privilege, the only one that may connect); yields its URI (no password).
 
     initdb refuses to run as root: as root, the cluster belongs to Debian's `postgres` user.
     """
@@ -105,8 +127,8 @@ def postgres() -> Iterator[str]:
     pg_ctl = [*as_owner, str(binaries / "pg_ctl"), "-D", str(data)]
     subprocess.run([*pg_ctl, "-l", str(folder / "postgres.log"), "-w", "-t", "120", "-o", options, "start"], **run)
     try:
-        for sql in (f"CREATE ROLE mlflow LOGIN PASSWORD '{DATABASE_PASSWORD}'", "CREATE DATABASE mlflow OWNER mlflow"):
-            subprocess.run([*as_owner, *psql_command(binaries, folder, port, sql)], **run)
+        for command in least_privilege_setup(binaries, folder, port):
+            subprocess.run([*as_owner, *command], **run)
         yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
     finally:
         subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], capture_output=True, timeout=120)
@@ -170,6 +192,33 @@ def files_with_secrets(folder: Path) -> list[str]:
     return leaks
 
 
+def files_holding(folder: Path, text: str) -> list[str]:
+    return [str(path) for path in folder.rglob("*") if path.is_file() and text.encode() in path.read_bytes()]
+
+
+def admin_command(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m simpsons.server ARGS` as the server's admin; it must succeed."""
+    result = simpsons("server", args, cwd, clean_environment() | {"MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def call(url: str, method: str, path: str, user: str | None, body: dict | None = None, data: bytes | None = None):
+    """One REST request as `user` (None: anonymous); its HTTP status and body."""
+    headers = {}
+    if user is not None:
+        login = f"{user}:{PASSWORDS.get(user, ADMIN_PASSWORD)}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(login).decode()
+    if body is not None:
+        data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
+    request = urllib.request.Request(url + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
 # Starting the server: bad input in one line, before anything starts.
 
 
@@ -181,34 +230,46 @@ def test_the_server_will_not_start_without_an_admin_password(capsys):
     assert line.startswith("error: MLFLOW_AUTH_ADMIN_PASSWORD is not set;")
 
 
-def test_the_server_refuses_a_short_admin_password_a_password_in_the_uri_and_other_stores(monkeypatch, capsys):
+def test_the_server_refuses_a_short_admin_password_a_password_in_the_uri_and_other_stores(
+    monkeypatch, capsys, tmp_path
+):
+    artifacts = str(tmp_path / "artifacts")
     monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "short")
-    assert team_server.main(["--backend-store-uri", "postgresql://m@db/m", "--artifacts-destination", "a"]) == 2
+    assert team_server.main(["--backend-store-uri", "postgresql://m@db/m", "--artifacts-destination", artifacts]) == 2
     assert "MLFLOW_AUTH_ADMIN_PASSWORD is 5 characters long; MLflow needs at least 12" in capsys.readouterr().err
     monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", ADMIN_PASSWORD)
-    assert team_server.main(["--backend-store-uri", "postgresql://m:pw@db/m", "--artifacts-destination", "a"]) == 2
-    [line] = capsys.readouterr().err.strip().splitlines()
-    assert line == (
-        "error: --backend-store-uri=postgresql://m:***@db/m has a password in it; "
-        "leave it out and set PGPASSWORD (or use ~/.pgpass) instead"
-    )
-    assert team_server.main(["--backend-store-uri", "sqlite:///x.db", "--artifacts-destination", "a"]) == 2
+    instead = "leave it out and give it to the database's client instead (PostgreSQL: PGPASSWORD or ~/.pgpass)"
+    refused = {
+        ("--backend-store-uri", f"postgresql://m:{DATABASE_PASSWORD}@db/m"): "postgresql://m:***@db/m",
+        (
+            "--backend-store-uri",
+            f"postgresql://m@db/m?password={DATABASE_PASSWORD}",
+        ): "postgresql://m@db/m?password=***",
+        ("--auth-database-uri", f"postgresql://m@db/users?sslmode=require&sslpassword={DATABASE_PASSWORD}"): (
+            "postgresql://m@db/users?sslmode=require&sslpassword=***"
+        ),
+        ("--artifacts-destination", f"s3://bucket/x?password={DATABASE_PASSWORD}"): "s3://bucket/x?password=***",
+    }
+    for (flag, uri), redacted in refused.items():
+        args = {"--backend-store-uri": "postgresql://m@db/m", "--artifacts-destination": artifacts, flag: uri}
+        assert team_server.main([word for pair in args.items() for word in pair]) == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert line == f"error: {flag}={redacted} has a password in it; {instead}"
+    assert team_server.main(["--backend-store-uri", "sqlite:///x.db", "--artifacts-destination", artifacts]) == 2
     assert "is not a PostgreSQL URI; use postgresql://USER@HOST:PORT/DATABASE" in capsys.readouterr().err
+    assert not (tmp_path / "artifacts").exists()  # refused before anything was made
 
 
-def test_the_auth_config_is_private_and_gone_after_the_server():
-    with team_server._auth_config("postgresql://mlflow@db/mlflow", "EDIT") as path:
-        assert path.stat().st_mode & 0o777 == 0o600
-        assert not path.is_relative_to(Path(team_server.__file__).parent.parent)  # never in the repository
-        text = path.read_text()
-        assert "database_uri = postgresql://mlflow@db/mlflow" in text
-        assert "default_permission = EDIT" in text
-        assert "password" not in text  # MLflow reads the admin's from MLFLOW_AUTH_ADMIN_PASSWORD
-    assert not path.exists()
-    with team_server._auth_config("postgresql://ml%40flow@db/mlflow", "READ") as path:
-        parser = configparser.ConfigParser()  # as MLflow reads it
-        parser.read(path)
-        assert parser["mlflow"]["database_uri"] == "postgresql://ml%40flow@db/mlflow"
+def test_the_auth_config_holds_no_secret_and_keeps_percent_escapes():
+    text = team_server.auth_config_text("postgresql://mlflow@db/mlflow", "READ")
+    assert "database_uri = postgresql://mlflow@db/mlflow" in text
+    assert "default_permission = READ" in text
+    assert "password" not in text  # MLflow reads the admin's from MLFLOW_AUTH_ADMIN_PASSWORD
+    parser = configparser.ConfigParser()  # as MLflow reads it, with interpolation
+    parser.read_string(team_server.auth_config_text("postgresql://ml%40flow@db/mlflow", "READ"))
+    assert parser["mlflow"]["database_uri"] == "postgresql://ml%40flow@db/mlflow"
+    defaults = team_server.start_parser().parse_args(["--backend-store-uri", "u", "--artifacts-destination", "a"])
+    assert defaults.default_permission == "READ"
 
 
 # The running server.
@@ -260,7 +321,7 @@ def test_a_password_inside_the_server_url_is_refused_before_anything_starts(imag
     assert result.returncode == 2
     assert leaked_secrets(result.stdout + result.stderr) == []
     assert result.stderr.strip().splitlines() == [
-        f"error: tracking.uri=http://alice:***@127.0.0.1:{url.rsplit(':', 1)[1]} has a password in it; "
+        f"error: MLFLOW_TRACKING_URI=http://alice:***@127.0.0.1:{url.rsplit(':', 1)[1]} has a password in it; "
         "leave it out and set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead"
     ]
 
@@ -314,8 +375,23 @@ def test_postgres_sweep_of_four_jobs_two_at_a_time_over_http_then_ensemble_and_r
 
 @pytest.mark.slow
 def test_postgres_four_parallel_writers_of_two_users_lose_no_run(team, as_alice, image_folders, tmp_path):
-    """Four processes at once on a new experiment: they race to create it, and bob writes into the
-    experiment alice may have created (the server's default permission is EDIT)."""
+    """Four processes at once into alice's experiment: bob, who may only read it by default, is
+    first refused in one line, then granted EDIT with the documented command."""
+    as_alice.create_experiment("team-writers")
+    args = [*folder_data(image_folders), *TINY_MODEL, "epochs=1", "tracking.experiment=team-writers"]
+    refused = simpsons("train", args, tmp_path, teammate(team.url, "bob"))
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    [line] = [line for line in (refused.stdout + refused.stderr).splitlines() if "error: " in line]
+    assert line.endswith(
+        f"error: tracking.experiment='team-writers' on {team.url}: user 'bob' has READ on it, not EDIT; use one of "
+        "your own (tracking.experiment=NAME), or have its owner or the server's admin run: "
+        "python -m simpsons.server grant bob --experiment team-writers --permission EDIT"
+    )
+    assert "Traceback" not in refused.stdout + refused.stderr
+    assert runs_of(as_alice, "team-writers") == []
+    granted = admin_command(["grant", "bob", "--experiment", "team-writers", "--server", team.url], tmp_path)
+    assert granted.stdout.strip() == f"bob now has EDIT on experiment 'team-writers' at {team.url}"
+
     writers = {"0.1": "alice", "0.2": "bob", "0.3": "alice", "0.4": "bob"}
     processes = []
     for dropout, user in writers.items():
@@ -352,7 +428,7 @@ def test_postgres_four_parallel_writers_of_two_users_lose_no_run(team, as_alice,
 @pytest.mark.slow
 def test_postgres_server_restarted_with_another_admin_password_warns_and_stops_whole(team, postgres, tmp_path):
     """A second start on the same database: the admin exists, so MLflow ignores the new password,
-    and the server says so. Its auth config is private while it runs; stopped, nothing is left."""
+    and the server says so. Its auth config is in no file while it runs; stopped, nothing is left."""
     port, private = free_port(), tmp_path / "tmp"
     private.mkdir()
     command = [sys.executable, "-m", "simpsons.server", "--backend-store-uri", postgres, "--port", str(port)]
@@ -364,8 +440,7 @@ def test_postgres_server_restarted_with_another_admin_password_warns_and_stops_w
         server = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
     try:
         warning = poll(lambda: "warning: " in log.read_text(), server, log)
-        [config] = private.glob("simpsons-basic-auth-*.ini")
-        assert config.stat().st_mode & 0o777 == 0o600
+        assert files_holding(private, "database_uri") == []  # MLflow's auth config is in no file
         processes = psutil.Process(server.pid).children(recursive=True)
         assert processes  # mlflow server, its uvicorn and worker
     finally:
@@ -374,8 +449,343 @@ def test_postgres_server_restarted_with_another_admin_password_warns_and_stops_w
     assert warning
     [line] = [line for line in log.read_text().splitlines() if line.startswith("warning: ")]
     assert line.startswith(f"warning: http://127.0.0.1:{port} refused admin user 'admin' (HTTP 401: wrong password)")
-    assert list(private.glob("simpsons-basic-auth-*")) == []  # (MLflow leaves its own db_init_lock file)
+    assert files_holding(private, "database_uri") == []  # (MLflow leaves its own db_init_lock file)
     assert not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+# Safe by default: a teammate reads everything and changes nothing of another's until granted.
+
+
+@pytest.fixture
+def alices_work(as_alice: MlflowClient, tmp_path: Path) -> dict[str, str]:
+    """What alice made: an experiment, a FINISHED run with a metric, a tag and a model file, a
+    registered model with two versions and `champion` on version 1, a logged model."""
+    experiment = as_alice.create_experiment(f"alices-{secrets.token_hex(3)}")
+    run = as_alice.create_run(experiment, run_name="hers").info.run_id
+    as_alice.log_metric(run, "val_accuracy", 0.9)
+    as_alice.set_tag(run, "stage", "hers")
+    (tmp_path / "weights.txt").write_text("her weights")
+    as_alice.log_artifact(run, str(tmp_path / "weights.txt"), "model")
+    as_alice.set_terminated(run, "FINISHED")
+    model = f"alices-model-{secrets.token_hex(3)}"
+    as_alice.create_registered_model(model)
+    for _ in range(2):
+        as_alice.create_model_version(model, f"runs:/{run}/model", run)
+    as_alice.set_registered_model_alias(model, "champion", "1")
+    logged = as_alice.create_logged_model(experiment, name="hers").model_id
+    return {"experiment": experiment, "run": run, "model": model, "logged": logged}
+
+
+def tampering(work: dict[str, str]) -> dict[str, tuple[str, str, dict | None, bytes | None]]:
+    """Every write the issue saw bob make into alice's work with HTTP 200, and their neighbours."""
+    experiment, run, model, logged = work["experiment"], work["run"], work["model"], work["logged"]
+    artifact = f"/api/2.0/mlflow-artifacts/artifacts/{experiment}/{run}/artifacts/model/weights.txt"
+    metric = {"run_id": run, "key": "val_accuracy", "value": 0.1, "timestamp": 1, "step": 0}
+    return {
+        "replace her model file": ("PUT", artifact, None, b"bob's weights"),
+        "delete her model file": ("DELETE", artifact, None, None),
+        "upload through the UI's endpoint": (
+            "POST",
+            f"/ajax-api/2.0/mlflow/upload-artifact?run_uuid={run}&path=x",
+            None,
+            b"x",
+        ),
+        "move her champion alias": (
+            "POST",
+            API + "/registered-models/alias",
+            {"name": model, "alias": "champion", "version": "2"},
+            None,
+        ),
+        "delete her alias": ("DELETE", API + "/registered-models/alias", {"name": model, "alias": "champion"}, None),
+        "create a version in her model": (
+            "POST",
+            API + "/model-versions/create",
+            {"name": model, "source": f"runs:/{run}/model", "run_id": run},
+            None,
+        ),
+        "edit her model's description": (
+            "PATCH",
+            API + "/registered-models/update",
+            {"name": model, "description": "bob"},
+            None,
+        ),
+        "edit her version's description": (
+            "PATCH",
+            API + "/model-versions/update",
+            {"name": model, "version": "1", "description": "bob"},
+            None,
+        ),
+        "rename her model": (
+            "POST",
+            API + "/registered-models/rename",
+            {"name": model, "new_name": model + "-bob"},
+            None,
+        ),
+        "mark her finished run FAILED": ("POST", API + "/runs/update", {"run_id": run, "status": "FAILED"}, None),
+        "rename her run": ("POST", API + "/runs/update", {"run_id": run, "run_name": "bob's"}, None),
+        "log a metric into her run": ("POST", API + "/runs/log-metric", metric, None),
+        "log a batch into her run": ("POST", API + "/runs/log-batch", {"run_id": run, "metrics": [metric]}, None),
+        "set a tag on her run": (
+            "POST",
+            API + "/runs/set-tag",
+            {"run_id": run, "key": "stage", "value": "bob's"},
+            None,
+        ),
+        "edit her run's description": (
+            "POST",
+            API + "/runs/set-tag",
+            {"run_id": run, "key": "mlflow.note.content", "value": "bob"},
+            None,
+        ),
+        "delete her run": ("POST", API + "/runs/delete", {"run_id": run}, None),
+        "rename her experiment": (
+            "POST",
+            API + "/experiments/update",
+            {"experiment_id": experiment, "new_name": "bob's"},
+            None,
+        ),
+        "edit her experiment's description": (
+            "POST",
+            API + "/experiments/set-experiment-tag",
+            {"experiment_id": experiment, "key": "mlflow.note.content", "value": "bob"},
+            None,
+        ),
+        "create a run in her experiment": ("POST", API + "/runs/create", {"experiment_id": experiment}, None),
+        "tag her logged model": (
+            "PATCH",
+            f"{API}/logged-models/{logged}/tags",
+            {"tags": [{"key": "k", "value": "bob"}]},
+            None,
+        ),
+        "fail her logged model": (
+            "PATCH",
+            f"{API}/logged-models/{logged}",
+            {"model_id": logged, "status": "LOGGED_MODEL_UPLOAD_FAILED"},
+            None,
+        ),
+    }
+
+
+@pytest.mark.slow
+def test_postgres_bob_reads_alices_work_but_every_change_is_refused_until_granted(
+    team, as_alice, alices_work, tmp_path
+):
+    statuses = {}
+    for what, (method, path, body, data) in tampering(alices_work).items():
+        statuses[what] = call(team.url, method, path, "bob", body, data)[0]
+    assert statuses == dict.fromkeys(statuses, 403)
+
+    # Nothing changed, and bob still reads it all.
+    run, model = as_alice.get_run(alices_work["run"]), as_alice.get_registered_model(alices_work["model"])
+    assert (run.info.status, run.info.run_name, run.data.metrics, run.data.tags["stage"]) == (
+        "FINISHED",
+        "hers",
+        {"val_accuracy": 0.9},
+        "hers",
+    )
+    assert (model.aliases, model.description, len(as_alice.search_model_versions(f"name='{model.name}'"))) == (
+        {"champion": "1"},
+        "",
+        2,
+    )
+    assert as_alice.get_experiment(alices_work["experiment"]).name.startswith("alices-")
+    artifact = tampering(alices_work)["replace her model file"][1]
+    assert call(team.url, "GET", artifact, "bob") == (200, b"her weights")
+    assert call(team.url, "GET", f"/api/2.0/mlflow/runs/get?run_id={run.info.run_id}", "bob")[0] == 200
+    found = call(
+        team.url, "POST", "/api/2.0/mlflow/runs/search", "bob", {"experiment_ids": [alices_work["experiment"]]}
+    )
+    assert json.loads(found[1])["runs"][0]["info"]["run_id"] == run.info.run_id
+
+    # An ensemble into her experiment, or registered into her model, stops in one line naming the grant.
+    experiment = as_alice.get_experiment(alices_work["experiment"]).name
+    ensemble = simpsons("ensemble", [f"tracking.experiment={experiment}"], tmp_path, teammate(team.url, "bob"))
+    assert ensemble.returncode == 2
+    assert error_lines("ensemble", ensemble) == [
+        f"error: tracking.experiment={experiment!r} on {team.url}: user 'bob' has READ on it, not EDIT; use one of "
+        "your own (tracking.experiment=NAME), or have its owner or the server's admin run: "
+        f"python -m simpsons.server grant bob --experiment {experiment} --permission EDIT"
+    ]
+
+    # Granted EDIT, by alice herself (she created them: MANAGE) and by the admin: bob may write.
+    alice = clean_environment() | {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": PASSWORDS["alice"]}
+    by_alice = simpsons("server", ["grant", "bob", "--experiment", experiment, "--server", team.url], tmp_path, alice)
+    assert by_alice.returncode == 0, by_alice.stderr[-3000:]
+    assert by_alice.stdout.strip() == f"bob now has EDIT on experiment {experiment!r} at {team.url}"
+    args = [f"tracking.experiment={experiment}", f"registered_model={model.name}"]
+    ensemble = simpsons("ensemble", args, tmp_path, teammate(team.url, "bob"))
+    assert ensemble.returncode == 2
+    assert error_lines("ensemble", ensemble) == [
+        f"error: registered_model={model.name!r} on {team.url}: user 'bob' has READ on it, not EDIT; use one of "
+        "your own (registered_model=NAME), or have its owner or the server's admin run: "
+        f"python -m simpsons.server grant bob --registered-model {model.name} --permission EDIT"
+    ]
+    admin_command(["grant", "bob", "--registered-model", model.name, "--server", team.url], tmp_path)
+    for what in ("create a run in her experiment", "log a metric into her run", "move her champion alias"):
+        method, path, body, data = tampering(alices_work)[what]
+        assert call(team.url, method, path, "bob", body, data)[0] == 200, what
+    assert as_alice.get_registered_model(model.name).aliases == {"champion": "2"}
+    # bob cannot grant on what he does not MANAGE; a grant is replaced, not added to.
+    bob = clean_environment() | {"MLFLOW_TRACKING_USERNAME": "bob", "MLFLOW_TRACKING_PASSWORD": PASSWORDS["bob"]}
+    args = ["grant", "alice", "--experiment", experiment, "--permission", "NO_PERMISSIONS", "--server", team.url]
+    refused = simpsons("server", args, tmp_path, bob)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"error: {team.url} refused user 'bob' a grant on experiment {experiment!r} (HTTP 403): only its owner "
+        "(MANAGE) or the admin (MLFLOW_AUTH_ADMIN_PASSWORD) may grant on it"
+    ]
+    admin_command(["grant", "bob", "--experiment", experiment, "--permission", "READ", "--server", team.url], tmp_path)
+    method, path, body, data = tampering(alices_work)["log a metric into her run"]
+    assert call(team.url, method, path, "bob", body, data)[0] == 403
+
+
+@pytest.mark.slow
+def test_postgres_only_health_answers_without_a_login(team):
+    anonymous = {
+        path: call(team.url, "GET", path, None)[0]
+        for path in (
+            "/health",
+            "/api/3.0/mlflow/server-info",  # MLflow's own basic-auth app answers it to anyone
+            "/ajax-api/3.0/mlflow/server-info",
+            "/static-files/index.html",  # MLflow's: to anyone too
+            "/favicon.ico",
+            "/",
+            "/version",
+            "/signup",
+            "/graphql",
+            "/metrics",
+            "/api/2.0/mlflow/experiments/search?max_results=1",
+            "/api/2.0/mlflow-artifacts/artifacts",
+            "/v1/traces",
+            "/no-such-page",
+        )
+    }
+    assert anonymous == {"/health": 200} | {path: 401 for path in anonymous if path != "/health"}
+    assert call(team.url, "GET", "/api/3.0/mlflow/server-info", "bob")[0] == 200
+    assert call(team.url, "GET", "/static-files/index.html", "bob")[0] == 200
+    assert call(team.url, "GET", "/version", "bob")[0] == 200
+
+
+@pytest.mark.slow
+def test_postgres_adding_an_existing_user_is_one_line_and_changes_nothing(team, as_alice, tmp_path):
+    new_password = "new-" + secrets.token_hex(12)
+    env = clean_environment() | {
+        "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "SIMPSONS_NEW_USER_PASSWORD": new_password,
+    }
+    result = simpsons("server", ["add-user", "alice", "--server", team.url], tmp_path, env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: user 'alice' already exists on {team.url}; nothing was changed"
+    ]
+    assert new_password not in result.stdout + result.stderr and "scrypt" not in result.stderr
+    assert as_alice.search_experiments(max_results=1) is not None  # her password is the one it was
+
+
+# No credential in a URI.
+
+
+@pytest.mark.slow
+def test_postgres_no_command_takes_a_password_in_a_uri_and_none_reaches_the_store_or_a_file(
+    team, postgres, image_folders, tmp_path
+):
+    """Sentinels: the database's password in PGPASSWORD, alice's in MLFLOW_TRACKING_PASSWORD, and each
+    also tried inside a URI by every command: all refused in one line that does not hold it, creating
+    nothing. Then real runs with them in the environment only, straight into PostgreSQL and over HTTP;
+    the database (pg_dump), the server's artifacts and log, every file the commands wrote
+    (outputs/, multirun/, .hydra/, logs) and their console hold none of them."""
+    server_with_password = team.url.replace("http://", f"http://alice:{PASSWORDS['alice']}@", 1)
+    in_userinfo = postgres.replace("mlflow@", f"mlflow:{DATABASE_PASSWORD}@", 1)
+    in_query, in_conninfo = (
+        f"{postgres}?password={DATABASE_PASSWORD}",
+        f"{postgres}?dbname=mlflow%20password%3D{DATABASE_PASSWORD}",
+    )
+    env = teammate(team.url, "alice") | {"PGPASSWORD": DATABASE_PASSWORD}
+    admin = env | {"MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD, "SIMPSONS_NEW_USER_PASSWORD": "carol-" + "x" * 12}
+    train = [*folder_data(image_folders), *TINY_MODEL, "epochs=1"]
+    image = str(next(image_folders.rglob("*.jpg")))
+    attempts = [
+        ("train", [*train, f"tracking.uri={in_query}"], env),
+        ("train", ["-m", *train, "dropout=0.1,0.2", f"tracking.uri={in_userinfo}"], env),
+        ("train", [*train, f"tracking.uri={in_conninfo}"], env),
+        ("train", train, env | {"MLFLOW_TRACKING_URI": server_with_password}),
+        ("ensemble", [f"tracking.uri={in_query}"], env),
+        ("ensemble", [], env | {"MLFLOW_TRACKING_URI": server_with_password}),
+        ("report", ["--tracking-uri", in_query], env),
+        ("predict", ["--tracking-uri", server_with_password, "--run", "0" * 32, image], env),
+        ("server", ["--backend-store-uri", in_query, "--artifacts-destination", str(tmp_path / "artifacts")], admin),
+        ("server", ["add-user", "carol", "--server", server_with_password], admin),
+    ]
+    outputs = []
+    for module, args, environment in attempts:
+        outputs.append(result := simpsons(module, args, tmp_path, environment))
+        assert result.returncode == 2, (module, args, result.stderr[-2000:])
+        [line] = error_lines(module, result)
+        assert "has a password in it" in line and "***" in line, line
+    assert leaked_secrets("".join(o.stdout + o.stderr for o in outputs)) == []
+    assert list(tmp_path.iterdir()) == []  # nothing created: no outputs/, multirun/, artifacts
+
+    direct = [*train, f"tracking.uri={postgres}", "tracking.experiment=sentinel-direct"]
+    outputs += [simpsons("train", direct, tmp_path, env)]
+    outputs += [simpsons("train", [*train, "tracking.experiment=sentinel-http"], tmp_path, env)]
+    outputs += [simpsons("report", ["--experiment", "sentinel-http"], tmp_path, env)]
+    assert [o.returncode for o in outputs[-3:]] == [0, 0, 0], outputs[-1].stderr[-3000:]
+    dump = subprocess.run(
+        [str(POSTGRES_BINARIES[-1].parent / "pg_dump"), "-h", "127.0.0.1", "-p", str(urlsplit(postgres).port)]
+        + ["-U", "mlflow", "mlflow"],
+        env=clean_environment() | {"PGPASSWORD": DATABASE_PASSWORD},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    assert "sentinel-direct" in dump and "sentinel-http" in dump  # the dump has the runs' data
+    assert leaked_secrets(dump) == []
+    assert leaked_secrets("".join(o.stdout + o.stderr for o in outputs)) == []
+    assert leaked_secrets(team.log.read_text()) == []
+    assert list(tmp_path.glob("outputs/*/*/.hydra/overrides.yaml"))  # Hydra's files are among those searched
+    assert files_with_secrets(tmp_path) == []
+    assert files_with_secrets(team.log.parent / "artifacts") == []
+
+
+# The wrapper's death.
+
+
+@pytest.mark.slow
+def test_postgres_server_whose_wrapper_is_killed_dies_with_it_and_leaves_no_file(postgres, tmp_path):
+    """kill -9 of `python -m simpsons.server` (it can run no handler): `mlflow server`, uvicorn and
+    its workers end too, within a minute, and no file holds the server's auth config."""
+    port, private = free_port(), tmp_path / "tmp"
+    private.mkdir()
+    command = [sys.executable, "-m", "simpsons.server", "--backend-store-uri", postgres, "--port", str(port)]
+    command += ["--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "2"]
+    env = clean_environment() | {"PGPASSWORD": DATABASE_PASSWORD, "TMPDIR": str(private)}
+    env["MLFLOW_AUTH_ADMIN_PASSWORD"] = ADMIN_PASSWORD
+    log = tmp_path / "server.log"
+    with log.open("w") as output:
+        wrapper = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+    processes: list[psutil.Process] = []
+    try:
+        poll(lambda: "MLflow server ready" in log.read_text(), wrapper, log)
+        processes = psutil.Process(wrapper.pid).children(recursive=True)
+        commands = [" ".join(p.cmdline()) for p in processes]
+        assert sum("spawn_main" in c for c in commands) == 2, commands  # the two uvicorn workers
+        assert leaked_secrets(" ".join(commands)) == []  # `ps` shows no password
+        assert files_holding(private, "database_uri") == []  # nor does any file, while it serves
+        wrapper.kill()
+        wrapper.wait()
+        alive = lambda: [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]  # noqa: E731
+        deadline = time.monotonic() + 60
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert alive() == [], [" ".join(p.cmdline()) for p in alive()]
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+    finally:
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+    assert files_holding(private, "database_uri") == []
 
 
 def poll(condition: Callable[[], bool], process: subprocess.Popen, log: Path, seconds: float = 300) -> bool:

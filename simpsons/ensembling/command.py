@@ -30,6 +30,11 @@ def ensemble(cfg: DictConfig) -> str:
     check_options(cfg)
     client = MlflowClient(store.configure(cfg.tracking.uri))
     experiment = reader.experiment_id(client, cfg.tracking.experiment)
+    # Another user's experiment or model is read-only to this one on a team server: say so now,
+    # in one line, rather than with HTTP 403 once the ensemble is computed.
+    store.check_can_write(client.tracking_uri, "experiment", cfg.tracking.experiment, experiment)
+    if cfg.register:
+        store.check_can_register(client, cfg.registered_model)
     sweep = reader.resolve_sweep(client, experiment, cfg.sweep)
     lifecycle.end_dead_runs(client, [experiment], cfg.tracking.stale_after)
     runs, superseded = reader.training_runs(client, reader.search(client, experiment, sweep, cfg.filter))

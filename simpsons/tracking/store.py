@@ -20,6 +20,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shlex
 import sqlite3
 import subprocess
 import threading
@@ -28,13 +29,14 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit
 
 import mlflow
 import sqlalchemy
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from simpsons import credentials
 from simpsons.config import PROJECT_ROOT
 from simpsons.errors import ConfigError
 from simpsons.tracking import schema
@@ -50,6 +52,8 @@ USERNAME_VARIABLE = "MLFLOW_TRACKING_USERNAME"
 PASSWORD_VARIABLE = "MLFLOW_TRACKING_PASSWORD"
 TOKEN_VARIABLE = "MLFLOW_TRACKING_TOKEN"
 SEARCH_PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
+PERMISSION_PROBE = "/api/3.0/mlflow/users/permissions/get"  # MLflow's auth app: a user may ask about themselves
+WRITING_PERMISSIONS = ("EDIT", "MANAGE")
 LOGIN_PROBE_SECONDS = 30  # a server that answered /health: its first search may wait for the store
 # PostgreSQL's advisory lock on setting up MLflow's schema: any fixed 64-bit number, ours alone.
 SCHEMA_LOCK_KEY = int.from_bytes(hashlib.sha256(b"simpsons: the MLflow schema").digest()[:8], "big", signed=True)
@@ -62,6 +66,7 @@ def configure(uri: str) -> str:
     cannot be used: an unknown scheme, a folder that cannot be written, a server that does not
     answer, a database that refuses the connection.
     """
+    _refuse_password_in(uri)
     uri = absolute_sqlite_uri(uri)
     if uri.startswith(SQLITE_PREFIX):
         _commit_without_fsync()
@@ -96,6 +101,7 @@ def check(uri: str) -> None:
     What configure() would find, without creating the database, its folder or its lock file, so
     that a config that fails another check leaves no store behind.
     """
+    _refuse_password_in(uri)
     uri = absolute_sqlite_uri(uri)
     if uri.startswith(SQLITE_PREFIX):
         _check_sqlite(sqlite_path(uri))
@@ -210,11 +216,9 @@ def _prepare_sqlite(path: Path) -> None:
 def _check_remote(uri: str) -> None:
     scheme = urlsplit(uri).scheme.split("+")[0]
     if scheme in SERVER_SCHEMES:
-        _refuse_password_in(uri, f"set {USERNAME_VARIABLE} and {PASSWORD_VARIABLE} instead")
         _within_deadline(uri, _probe_server)
         _within_deadline(uri, _probe_login, LOGIN_PROBE_SECONDS)
     elif scheme in DATABASE_SCHEMES:
-        _refuse_password_in(uri, "give it to the database's client instead (PostgreSQL: PGPASSWORD or ~/.pgpass)")
         _within_deadline(uri, _probe_database)
     else:
         raise ConfigError(f"tracking.uri={redact_uri(uri)!r} is not a supported store; use {ACCEPTED_URIS}")
@@ -274,11 +278,12 @@ def _probe_login(uri: str) -> None:
         raise ConfigError(f"tracking.uri={redact_uri(uri)}: the server did not answer a search ({reason})") from error
 
 
-def _refuse_password_in(uri: str, instead: str) -> None:
-    """A password inside a URI would reach the logs, the run's overrides tag and the .hydra files
-    logged with every run."""
-    if urlsplit(uri).password is not None:
-        raise ConfigError(f"tracking.uri={redact_uri(uri)} has a password in it; leave it out and {instead}")
+def _refuse_password_in(uri: str) -> None:
+    """A password inside a URI (userinfo or query, simpsons/credentials.py) would reach the logs,
+    the run's overrides tag and the .hydra files logged with every run: refused for every scheme."""
+    error = credentials.password_error("tracking.uri", uri)
+    if error is not None:
+        raise ConfigError(error)
 
 
 def _credential_headers() -> dict[str, str]:
@@ -365,10 +370,60 @@ def ensure_experiment(uri: str, name: str) -> str:
                 f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) or choose another name"
             )
         if experiment is not None:
+            check_can_write(uri, "experiment", name, experiment.experiment_id)
             return experiment.experiment_id
         return client.create_experiment(name, artifact_location=artifact_location(uri, name))
 
     return races.shared_write(uri, existing_or_new, f"experiment {name!r}")
+
+
+def check_can_write(uri: str, kind: str, name: str, resource_id: str) -> None:
+    """On a server with basic auth, raise ConfigError (one line) unless this process's user may
+    write into the experiment or registered model (`kind`): MLflow would refuse the first write
+    with HTTP 403, mid-run. Another user's is READ for them unless its owner or the admin granted
+    more (docs/scaling-out.md). Asked of MLflow's own permission check; a server without it passes."""
+    permission = _permission(uri, kind, resource_id)
+    if permission is not None and permission not in WRITING_PERMISSIONS:
+        raise ConfigError(_cannot_write(uri, kind, name, permission))
+
+
+def check_can_register(client: MlflowClient, name: str) -> None:
+    """check_can_write for a registered model; one that does not exist yet is its first registrant's."""
+    permission = _permission(client.tracking_uri, "registered_model", name)
+    if permission is None or permission in WRITING_PERMISSIONS:
+        return
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        return  # no such model: MLflow answers the default permission for a name nobody holds
+    raise ConfigError(_cannot_write(client.tracking_uri, "registered_model", name, permission))
+
+
+def _cannot_write(uri: str, kind: str, name: str, permission: str) -> str:
+    key, flag = {
+        "experiment": ("tracking.experiment", "--experiment"),
+        "registered_model": ("registered_model", "--registered-model"),
+    }[kind]
+    user = os.environ[USERNAME_VARIABLE]
+    return (
+        f"{key}={name!r} on {redact_uri(uri)}: user {user!r} has {permission} on it, not EDIT; use one of your own "
+        f"({key}=NAME), or have its owner or the server's admin run: "
+        f"python -m simpsons.server grant {shlex.quote(user)} {flag} {shlex.quote(name)} --permission EDIT"
+    )
+
+
+def _permission(uri: str, kind: str, resource_id: str) -> str | None:
+    """This process's user's permission on a resource of the server at `uri`, or None where there is
+    no such answer (no server, no basic-auth user, a server without MLflow's auth app)."""
+    if urlsplit(uri).scheme not in SERVER_SCHEMES or not os.environ.get(USERNAME_VARIABLE):
+        return None
+    query = urlencode({"username": os.environ[USERNAME_VARIABLE], "resource_type": kind, "resource_id": resource_id})
+    request = urllib.request.Request(f"{uri.rstrip('/')}{PERMISSION_PROBE}?{query}", headers=_credential_headers())
+    try:
+        with urllib.request.urlopen(request, timeout=LOGIN_PROBE_SECONDS) as response:
+            return str(json.loads(response.read()).get("permission")) or None
+    except (OSError, ValueError):  # HTTPError included: the write itself will say what is wrong
+        return None
 
 
 def artifact_location(uri: str, experiment: str) -> str | None:
@@ -381,11 +436,8 @@ def artifact_location(uri: str, experiment: str) -> str | None:
 
 
 def redact_uri(uri: str) -> str:
-    """The URI without a password (postgresql://user:secret@host -> postgresql://user:***@host)."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+    """The URI without a password, in its userinfo or its query (simpsons/credentials.py)."""
+    return credentials.redact_uri(uri)
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
