@@ -39,6 +39,7 @@ from simpsons.training import (
     early_stopping,
     fit,
     gpu_setting,
+    log_backed_up_epochs,
     resolve_deterministic,
     seed_everything,
     set_precision,
@@ -355,7 +356,11 @@ def _train(
     evaluated split: the head on features when no backbone layer was trained, else the model on images.
     """
     resumable = _resumable(cfg)
-    curves = _logged_curves(_backup_epoch(backups) if resumable and backups.is_dir() else 0)
+    restored = _backup_epoch(backups) if resumable and backups.is_dir() else 0
+    if restored:  # first what a kill kept from being logged: the curves below are read back from MLflow
+        for phase in sorted(path for path in backups.iterdir() if path.is_dir()):
+            log_backed_up_epochs(phase, _backed_up_epoch(phase))
+    curves = _logged_curves(restored)
     best = BestEpoch(model, cfg.monitor, backups / "best" if resumable else None, curves[cfg.monitor])
     stopping = cfg.early_stopping
     stopping_monitor = stopping.monitor or cfg.monitor
@@ -405,7 +410,8 @@ def _train(
 
 def _logged_curves(before_epoch: int) -> dict[str, list[tuple[int, float]]]:
     """The active run's logged val_accuracy and val_loss, (epoch, value), of the epochs before
-    `before_epoch` (those a resumed run restored); an epoch trained twice counts with its last value."""
+    `before_epoch` (those a resumed run restored); an epoch that a run of an earlier version logged
+    twice (before its backup, then again once resumed) counts with its last value."""
     if before_epoch == 0:  # a new run: nothing to read back
         return {metric: [] for metric in MONITORS}
     run_id = mlflow.active_run().info.run_id
