@@ -24,14 +24,14 @@ from simpsons import checks, locks, naming, plots, schedules
 from simpsons.backbones import BackboneSpec
 from simpsons.config import MONITORS, SWEEP_ID_VARIABLE
 from simpsons.data import DataSet, Split, load_dataset
-from simpsons.errors import DataError
+from simpsons.errors import DataError, ServerLost
 from simpsons.evaluation import evaluate
 from simpsons.features import Lookup, cache_key, cached_features, extract, mirrored
 from simpsons.model import build_classifier, feature_extractor, head, unfreeze_top, with_tta
 from simpsons.optimizers import build_optimizer
 from simpsons.pipeline import image_dataset, load_image, without_autotuner
 from simpsons.stopwatch import Stopwatch
-from simpsons.tracking import lifecycle, schema, store, writer
+from simpsons.tracking import connection, lifecycle, schema, store, writer
 from simpsons.training import (
     BestEpoch,
     balanced_class_weights,
@@ -89,7 +89,25 @@ def train(cfg: DictConfig, job: JobContext) -> str:
     """
     backbone, optimizer = _checked_parts(cfg)
     single_run_data = load_dataset(cfg.data) if job.sweep_id is None else None  # unusable: nothing created
-    uri = store.configure(cfg.tracking.uri)
+    try:
+        uri = store.configure(cfg.tracking.uri, cfg.tracking.retry_seconds)
+    except store.ServerUnreachable as error:
+        if job.sweep_id is None:
+            raise  # a single run: tracking.uri names no server
+        raise ServerLost(f"{error}; the sweep started with it: run the same command again once it answers") from None
+    with connection.lost_server():  # a request given up mid-run: one line, not a traceback (connection.py)
+        return _train_run(cfg, job, uri, backbone, optimizer, single_run_data)
+
+
+def _train_run(
+    cfg: DictConfig,
+    job: JobContext,
+    uri: str,
+    backbone: BackboneSpec,
+    optimizer: keras.optimizers.Optimizer,
+    single_run_data: DataSet | None,
+) -> str:
+    """train(), once the store is set up."""
     experiment_id = store.ensure_experiment(uri, cfg.tracking.experiment)
     client = MlflowClient(uri)
     lifecycle.end_dead_runs(client, [experiment_id], cfg.tracking.stale_after)

@@ -28,7 +28,7 @@ log = logging.getLogger("simpsons.ensemble")
 def ensemble(cfg: DictConfig) -> str:
     """Select, combine, score, log and register one ensemble; prints what it did; returns its run id."""
     check_options(cfg)
-    client = MlflowClient(store.configure(cfg.tracking.uri))
+    client = MlflowClient(store.configure(cfg.tracking.uri, cfg.tracking.retry_seconds))
     experiment = reader.experiment_id(client, cfg.tracking.experiment)
     sweep = reader.resolve_sweep(client, experiment, cfg.sweep)
     lifecycle.end_dead_runs(client, [experiment], cfg.tracking.stale_after)

@@ -3,6 +3,8 @@
 - `schema`: tag names, run types and artifact paths, the one place that names them;
 - `store`: the tracking URI, the store's setup under an inter-process lock, experiments,
   provenance (git, code version); no TensorFlow;
+- `connection`: a tracking server that stops answering: MLflow's retries bounded by
+  `tracking.retry_seconds`, one warning line, and one error line (`ServerLost`); no TensorFlow;
 - `lifecycle`: a run from start to end (never left RUNNING), its process identity and heartbeat,
   ending runs whose process is gone, and the look-ups that reuse or resume a config; no TensorFlow;
 - `writer`: what a training run logs (config, data and its dataset inputs, evaluations, the Keras model);

@@ -37,7 +37,7 @@ from mlflow.tracking import MlflowClient
 
 from simpsons.config import PROJECT_ROOT
 from simpsons.errors import ConfigError
-from simpsons.tracking import schema
+from simpsons.tracking import connection, schema
 
 SQLITE_PREFIX = "sqlite:///"
 DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
@@ -53,12 +53,13 @@ SEARCH_PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
 LOGIN_PROBE_SECONDS = 30  # a server that answered /health: its first search may wait for the store
 
 
-def configure(uri: str) -> str:
+def configure(uri: str, retry_seconds: int | None = None) -> str:
     """Check `uri`, set up its store if needed, and make it MLflow's; returns the URI used.
 
     A relative SQLite path is made absolute. Raises ConfigError (one line) for a store that
     cannot be used: an unknown scheme, a folder that cannot be written, a server that does not
-    answer, a database that refuses the connection.
+    answer (ServerUnreachable), a database that refuses the connection. With `retry_seconds`
+    (tracking.retry_seconds), a server's requests are given up after that long (connection.py).
     """
     uri = absolute_sqlite_uri(uri)
     if uri.startswith(SQLITE_PREFIX):
@@ -66,6 +67,8 @@ def configure(uri: str) -> str:
         _prepare_sqlite(sqlite_path(uri))
     else:
         _check_remote(uri)
+        if retry_seconds is not None:
+            connection.configure(uri, retry_seconds)
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -187,11 +190,18 @@ def _prepare_sqlite(path: Path) -> None:
             raise ConfigError(f"tracking.uri={uri}: {str(error).splitlines()[0]}") from error
 
 
+def check_server(uri: str) -> None:
+    """Raise ServerUnreachable unless the server at `uri` answers now, within PROBE_SECONDS + 1 s
+    (nothing to check for other stores): a quick look before requests that would retry for long."""
+    if urlsplit(uri).scheme in SERVER_SCHEMES:
+        _within_deadline(uri, _probe_server, unanswered=ServerUnreachable)
+
+
 def _check_remote(uri: str) -> None:
     scheme = urlsplit(uri).scheme.split("+")[0]
     if scheme in SERVER_SCHEMES:
         _refuse_password_in(uri, f"set {USERNAME_VARIABLE} and {PASSWORD_VARIABLE} instead")
-        _within_deadline(uri, _probe_server)
+        _within_deadline(uri, _probe_server, unanswered=ServerUnreachable)
         _within_deadline(uri, _probe_login, LOGIN_PROBE_SECONDS)
     elif scheme in DATABASE_SCHEMES:
         _refuse_password_in(uri, "give it to the database's client instead (PostgreSQL: PGPASSWORD or ~/.pgpass)")
@@ -200,11 +210,14 @@ def _check_remote(uri: str) -> None:
         raise ConfigError(f"tracking.uri={redact_uri(uri)!r} is not a supported store; use {ACCEPTED_URIS}")
 
 
-def _within_deadline(uri: str, probe: Callable[[str], None], seconds: float | None = None) -> None:
+def _within_deadline(
+    uri: str, probe: Callable[[str], None], seconds: float | None = None, unanswered: type[ConfigError] = ConfigError
+) -> None:
     """Run `probe(uri)`, but answer within `seconds` (PROBE_SECONDS) + 1 s whatever it does.
 
     Socket timeouts do not bound everything a probe waits for: a hanging DNS look-up, or a
     database driver that ignores connect_timeout. The probe goes on in a daemon thread, harmlessly.
+    A probe that does not answer in time raises `unanswered`.
     """
     outcome: list[BaseException | None] = []
 
@@ -220,9 +233,13 @@ def _within_deadline(uri: str, probe: Callable[[str], None], seconds: float | No
     limit = (PROBE_SECONDS if seconds is None else seconds) + 1
     thread.join(limit)
     if not outcome:
-        raise ConfigError(f"tracking.uri={redact_uri(uri)}: no answer within {limit:g} s")
+        raise unanswered(f"tracking.uri={redact_uri(uri)}: no answer within {limit:g} s")
     if outcome[0] is not None:
         raise outcome[0]
+
+
+class ServerUnreachable(ConfigError):
+    """No MLflow server answers at the URI: in a sweep's job, the server the sweep started with is lost."""
 
 
 def _probe_server(uri: str) -> None:
@@ -230,7 +247,7 @@ def _probe_server(uri: str) -> None:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_SECONDS).close()
     except (OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
-        raise ConfigError(f"tracking.uri={redact_uri(uri)}: no MLflow server answers ({reason})") from error
+        raise ServerUnreachable(f"tracking.uri={redact_uri(uri)}: no MLflow server answers ({reason})") from error
 
 
 def _probe_login(uri: str) -> None:
