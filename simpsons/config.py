@@ -15,6 +15,9 @@ CONF_DIR = PROJECT_ROOT / "conf"
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies
 CLASS_WEIGHTS = ("none", "balanced")  # how each class's loss is weighed (simpsons/training.py)
 SWEEP_ID_VARIABLE = "SIMPSONS_SWEEP_ID"  # conf/train.yaml sets it for every job of a multirun
+# tracking.retry_seconds: MLflow's backoff factor is a whole number of seconds (>= 5 s with 2 retries), and
+# it takes at most 10 retries of at most 120 s each (simpsons/tracking/connection.py).
+RETRY_SECONDS = (5, 900)
 # The per-epoch metrics a run may keep its best epoch by, or stop early on, and which way is better.
 MONITORS = {"val_accuracy": "max", "val_loss": "min"}
 
@@ -102,6 +105,11 @@ TRAINING_KEY_CHECKS = [  # key, test, what is accepted
     ("tracking.experiment", lambda v: isinstance(v, str) and v.strip() != "", "a non-empty name"),
     ("tracking.heartbeat_seconds", _positive, "a positive number"),
     ("tracking.stale_after", _positive, "a positive number"),
+    (
+        "tracking.retry_seconds",
+        lambda v: _whole(v) and RETRY_SECONDS[0] <= v <= RETRY_SECONDS[1],
+        "an integer from 5 to 900",
+    ),
     ("gpu.memory_growth", lambda v: isinstance(v, bool), "true or false"),
     ("gpu.one_per_job", lambda v: isinstance(v, bool), "true or false"),
 ]

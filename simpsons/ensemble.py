@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from simpsons import credentials, startup
 from simpsons.config import CONF_DIR, register_resolvers
 from simpsons.ensembling.options import check_options
-from simpsons.errors import SimpsonsError
+from simpsons.errors import ServerLost, SimpsonsError
 
 log = logging.getLogger("simpsons.ensemble")
 register_resolvers()
@@ -27,8 +27,13 @@ def hydra_main(cfg: DictConfig) -> None:
     try:
         check_options(cfg)
         from simpsons.ensembling.command import ensemble  # MLflow and TensorFlow, once there is work to do
+        from simpsons.tracking import connection
 
-        ensemble(cfg)
+        with connection.lost_server():  # a request given up: one line, exit 1 (connection.py)
+            ensemble(cfg)
+    except ServerLost as error:
+        log.error("error: %s", error)
+        sys.exit(1)
     except SimpsonsError as error:
         log.error("error: %s", error)
         sys.exit(2)

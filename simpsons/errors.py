@@ -11,3 +11,7 @@ class ConfigError(SimpsonsError):
 
 class DataError(SimpsonsError):
     """The data set cannot be used as configured (missing folder, no usable images)."""
+
+
+class ServerLost(SimpsonsError):
+    """The tracking server stopped answering mid-command; the next command, once it answers, goes on."""

@@ -24,14 +24,14 @@ from simpsons import checks, locks, naming, plots, schedules
 from simpsons.backbones import BackboneSpec
 from simpsons.config import MONITORS, SWEEP_ID_VARIABLE
 from simpsons.data import DataSet, Split, load_dataset
-from simpsons.errors import DataError
+from simpsons.errors import DataError, ServerLost
 from simpsons.evaluation import evaluate
 from simpsons.features import Lookup, cache_key, cached_features, extract, mirrored
 from simpsons.model import build_classifier, feature_extractor, head, unfreeze_top, with_tta
 from simpsons.optimizers import build_optimizer
 from simpsons.pipeline import image_dataset, load_image, without_autotuner
 from simpsons.stopwatch import Stopwatch
-from simpsons.tracking import lifecycle, schema, store, writer
+from simpsons.tracking import connection, lifecycle, schema, store, writer
 from simpsons.training import (
     BestEpoch,
     balanced_class_weights,
@@ -39,6 +39,7 @@ from simpsons.training import (
     early_stopping,
     fit,
     gpu_setting,
+    log_backed_up_epochs,
     resolve_deterministic,
     seed_everything,
     set_precision,
@@ -88,7 +89,25 @@ def train(cfg: DictConfig, job: JobContext) -> str:
     """
     backbone, optimizer = _checked_parts(cfg)
     single_run_data = load_dataset(cfg.data) if job.sweep_id is None else None  # unusable: nothing created
-    uri = store.configure(cfg.tracking.uri)
+    try:
+        uri = store.configure(cfg.tracking.uri, cfg.tracking.retry_seconds)
+    except store.ServerUnreachable as error:
+        if job.sweep_id is None:
+            raise  # a single run: tracking.uri names no server
+        raise ServerLost(f"{error}; the sweep started with it: run the same command again once it answers") from None
+    with connection.lost_server():  # a request given up mid-run: one line, not a traceback (connection.py)
+        return _train_run(cfg, job, uri, backbone, optimizer, single_run_data)
+
+
+def _train_run(
+    cfg: DictConfig,
+    job: JobContext,
+    uri: str,
+    backbone: BackboneSpec,
+    optimizer: keras.optimizers.Optimizer,
+    single_run_data: DataSet | None,
+) -> str:
+    """train(), once the store is set up."""
     experiment_id = store.ensure_experiment(uri, cfg.tracking.experiment)
     client = MlflowClient(uri)
     lifecycle.end_dead_runs(client, [experiment_id], cfg.tracking.stale_after)
@@ -355,7 +374,11 @@ def _train(
     evaluated split: the head on features when no backbone layer was trained, else the model on images.
     """
     resumable = _resumable(cfg)
-    curves = _logged_curves(_backup_epoch(backups) if resumable and backups.is_dir() else 0)
+    restored = _backup_epoch(backups) if resumable and backups.is_dir() else 0
+    if restored:  # first what a kill kept from being logged: the curves below are read back from MLflow
+        for phase in sorted(path for path in backups.iterdir() if path.is_dir()):
+            log_backed_up_epochs(phase, _backed_up_epoch(phase))
+    curves = _logged_curves(restored)
     best = BestEpoch(model, cfg.monitor, backups / "best" if resumable else None, curves[cfg.monitor])
     stopping = cfg.early_stopping
     stopping_monitor = stopping.monitor or cfg.monitor
@@ -405,7 +428,8 @@ def _train(
 
 def _logged_curves(before_epoch: int) -> dict[str, list[tuple[int, float]]]:
     """The active run's logged val_accuracy and val_loss, (epoch, value), of the epochs before
-    `before_epoch` (those a resumed run restored); an epoch trained twice counts with its last value."""
+    `before_epoch` (those a resumed run restored); an epoch that a run of an earlier version logged
+    twice (before its backup, then again once resumed) counts with its last value."""
     if before_epoch == 0:  # a new run: nothing to read back
         return {metric: [] for metric in MONITORS}
     run_id = mlflow.active_run().info.run_id

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import math
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -16,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from simpsons import checks, naming
 from simpsons.config import SWEEP_ID_VARIABLE
-from simpsons.tracking import lifecycle, reader, schema, store, sweeps
+from simpsons.errors import ServerLost
+from simpsons.tracking import connection, lifecycle, reader, schema, store, sweeps
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,7 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         checks.exit_on_bad_jobs(config)  # every job, before the first and before the store is touched
-        uri = store.configure(config.tracking.uri)
+        uri = store.configure(config.tracking.uri, config.tracking.retry_seconds)
         experiment_id = store.ensure_experiment(uri, config.tracking.experiment)
         self.client = MlflowClient(uri)
         self.stale_after = config.tracking.stale_after
@@ -98,20 +102,39 @@ class MlflowSweepCallback(Callback):
         )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        ended = self._end_parent(RunStatus.FINISHED)  # FAILED instead if a child did not finish
-        self._say_what_ran(ended)
+        with self._exit_if_lost():
+            ended = self._end_parent(RunStatus.FINISHED)  # FAILED instead if a child did not finish
+            self._say_what_ran(ended)
 
     def _end_at_exit(self) -> None:
         """The sweep stopped early (a job raised): end it FAILED, and still say what ran."""
-        ended = self._end_parent(RunStatus.FAILED)
-        if ended is not None and not _interrupted:  # an interrupted driver says it in one line
-            self._say_what_ran(ended)
+        with self._exit_if_lost(exit_code=None):  # already exiting
+            ended = self._end_parent(RunStatus.FAILED)
+            if ended is not None and not _interrupted:  # an interrupted driver says it in one line
+                self._say_what_ran(ended)
+
+    @contextlib.contextmanager
+    def _exit_if_lost(self, exit_code: int | None = 1) -> Iterator[None]:
+        """The server is lost (its jobs said so, one line each): say it once more for the sweep, and
+        exit, leaving the parent to the next command, which ends it KILLED (its process is gone)."""
+        try:
+            with connection.lost_server(self._left()):
+                yield
+        except ServerLost as error:
+            self.client = None  # nothing more to end: the exit hook does nothing
+            log.error("error: %s", error)
+            if exit_code is not None:
+                sys.exit(exit_code)
+
+    def _left(self) -> str:
+        return f"the next command ends sweep run {self.parent_run_id} KILLED; "
 
     def _end_parent(self, status: RunStatus) -> sweeps.Outcome | None:
         """End the parent (once), and any child still RUNNING, e.g. after a worker was killed;
         log the jobs' outcome on it. Returns that outcome, or None if there was nothing to end."""
         if self.client is None or self.parent_run_id is None:
             return None
+        self._check_server()
         if self.heartbeat is not None:
             self.heartbeat.stop()
         parent = self.client.get_run(self.parent_run_id)
@@ -129,6 +152,16 @@ class MlflowSweepCallback(Callback):
         outcome = self._record_outcome(parent)
         self.client.set_terminated(self.parent_run_id, RunStatus.to_string(status))
         return outcome
+
+    def _check_server(self) -> None:
+        """A quick look first: after jobs that lost the server, each request would retry for
+        tracking.retry_seconds again, and the heartbeat's beat in flight would be waited for."""
+        try:
+            store.check_server(self.uri)
+        except store.ServerUnreachable as error:
+            if self.heartbeat is not None:
+                self.heartbeat.stop(wait=False)
+            raise connection.server_lost(error, self._left(), waited=False) from None
 
     def _record_outcome(self, parent: Run) -> sweeps.Outcome | None:
         """Best effort: a store error here must not keep the parent from being ended."""

@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from simpsons import checks, config, credentials, signals, startup
-from simpsons.errors import ConfigError, SimpsonsError
+from simpsons.errors import ConfigError, ServerLost, SimpsonsError
 
 log = logging.getLogger("simpsons.train")
 config.register_resolvers()
@@ -34,6 +34,12 @@ def hydra_main(cfg: DictConfig) -> None:
         job = JobContext.from_hydra()
         try:
             train(cfg, job)
+        except ServerLost as error:
+            log.error("error: %s", error)
+            if job.sweep_dir is None:
+                sys.exit(1)
+            # A sweep's job ends here, not by raising: that would add Hydra's traceback at the end of
+            # the sweep, whose driver says in one line that the server is lost (simpsons.sweep).
         except SimpsonsError as error:
             log.error("error: %s", error)
             if job.sweep_dir is None:

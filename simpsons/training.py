@@ -12,6 +12,7 @@ import keras
 import mlflow
 import numpy as np
 import tensorflow as tf
+from mlflow.tracking import MlflowClient
 from sklearn.utils.class_weight import compute_class_weight
 from tensorflow.python.framework.config import disable_op_determinism  # no public twin of enable_op_determinism
 
@@ -138,10 +139,77 @@ class MlflowEpochMetrics(keras.callbacks.Callback):
         self._learning_rate = schedules.learning_rate(self.model.optimizer)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        metrics = {name: float(value) for name, value in (logs or {}).items() if name in EPOCH_METRICS}
-        metrics[LR_METRIC] = self._learning_rate
-        with signals.held():  # a Ctrl-C waits for the write: the run must still be ended afterwards
-            mlflow.log_metrics(metrics, step=epoch)
+        _log_epoch(epoch, _epoch_metrics(logs, self._learning_rate))
+
+
+class BackupThenLog(keras.callbacks.BackupAndRestore):
+    """Keras's BackupAndRestore that logs each epoch's metrics (as MlflowEpochMetrics) once the epoch is backed up.
+
+    Logged before the backup, an epoch that a kill cut short between the two was trained and logged
+    again by the resumed run: its curves had that step twice, with two values (31 points for 30
+    epochs). So the metrics are first written beside the backup (EPOCHS_FILE), then the epoch is
+    backed up, then logged. A kill before the backup: the rerun trains the epoch again and logs it
+    once; a kill after it: the rerun logs it from the file (log_backed_up_epochs), and trains on.
+    """
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        super().on_epoch_begin(epoch, logs)
+        self._learning_rate = schedules.learning_rate(self.model.optimizer)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        metrics = _epoch_metrics(logs, self._learning_rate)
+        _record_epoch(Path(self.backup_dir), epoch, metrics)
+        super().on_epoch_end(epoch, logs)
+        _log_epoch(epoch, metrics)
+
+
+EPOCHS_FILE = "epoch_metrics.json"  # beside a phase's backup: each epoch's metrics, logged or not yet
+
+
+def _epoch_metrics(logs: dict | None, learning_rate: float) -> dict[str, float]:
+    metrics = {name: float(value) for name, value in (logs or {}).items() if name in EPOCH_METRICS}
+    return metrics | {LR_METRIC: learning_rate}
+
+
+def _log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+    with signals.held():  # a Ctrl-C waits for the write: the run must still be ended afterwards
+        mlflow.log_metrics(metrics, step=epoch)
+
+
+def _record_epoch(backup_dir: Path, epoch: int, metrics: dict[str, float]) -> None:
+    """Add an epoch's metrics to the phase's EPOCHS_FILE, renamed into place: a kill leaves the previous one whole."""
+    backup_dir.mkdir(parents=True, exist_ok=True)
+    path = backup_dir / EPOCHS_FILE
+    partial = backup_dir / f"{EPOCHS_FILE}.{os.getpid()}.partial"
+    partial.write_text(json.dumps(_recorded_epochs(backup_dir) | {str(epoch): metrics}))
+    os.replace(partial, path)
+
+
+def _recorded_epochs(backup_dir: Path) -> dict[str, dict[str, float]]:
+    try:
+        return json.loads((backup_dir / EPOCHS_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def log_backed_up_epochs(backup_dir: Path, before_epoch: int) -> list[int]:
+    """Log to the active run the metrics of the phase's backed-up epochs (those before `before_epoch`)
+    that it lacks: a kill fell between an epoch's backup and its log. Returns those epochs."""
+    client, run_id = MlflowClient(), mlflow.active_run().info.run_id
+    recorded = {int(epoch): metrics for epoch, metrics in _recorded_epochs(backup_dir).items()}
+    wanted = {epoch: metrics for epoch, metrics in recorded.items() if epoch < before_epoch}
+    if not wanted:
+        return []
+    names = {name for metrics in wanted.values() for name in metrics}
+    logged = {name: {m.step for m in client.get_metric_history(run_id, name)} for name in names}
+    missing = {}
+    for epoch, metrics in sorted(wanted.items()):
+        absent = {name: value for name, value in metrics.items() if epoch not in logged[name]}
+        if absent:
+            missing[epoch] = absent
+    for epoch, metrics in missing.items():
+        _log_epoch(epoch, metrics)
+    return sorted(missing)
 
 
 class BestEpoch(keras.callbacks.Callback):
@@ -279,9 +347,10 @@ def fit(
     continues the curves. Returns the epoch the phase ends at (the next one's first epoch): earlier
     than `epochs` when a callback (early stopping) stopped it.
 
-    `callbacks` run after the epoch's metrics are logged and before the backup. With `backup_dir`,
-    Keras's BackupAndRestore saves the weights, optimizer and epoch there after every epoch and
-    restores them when fit starts: a rerun goes on at the epoch after the last backup. The backup
+    `callbacks` run before the backup. Without `backup_dir`, the epoch's metrics are logged before
+    them; with it, Keras's BackupAndRestore saves the weights, optimizer and epoch there after every
+    epoch, the metrics are logged after the backup (BackupThenLog), and it restores them when fit
+    starts: a rerun goes on at the epoch after the last backup. The backup
     is kept after fit, with the phase's end epoch beside it (a rerun of a finished phase trains
     nothing), for the caller to delete once the whole run is logged.
 
@@ -293,13 +362,13 @@ def fit(
     done = marked or min(filter(None, stops), default=None)
     if done is not None:
         epochs = done  # BackupAndRestore restores the phase's last epoch and trains no more
-    all_callbacks: list[keras.callbacks.Callback] = [MlflowEpochMetrics(), *callbacks]
-    if backup_dir is not None:
+    if backup_dir is None:
+        all_callbacks: list[keras.callbacks.Callback] = [MlflowEpochMetrics(), *callbacks]
+    else:
         # double_checkpoint: a kill -9 in the middle of writing the weights leaves the previous
         # epoch's backup, which BackupAndRestore falls back to.
-        all_callbacks.append(
-            keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True, delete_checkpoint=False)
-        )
+        backup = BackupThenLog(str(backup_dir), double_checkpoint=True, delete_checkpoint=False)
+        all_callbacks = [*callbacks, backup]
     loss, train, val = loss_and_targets(label_smoothing, model.output_shape[-1], train, val)
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=jit_compile)
     # BackupAndRestore tells fit where a restored phase resumes through this private attribute, which

@@ -90,6 +90,7 @@ BAD_INPUTS = [  # (test id, overrides, how the one line starts); {tmp}: the test
     ("store", ["tracking.uri=sqlite:////etc/hostname/x.db"], "tracking.uri=sqlite:////etc/hostname/x.db: cannot write"),
     ("cache", ["cache_dir=/etc/hostname/sub"], "cache_dir='/etc/hostname/sub' cannot be written (/etc/hostname is not"),
     ("sweep", ["-m", "image_size=16,32"], "image_size=16 is below the minimum of backbone 'mobilenet'; use image_size"),
+    ("retry", ["tracking.retry_seconds=2"], "tracking.retry_seconds=2 is invalid; expected an integer from 5 to 900"),
     ("monitor", ["monitor=val_f1"], "monitor='val_f1' is invalid; expected one of val_accuracy, val_loss"),
     (
         "early stopping",

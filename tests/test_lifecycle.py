@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -13,11 +14,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import TINY_MODEL, folder_data, run_cli
+from conftest import IMAGE_SENSITIVE_MODEL, TINY_MODEL, folder_data, run_cli
 from mlflow.tracking import MlflowClient
 
 from simpsons.tracking import lifecycle, reader, schema
 from simpsons.tracking.store import configure, ensure_experiment
+from simpsons.training import EPOCH_METRICS
 
 SLICE_SECONDS = 0.2
 
@@ -211,6 +213,58 @@ def test_a_killed_finetuning_run_resumes_at_the_epoch_after_its_last_backup_in_t
     assert curve[kept] == max(curve.values()) and all(curve[epoch] < curve[kept] for epoch in range(kept))
     assert run.data.metrics["best_val_accuracy"] == pytest.approx(curve[kept], abs=1e-6)
     assert not (Path(os.environ["SIMPSONS_CACHE_DIR"]) / "checkpoints" / run.info.run_id).exists()
+
+
+def backed_up_epoch(phase: Path) -> int | None:
+    """The epoch a phase's backup resumes at (Keras's training_metadata.json); None while it is being written."""
+    try:
+        return json.loads((phase / "training_metadata.json").read_text())["epoch"]
+    except FileNotFoundError:
+        return 0
+    except (ValueError, KeyError):
+        return None
+
+
+@pytest.mark.slow
+def test_a_run_killed_between_an_epochs_metrics_and_its_backup_logs_each_epoch_once_when_resumed(
+    image_folders, tracking_uri, tmp_path
+):
+    """kill -9 where the epochs logged in MLflow and the epochs backed up differ, if the run can be
+    caught there (one epoch's log and backup are not done yet), else after a few epochs; the rerun
+    resumes the run, and every curve has each epoch once. An epoch logged before its backup was
+    trained and logged again: 31 points for 30 epochs. A big model (VGG16: 59 MB a backup) makes
+    the time between the two long, so the check lands in it on the code that logged first."""
+    epochs = 8
+    args = [*IMAGE_SENSITIVE_MODEL, *folder_data(image_folders), f"epochs={epochs}", "cache=false"]
+    args.append(f"tracking.uri={tracking_uri}")
+    client = MlflowClient(configure(tracking_uri))  # the store exists before the test polls it
+    checkpoints = Path(os.environ["SIMPSONS_CACHE_DIR"]) / "checkpoints"
+    seen = {}
+
+    def logged_and_backed_up_differ_or_epoch_4_logged() -> bool:
+        runs = all_runs(tracking_uri)
+        if not runs:
+            return False
+        logged = len(client.get_metric_history(runs[0].info.run_id, "val_accuracy"))
+        backed_up = backed_up_epoch(checkpoints / runs[0].info.run_id / "head")
+        seen.update(logged=logged, backed_up=backed_up)
+        return backed_up is not None and (logged != backed_up or logged >= 5)
+
+    first = start_cli(args, cwd=tmp_path)
+    stop_when(first, logged_and_backed_up_differ_or_epoch_4_logged)
+    kill_9(first)
+    [killed] = all_runs(tracking_uri)
+    assert killed.info.status == "RUNNING" and seen["backed_up"] < epochs
+
+    rerun = run_cli(args, cwd=tmp_path)
+    output = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, output[-3000:]
+    [run] = all_runs(tracking_uri)
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    assert int(run.data.tags[schema.RESUMED_AT_EPOCH]) == seen["backed_up"]
+    for name in EPOCH_METRICS:
+        history = client.get_metric_history(run.info.run_id, name)
+        assert sorted(m.step for m in history) == list(range(epochs)), (name, seen)
 
 
 @pytest.mark.slow

@@ -331,6 +331,7 @@ def test_help_explains_the_main_keys_and_sweeps_without_importing_tensorflow(tmp
         ("optimizer.lr=LR", "learning rate"),
         ("dropout=P", "dropout before the softmax layer"),
         ("tracking.uri=URI", "MLflow store"),
+        ("tracking.retry_seconds=S", "a tracking server that answers nothing for S seconds is lost"),
         ("reuse=BOOL", "a config that already finished"),
         ("scheduler=NAME", "learning rate through each phase: constant, cosine or plateau"),
         ("class_weight=W", "none, or balanced"),

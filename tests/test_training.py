@@ -27,7 +27,16 @@ from PIL import Image
 from simpsons.config import MONITORS
 from simpsons.job import JobContext, train
 from simpsons.tracking.predictions import from_csv
-from simpsons.training import LR_METRIC, BestEpoch, balanced_class_weights, early_stopping, fit, loss_and_targets
+from simpsons.training import (
+    EPOCH_METRICS,
+    LR_METRIC,
+    BestEpoch,
+    balanced_class_weights,
+    early_stopping,
+    fit,
+    log_backed_up_epochs,
+    loss_and_targets,
+)
 
 
 def two_layer_model() -> keras.Model:
@@ -338,3 +347,73 @@ def test_a_phase_that_early_stopping_ended_just_before_a_kill_trains_no_more(tra
         end = fit(model, keras.optimizers.Adam(), batches(), batches(), 10, 0, False, tmp_path, [stopping, record])
     assert (end, trained) == (3, [])
     assert json.loads((tmp_path / "phase_end.json").read_text()) == {"end": 3}
+
+
+class CutShort(Exception):
+    """Raised where a kill -9 would land: the epoch's end stops there, and nothing after it runs."""
+
+
+def histories(run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """Each epoch metric's (step, value) points, in the order they were logged."""
+    client = MlflowClient()
+    return {
+        name: [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.timestamp)]
+        for name in EPOCH_METRICS
+    }
+
+
+def steps(run_id: str) -> dict[str, list[int]]:
+    return {name: [step for step, _ in points] for name, points in histories(run_id).items()}
+
+
+def fit_phase(backup_dir: Path, epochs: int, *callbacks: keras.callbacks.Callback) -> int:
+    return fit(
+        two_layer_model(), keras.optimizers.Adam(), batches(), batches(), epochs, 0, False, backup_dir, callbacks
+    )
+
+
+def test_an_epoch_cut_short_before_its_backup_is_logged_once_by_the_resumed_run(tracking_uri, tmp_path):
+    """The run dies at epoch 2's end, among the callbacks that run before its backup: the resumed fit
+    trains epoch 2 again from the backup of epoch 1, and every curve has each of the 4 epochs once.
+    (Logged before the backup, epoch 2 was logged twice: 31 points for 30 epochs.)"""
+
+    def die_at_2(epoch: int, logs: dict) -> None:
+        if epoch == 2:
+            raise CutShort
+
+    with mlflow.start_run() as run, pytest.raises(CutShort):
+        fit_phase(tmp_path, 4, keras.callbacks.LambdaCallback(on_epoch_end=die_at_2))
+    assert json.loads((tmp_path / "training_metadata.json").read_text())["epoch"] == 2  # epochs 0-1 backed up
+
+    trained = []
+    record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: trained.append(epoch))
+    with mlflow.start_run(run_id=run.info.run_id):
+        assert log_backed_up_epochs(tmp_path, 2) == []  # all that was backed up was logged
+        assert fit_phase(tmp_path, 4, record) == 4
+    assert trained == [2, 3]
+    assert steps(run.info.run_id) == dict.fromkeys(EPOCH_METRICS, [0, 1, 2, 3])
+
+
+def test_an_epoch_backed_up_but_not_logged_is_logged_from_beside_its_backup_when_resumed(tracking_uri, tmp_path):
+    """The run dies after epoch 2's backup, before its metrics reach MLflow: the resumed run logs
+    epoch 2's metrics, as they were, from beside the backup, and trains epoch 3 only."""
+    with mlflow.start_run() as whole:
+        fit_phase(tmp_path / "whole", 3)
+    # The same run cut short after epoch 2's backup: its backup, and epochs 0-1 logged
+    shutil.copytree(tmp_path / "whole", tmp_path / "cut")
+    (tmp_path / "cut" / "phase_end.json").unlink()
+    logged = histories(whole.info.run_id)
+    with mlflow.start_run() as cut:
+        for epoch in (0, 1):
+            mlflow.log_metrics({name: points[epoch][1] for name, points in logged.items()}, step=epoch)
+
+    trained = []
+    record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: trained.append(epoch))
+    with mlflow.start_run(run_id=cut.info.run_id):
+        assert log_backed_up_epochs(tmp_path / "cut", 3) == [2]
+        assert log_backed_up_epochs(tmp_path / "cut", 3) == []  # once
+        assert fit_phase(tmp_path / "cut", 4, record) == 4
+    assert trained == [3]
+    assert steps(cut.info.run_id) == dict.fromkeys(EPOCH_METRICS, [0, 1, 2, 3])
+    resumed = histories(cut.info.run_id)
+    assert {name: points[2] for name, points in resumed.items()} == {name: points[2] for name, points in logged.items()}

@@ -28,7 +28,7 @@ log = logging.getLogger("simpsons.ensemble")
 def ensemble(cfg: DictConfig) -> str:
     """Select, combine, score, log and register one ensemble; prints what it did; returns its run id."""
     check_options(cfg)
-    client = MlflowClient(store.configure(cfg.tracking.uri))
+    client = MlflowClient(store.configure(cfg.tracking.uri, cfg.tracking.retry_seconds))
     experiment = reader.experiment_id(client, cfg.tracking.experiment)
     # Another user's experiment or model is read-only to this one on a team server: say so now,
     # in one line, rather than with HTTP 403 once the ensemble is computed.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from simpsons.config import RETRY_SECONDS
 from simpsons.errors import ConfigError
 
 CHOICES = {"method": ("mean", "greedy"), "weights": ("equal", "val_accuracy"), "direction": ("max", "min")}
@@ -20,6 +21,9 @@ def check_options(cfg: DictConfig) -> None:
     for key in ("register", "calibrate"):
         if not isinstance(cfg[key], bool):
             raise ConfigError(f"{key}={cfg[key]!r} is invalid; expected true or false")
+    retry = cfg.tracking.get("retry_seconds")
+    if not isinstance(retry, int) or isinstance(retry, bool) or not RETRY_SECONDS[0] <= retry <= RETRY_SECONDS[1]:
+        raise ConfigError(f"tracking.retry_seconds={retry!r} is invalid; expected an integer from 5 to 900")
     name = cfg.registered_model
     if not isinstance(name, str) or not name.strip() or any(c in name for c in BAD_NAME_CHARACTERS):
         raise ConfigError(f"registered_model={name!r} is invalid; expected a non-empty name without '/' or ':'")

@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,7 +30,7 @@ import psutil
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from simpsons.tracking import races, schema, sweeps
+from simpsons.tracking import connection, races, schema, sweeps
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +67,18 @@ class Heartbeat:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """Stop beating; `wait` for a beat in flight (not when the server is lost: it may retry for long)."""
         self._stop.set()
-        if self._thread.is_alive():
+        if wait and self._thread.is_alive():
             self._thread.join()
 
     def __enter__(self) -> Heartbeat:
         self.start()
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def __exit__(self, exc_type: object, error: BaseException | None, traceback: object) -> None:
+        self.stop(wait=not connection.lost(error))
 
     def _beat(self) -> None:
         while not self._stop.wait(self._seconds):
@@ -85,6 +86,8 @@ class Heartbeat:
                 self._client.set_tag(self._run_id, schema.HEARTBEAT, f"{time.time():.3f}")
             except Exception:  # a busy or unreachable store must not end the run; the next beat retries
                 log.debug("heartbeat of run %s failed", self._run_id, exc_info=True)
+            else:
+                connection.answered()
 
 
 @contextmanager
@@ -123,10 +126,26 @@ def tracked_run(
             raise
         except BaseException as error:
             status = RunStatus.FAILED
+            if connection.lost(error):  # one quick try each to say so and end the run: the server is gone
+                connection.give_up()
+                lost = connection.server_lost(error)
+                quietly(lambda: mlflow.set_tag(schema.ERROR, str(lost)))
+                quietly(lambda: mlflow.end_run(RunStatus.to_string(status)))
+                raise
             _record_error(f"{type(error).__name__}: {error}", error)
             raise
         finally:
-            _end_active_run(RunStatus.to_string(status))
+            if mlflow.active_run() is not None:
+                _end_active_run(RunStatus.to_string(status))
+
+
+def quietly(request: Callable[[], object]) -> None:
+    """A request to a store that may be gone, where its failure changes nothing: left RUNNING by a
+    process that then exits, a run is ended KILLED by the next command (end_dead_runs)."""
+    try:
+        request()
+    except Exception:
+        log.debug("a request to a lost tracking server failed", exc_info=True)
 
 
 def _end_active_run(status: str, attempts: int = 3) -> None:

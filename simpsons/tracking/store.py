@@ -39,7 +39,7 @@ from mlflow.tracking import MlflowClient
 from simpsons import credentials
 from simpsons.config import PROJECT_ROOT
 from simpsons.errors import ConfigError
-from simpsons.tracking import schema
+from simpsons.tracking import connection, schema
 
 SQLITE_PREFIX = "sqlite:///"
 DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
@@ -59,12 +59,13 @@ LOGIN_PROBE_SECONDS = 30  # a server that answered /health: its first search may
 SCHEMA_LOCK_KEY = int.from_bytes(hashlib.sha256(b"simpsons: the MLflow schema").digest()[:8], "big", signed=True)
 
 
-def configure(uri: str) -> str:
+def configure(uri: str, retry_seconds: int | None = None) -> str:
     """Check `uri`, set up its store if needed, and make it MLflow's; returns the URI used.
 
     A relative SQLite path is made absolute. Raises ConfigError (one line) for a store that
     cannot be used: an unknown scheme, a folder that cannot be written, a server that does not
-    answer, a database that refuses the connection.
+    answer (ServerUnreachable), a database that refuses the connection. With `retry_seconds`
+    (tracking.retry_seconds), a server's requests are given up after that long (connection.py).
     """
     _refuse_password_in(uri)
     uri = absolute_sqlite_uri(uri)
@@ -75,6 +76,8 @@ def configure(uri: str) -> str:
         _check_remote(uri)
         if urlsplit(uri).scheme.split("+")[0] == "postgresql":
             _prepare_postgres(uri)
+        if retry_seconds is not None:
+            connection.configure(uri, retry_seconds)
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -213,10 +216,17 @@ def _prepare_sqlite(path: Path) -> None:
             raise ConfigError(f"tracking.uri={uri}: {str(error).splitlines()[0]}") from error
 
 
+def check_server(uri: str) -> None:
+    """Raise ServerUnreachable unless the server at `uri` answers now, within PROBE_SECONDS + 1 s
+    (nothing to check for other stores): a quick look before requests that would retry for long."""
+    if urlsplit(uri).scheme in SERVER_SCHEMES:
+        _within_deadline(uri, _probe_server, unanswered=ServerUnreachable)
+
+
 def _check_remote(uri: str) -> None:
     scheme = urlsplit(uri).scheme.split("+")[0]
     if scheme in SERVER_SCHEMES:
-        _within_deadline(uri, _probe_server)
+        _within_deadline(uri, _probe_server, unanswered=ServerUnreachable)
         _within_deadline(uri, _probe_login, LOGIN_PROBE_SECONDS)
     elif scheme in DATABASE_SCHEMES:
         _within_deadline(uri, _probe_database)
@@ -224,11 +234,14 @@ def _check_remote(uri: str) -> None:
         raise ConfigError(f"tracking.uri={redact_uri(uri)!r} is not a supported store; use {ACCEPTED_URIS}")
 
 
-def _within_deadline(uri: str, probe: Callable[[str], None], seconds: float | None = None) -> None:
+def _within_deadline(
+    uri: str, probe: Callable[[str], None], seconds: float | None = None, unanswered: type[ConfigError] = ConfigError
+) -> None:
     """Run `probe(uri)`, but answer within `seconds` (PROBE_SECONDS) + 1 s whatever it does.
 
     Socket timeouts do not bound everything a probe waits for: a hanging DNS look-up, or a
     database driver that ignores connect_timeout. The probe goes on in a daemon thread, harmlessly.
+    A probe that does not answer in time raises `unanswered`.
     """
     outcome: list[BaseException | None] = []
 
@@ -244,9 +257,13 @@ def _within_deadline(uri: str, probe: Callable[[str], None], seconds: float | No
     limit = (PROBE_SECONDS if seconds is None else seconds) + 1
     thread.join(limit)
     if not outcome:
-        raise ConfigError(f"tracking.uri={redact_uri(uri)}: no answer within {limit:g} s")
+        raise unanswered(f"tracking.uri={redact_uri(uri)}: no answer within {limit:g} s")
     if outcome[0] is not None:
         raise outcome[0]
+
+
+class ServerUnreachable(ConfigError):
+    """No MLflow server answers at the URI: in a sweep's job, the server the sweep started with is lost."""
 
 
 def _probe_server(uri: str) -> None:
@@ -254,7 +271,7 @@ def _probe_server(uri: str) -> None:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_SECONDS).close()
     except (OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
-        raise ConfigError(f"tracking.uri={redact_uri(uri)}: no MLflow server answers ({reason})") from error
+        raise ServerUnreachable(f"tracking.uri={redact_uri(uri)}: no MLflow server answers ({reason})") from error
 
 
 def _probe_login(uri: str) -> None:
