@@ -35,6 +35,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -51,6 +52,9 @@ HANDLED = (signal.SIGINT, signal.SIGTERM)
 GRACE_SECONDS = 30.0  # for the job processes to end their runs and exit, before SIGKILL
 RESEND_SECONDS = 1.0
 POLL_SECONDS = 0.1
+WATCH_SECONDS = 1.0  # how often a job process checks that its driver lives
+# Set by the driver for the job processes it starts: "<host> <pid> <start time> <Slurm job or ->".
+DRIVER_VARIABLE = "SIMPSONS_DRIVER"
 
 _received: signal.Signals | None = None
 _raised: KeyboardInterrupt | None = None  # the exception raised for it, to raise again if swallowed
@@ -58,6 +62,8 @@ _run_id: str | None = None  # the MLflow run active in this process when the sig
 _driver_pid: int | None = None
 _holding = False  # inside held(): a signal waits for the block to end
 _pending: signal.Signals | None = None
+_why: str | None = None  # what sent the signal, when this process sent it itself (its driver died)
+_watching = False
 
 
 def install(driver: bool = False) -> None:
@@ -70,6 +76,10 @@ def install(driver: bool = False) -> None:
         # warn of "leaked semaphore objects" after the one line an interrupted command ends with.
         quiet = "ignore:resource_tracker:UserWarning"
         os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
+        # Which process the job processes must not outlive (`job_process`); inherited by them.
+        started = f"{psutil.Process().create_time():.3f}"
+        slurm_job = os.environ.get("SLURM_JOB_ID", "-")
+        os.environ[DRIVER_VARIABLE] = f"{socket.gethostname()} {_driver_pid} {started} {slurm_job}"
     if threading.current_thread() is not threading.main_thread():
         return  # Python runs signal handlers in the main thread only, and sets them there only
     for signum in HANDLED:
@@ -103,11 +113,12 @@ def summary(signum: signal.Signals, runs: dict[str, str], sweep: tuple[str, str]
 @contextlib.contextmanager
 def job_process() -> Iterator[None]:
     """Around the task function. In a job process of a launcher (not the driver), install the handler,
-    and once an interrupted job has ended its run, end the process by the signal."""
+    watch the driver, and once an interrupted job has ended its run, end the process by the signal."""
     if os.getpid() == _driver_pid:
         yield  # the default launcher runs jobs in the driver: main() ends the sweep and exits
         return
     install()
+    _watch_driver()
     try:
         yield
     except KeyboardInterrupt:
@@ -171,8 +182,43 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 def _raise() -> NoReturn:
     global _raised
-    _raised = KeyboardInterrupt(_received.name)
+    _raised = KeyboardInterrupt(f"{_received.name}: {_why}" if _why else _received.name)
     raise _raised
+
+
+def _watch_driver() -> None:
+    """Once in a job process: a thread that sends this process SIGTERM when the sweep's driver is gone
+    (killed -9, or by a signal that no handler saw), so that no job trains on under a parent run
+    that the next command ends: the job ends its run KILLED and the process exits.
+
+    Not for a job on another host (its driver's pid means nothing there), nor a Slurm job of its
+    own: Slurm runs those to their end whatever becomes of the driver (docs/scaling-out.md)."""
+    global _watching
+    value = os.environ.get(DRIVER_VARIABLE, "")
+    if _watching or len(value.split()) != 4:
+        return
+    host, pid, started, slurm_job = value.split()
+    if host != socket.gethostname() or os.environ.get("SLURM_JOB_ID", "-") != slurm_job:
+        return
+    _watching = True
+    threading.Thread(target=_watch, args=(int(pid), float(started)), name="driver-watch", daemon=True).start()
+
+
+def _watch(pid: int, started: float) -> None:
+    global _why
+    while _is_process(pid, started):
+        time.sleep(WATCH_SECONDS)
+    _why = f"the sweep's driver (pid {pid}) is gone"
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _is_process(pid: int, started: float) -> bool:
+    """Whether the process `pid`, started at `started`, still runs (a reused pid is another process)."""
+    try:
+        process = psutil.Process(pid)
+        return abs(process.create_time() - started) < 1 and alive(process)
+    except psutil.Error:
+        return False
 
 
 def _raise_again_if_swallowed() -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+import leftovers
 import mlflow
 import psutil
 import pytest
@@ -104,13 +105,18 @@ def postgres() -> Iterator[str]:
     options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
     pg_ctl = [*as_owner, str(binaries / "pg_ctl"), "-D", str(data)]
     subprocess.run([*pg_ctl, "-l", str(folder / "postgres.log"), "-w", "-t", "120", "-o", options, "start"], **run)
-    try:
-        for sql in (f"CREATE ROLE mlflow LOGIN PASSWORD '{DATABASE_PASSWORD}'", "CREATE DATABASE mlflow OWNER mlflow"):
-            subprocess.run([*as_owner, *psql_command(binaries, folder, port, sql)], **run)
-        yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
-    finally:
-        subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], capture_output=True, timeout=120)
-        shutil.rmtree(folder, ignore_errors=True)
+    postmaster = int((data / "postmaster.pid").read_text().split()[0])
+    with leftovers.recorded(postmaster, leftovers.POSTMASTER, folder):  # until it is stopped
+        try:
+            for sql in (
+                f"CREATE ROLE mlflow LOGIN PASSWORD '{DATABASE_PASSWORD}'",
+                "CREATE DATABASE mlflow OWNER mlflow",
+            ):
+                subprocess.run([*as_owner, *psql_command(binaries, folder, port, sql)], **run)
+            yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
+        finally:
+            subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], capture_output=True, timeout=120)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
