@@ -200,6 +200,12 @@ def _drive(sweep: MlflowSweepCallback) -> None:
     _current = sweep
 
 
+def tag_sweep(key: str, value: str) -> None:
+    """Tag the parent run of the sweep this process drives (none: nothing), e.g. with its Slurm job array."""
+    if _current is not None and _current.client is not None and _current.parent_run_id is not None:
+        _current.client.set_tag(_current.parent_run_id, key, value)
+
+
 def end_interrupted(signal_name: str) -> EndedSweep | None:
     """End the sweep this process drives KILLED, and any of its jobs still RUNNING, after `signal_name`.
 

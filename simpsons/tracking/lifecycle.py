@@ -18,7 +18,9 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
 import traceback
@@ -214,7 +216,7 @@ def _end_if_dead(client: MlflowClient, run: Run, stale_after: float) -> str | No
         return None
     status = "KILLED"
     if _is_sweep(fresh):
-        if _jobs_alive(client, fresh, stale_after):  # they run on without their driver (Slurm): they will end it
+        if _jobs_alive(client, fresh, stale_after) or _slurm_tasks_left(fresh):  # they will end it
             return None
         status = _orphaned_sweep_status(client, fresh)
     client.set_tag(run.info.run_id, schema.ENDED_BY, reason)
@@ -233,6 +235,22 @@ def _jobs_alive(client: MlflowClient, sweep: Run, stale_after: float) -> bool:
         max_results=SEARCH_LIMIT,
     )
     return any(why_dead(job, stale_after) is None for job in running)
+
+
+def _slurm_tasks_left(sweep: Run) -> bool:
+    """Whether the sweep's Slurm job array has tasks queued or running, but for this process's own:
+    Slurm runs them whatever became of the driver. Without Slurm's client here, none are seen."""
+    array = sweep.data.tags.get(schema.SLURM_ARRAY)
+    if not array or shutil.which("squeue") is None:
+        return False
+    own = f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+    try:  # -r: one line per task, pending ones included
+        listed = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i", "-j", array], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return listed.returncode == 0 and bool(set(listed.stdout.split()) - {own})
 
 
 def _orphaned_sweep_status(client: MlflowClient, sweep: Run) -> str:
