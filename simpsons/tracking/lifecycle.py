@@ -197,7 +197,7 @@ def end_orphaned_sweep(client: MlflowClient, sweep_run_id: str, stale_after: flo
     """Called by a job once its run has ended: if the sweep's driver is gone and no other job of it
     still runs, end the sweep's run too, with its outcome. Best effort: the job's run is ended already."""
     try:
-        status = _end_if_dead(client, client.get_run(sweep_run_id), stale_after)
+        status = _end_if_dead(client, client.get_run(sweep_run_id), stale_after, ending_job=True)
         if status is not None:
             _record_sweep_outcome(client, sweep_run_id)
             log.warning("ended sweep run %s %s: its driver is gone, and this was its last job", sweep_run_id, status)
@@ -205,9 +205,10 @@ def end_orphaned_sweep(client: MlflowClient, sweep_run_id: str, stale_after: flo
         log.warning("could not check whether sweep run %s is left without its driver: %s", sweep_run_id, error)
 
 
-def _end_if_dead(client: MlflowClient, run: Run, stale_after: float) -> str | None:
+def _end_if_dead(client: MlflowClient, run: Run, stale_after: float, ending_job: bool = False) -> str | None:
     """End `run` if its process is gone, read afresh; a sweep only once none of its jobs runs: KILLED,
-    or FINISHED if every planned job had finished. The status it was ended with, or None."""
+    or FINISHED if every planned job had finished. The status it was ended with, or None.
+    `ending_job`: called by a job of the sweep whose run has ended (its Slurm task is not one left)."""
     if run.info.status != "RUNNING" or why_dead(run, stale_after) is None:
         return None
     fresh = client.get_run(run.info.run_id)  # a dead process cannot change it after this read
@@ -216,7 +217,7 @@ def _end_if_dead(client: MlflowClient, run: Run, stale_after: float) -> str | No
         return None
     status = "KILLED"
     if _is_sweep(fresh):
-        if _jobs_alive(client, fresh, stale_after) or _slurm_tasks_left(fresh):  # they will end it
+        if _jobs_alive(client, fresh, stale_after) or _slurm_tasks_left(fresh, ending_job):  # they will end it
             return None
         status = _orphaned_sweep_status(client, fresh)
     client.set_tag(run.info.run_id, schema.ENDED_BY, reason)
@@ -237,13 +238,14 @@ def _jobs_alive(client: MlflowClient, sweep: Run, stale_after: float) -> bool:
     return any(why_dead(job, stale_after) is None for job in running)
 
 
-def _slurm_tasks_left(sweep: Run) -> bool:
-    """Whether the sweep's Slurm job array has tasks queued or running, but for this process's own:
-    Slurm runs them whatever became of the driver. Without Slurm's client here, none are seen."""
+def _slurm_tasks_left(sweep: Run, ending_job: bool) -> bool:
+    """Whether the sweep's Slurm job array has tasks queued or running (Slurm runs them whatever became
+    of the driver), but for this process's own if it is a job that has ended its run. (A job that
+    starts counts itself: the sweep must wait for it.) Without Slurm's client here, none are seen."""
     array = sweep.data.tags.get(schema.SLURM_ARRAY)
     if not array or shutil.which("squeue") is None:
         return False
-    own = f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+    own = f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if ending_job else None
     try:  # -r: one line per task, pending ones included
         listed = subprocess.run(
             ["squeue", "-h", "-r", "-o", "%i", "-j", array], capture_output=True, text=True, timeout=60
