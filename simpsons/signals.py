@@ -10,13 +10,16 @@ process of a launcher then dies of the signal (`job_process`).
 Why each launcher needs what it gets here (read in hydra-joblib-launcher 1.2.0 / joblib 1.6's loky,
 and hydra-submitit-launcher 1.2.0 / submitit 1.5):
 
-- joblib: loky workers are fork-exec'ed children of the driver in its session (no setsid), and run
-  the task function, not our main(): the handler is installed by the task function (`job_process`).
-  A worker catches BaseException from a task and waits for the next one, so a KeyboardInterrupt
-  alone does not end it: it dies of the signal once its run has ended. As soon as one worker has
-  exited, loky SIGKILLs the others; a run so left RUNNING, the driver ends KILLED
-  (`sweep.end_interrupted`). Loky's resource tracker ignores SIGINT and SIGTERM and exits when the
-  driver does: it is not waited for.
+- joblib (the `parallel` preset, simpsons/launchers.py): loky workers are fork-exec'ed children of
+  the driver in its session (no setsid), and run the task function, not our main(): the handler is
+  installed by the task function (`job_process`). A worker catches BaseException from a task and
+  waits for the next one, so a KeyboardInterrupt alone does not end it: it dies of the signal once
+  its run has ended. Each worker is an executor of its own, so its death ends only its job; a run
+  left RUNNING by a worker SIGKILLed, the driver ends KILLED (`sweep.end_interrupted`). Loky's
+  resource tracker ignores SIGINT and SIGTERM and exits when the driver does: it is not waited for.
+- Ray (the `ray_jobs` preset): `ray.init` replaces the driver's SIGTERM handler with Ray's, which
+  exits at once; the launcher installs ours again. Ray workers run the task function in their main
+  thread, so `job_process` installs the handler there too.
 - submitit_local: each job is a controller (`python -m submitit.local._local`) that starts the task
   (`python -m submitit.core._submit`). The task sets SIGTERM to "bypass" just before it calls our
   task function, which installs the handler again; a SIGTERM that falls in between is lost, so it
@@ -26,6 +29,12 @@ and hydra-submitit-launcher 1.2.0 / submitit 1.5):
 Ctrl-C in a terminal reaches every process of the foreground group, the jobs of both launchers
 included: a job already ending ignores the driver's SIGTERM that follows, and a run whose process
 was SIGKILLed (by a submitit controller) is ended KILLED by the driver.
+
+A driver killed -9 cannot end anything: each job process on its host watches it (`_watch_driver`,
+by the pid and start time the driver leaves in SIMPSONS_DRIVER) and sends itself SIGTERM when it is
+gone, so that no job trains on under a sweep whose driver is dead. Slurm jobs are left to run to
+their end, as Slurm runs them whatever becomes of the driver (tracking.lifecycle then ends the
+sweep's run after them).
 """
 
 from __future__ import annotations
