@@ -96,8 +96,8 @@ def _finish(
     raise JobsKilled(list(killed.values()))
 
 
-def _prepare(launcher: Any, job_overrides: Sequence[Sequence[str]]) -> Path:
-    """What every launcher of Hydra's does first: its logging, the sweep's folder, one line per job."""
+def _prepare(launcher: Any) -> Path:
+    """What every launcher of Hydra's does first: its logging, and the sweep's folder, which it returns."""
     setup_globals()
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
@@ -160,7 +160,7 @@ def launch_parallel(launcher: Any, job_overrides: Sequence[Sequence[str]], initi
     """Run the jobs in `n_jobs` lanes; a job whose process dies is killed, the others go on."""
     from hydra_plugins.hydra_joblib_launcher._core import execute_job  # the joblib launcher's job function
 
-    sweep_dir = _prepare(launcher, job_overrides)
+    sweep_dir = _prepare(launcher)
     at_once = lanes(launcher.joblib.get("n_jobs"), len(job_overrides))
     log.info("Launching %d jobs, %d at a time, sweep output dir: %s", len(job_overrides), at_once, sweep_dir)
     singleton_state = Singleton.get_state()
@@ -234,14 +234,13 @@ def launch_slurm(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_
     for every job: one without a result (scancel, a node failure, a time limit) is killed, and the
     others are still waited for. Interrupted (Ctrl-C, SIGTERM), the driver cancels the jobs first."""
     import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
     params = dict(launcher.params)
     init_params = {"folder": params["submitit_folder"]}
     if "max_num_timeout" in params:
         init_params[f"{launcher._EXECUTOR}_max_num_timeout"] = params["max_num_timeout"]
     executor = submitit.AutoExecutor(cluster=launcher._EXECUTOR, **init_params)
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-
     common = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(
         **{
@@ -250,7 +249,7 @@ def launch_slurm(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_
             if key not in {"submitit_folder", "max_num_timeout"}
         }
     )
-    sweep_dir = _prepare(launcher, job_overrides)
+    sweep_dir = _prepare(launcher)
     log.info("Submitit '%s' sweep output dir : %s", launcher._EXECUTOR, sweep_dir)
     if "mode" in launcher.config.hydra.sweep:
         os.chmod(sweep_dir, mode=int(str(launcher.config.hydra.sweep.mode), 8))
@@ -318,7 +317,7 @@ def launch_ray(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_jo
     from hydra_plugins.hydra_ray_launcher._launcher_util import launch_job_on_ray, start_ray
     from omegaconf import open_dict
 
-    sweep_dir = _prepare(launcher, job_overrides)
+    sweep_dir = _prepare(launcher)
     log.info("Ray Launcher is launching %d jobs, sweep output dir: %s", len(job_overrides), sweep_dir)
     # As the plugin does: too little memory for Ray's object store fails in small containers.
     launcher.ray_cfg.init.setdefault("object_store_memory", 78643200)
