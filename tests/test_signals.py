@@ -429,3 +429,45 @@ def test_an_interrupt_that_some_code_swallowed_is_raised_again_at_the_next_epoch
     """scancel sends one SIGTERM: if its KeyboardInterrupt is swallowed, the job must still stop."""
     result = subprocess.run([sys.executable, "-c", SWALLOWED_THEN_EPOCH], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "interrupted again: SIGTERM", result.stderr[-2000:]
+
+
+WATCHED_JOB = """
+import os, signal, socket, subprocess, sys, threading, time
+import psutil
+from simpsons import signals
+
+driver = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+started = psutil.Process(driver.pid).create_time()
+os.environ["SIMPSONS_DRIVER"] = f"{socket.gethostname()} {driver.pid} {started:.3f} {sys.argv[1]}"
+os.environ.pop("SLURM_JOB_ID", None)
+if sys.argv[2] != "-":
+    os.environ["SLURM_JOB_ID"] = sys.argv[2]  # this job's own, as Slurm sets it
+with signals.job_process():
+    watching = "driver-watch" in [thread.name for thread in threading.enumerate()]
+    print("watching" if watching else "not watching", flush=True)
+    driver.kill()  # its driver killed -9
+    driver.wait()
+    if watching:
+        time.sleep(120)  # the signal comes first, and the process dies of it
+        print("trained on", flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    "driver_slurm_job,own_slurm_job,watched",
+    [("-", "-", True), ("-", "12_0", False), ("7", "7", True)],
+    ids=["on-this-host", "a-slurm-job-of-its-own", "in-the-drivers-slurm-allocation"],
+)
+def test_a_job_process_ends_when_its_driver_is_gone_but_a_slurm_job_runs_on(driver_slurm_job, own_slurm_job, watched):
+    """kill -9 of the driver: a job process on its host, which watches it, sends itself SIGTERM and
+    dies of it; a Slurm job of its own (not the driver's allocation) does not watch it."""
+    result = subprocess.run(
+        [sys.executable, "-c", WATCHED_JOB, driver_slurm_job, own_slurm_job],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if watched:
+        assert (result.returncode, result.stdout) == (-signal.SIGTERM, "watching\n"), result.stderr[-2000:]
+    else:
+        assert (result.returncode, result.stdout) == (0, "not watching\n"), result.stderr[-2000:]
