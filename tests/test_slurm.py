@@ -8,6 +8,7 @@ is a bounded poll on a condition: its deadline only guards against a hang, it ne
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import signal
 import socket
@@ -407,3 +408,22 @@ def test_a_requeued_slurm_job_resumes_its_run(slurm, image_folders, tmp_path, re
         subprocess.run(["scancel", task], check=True, timeout=60)
         poll(lambda: client.get_run(run_id).info.status == "KILLED", "run KILLED")
         process.wait(timeout=DEADLINE)
+
+
+def test_starting_the_cluster_again_while_a_job_runs_returns_and_leaves_the_job_running(slurm):
+    """`slurm.sh start` is idempotent: with a job running (the node allocated or mixed, not idle), it
+    checks the daemons and the node, prints the same SLURM_CONF and cancels nothing. Its state folder
+    is the user's own."""
+    job = slurm_command("sbatch", "--parsable", "--output=/dev/null", "--wrap=sleep 600").strip()
+    try:
+        poll(lambda: running_tasks(job) == {job}, "the job running")
+        # A short deadline: before, start waited for an idle node until it gave up, after 120 s.
+        env = os.environ | {"SIMPSONS_SLURM_DEADLINE": "30"}
+        again = subprocess.run(["bash", str(SLURM_SH), "start"], capture_output=True, text=True, env=env, timeout=300)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert again.stdout.strip().splitlines()[-1] == f"export SLURM_CONF={slurm}"
+        assert running_tasks(job) == {job}
+        if "SIMPSONS_SLURM_DIR" not in os.environ:
+            assert slurm == f"/tmp/simpsons-slurm-{getpass.getuser()}/etc/slurm.conf"
+    finally:
+        subprocess.run(["scancel", job], check=False, timeout=60)
