@@ -10,13 +10,16 @@ process of a launcher then dies of the signal (`job_process`).
 Why each launcher needs what it gets here (read in hydra-joblib-launcher 1.2.0 / joblib 1.6's loky,
 and hydra-submitit-launcher 1.2.0 / submitit 1.5):
 
-- joblib: loky workers are fork-exec'ed children of the driver in its session (no setsid), and run
-  the task function, not our main(): the handler is installed by the task function (`job_process`).
-  A worker catches BaseException from a task and waits for the next one, so a KeyboardInterrupt
-  alone does not end it: it dies of the signal once its run has ended. As soon as one worker has
-  exited, loky SIGKILLs the others; a run so left RUNNING, the driver ends KILLED
-  (`sweep.end_interrupted`). Loky's resource tracker ignores SIGINT and SIGTERM and exits when the
-  driver does: it is not waited for.
+- joblib (the `parallel` preset, simpsons/launchers.py): loky workers are fork-exec'ed children of
+  the driver in its session (no setsid), and run the task function, not our main(): the handler is
+  installed by the task function (`job_process`). A worker catches BaseException from a task and
+  waits for the next one, so a KeyboardInterrupt alone does not end it: it dies of the signal once
+  its run has ended. Each worker is an executor of its own, so its death ends only its job; a run
+  left RUNNING by a worker SIGKILLed, the driver ends KILLED (`sweep.end_interrupted`). Loky's
+  resource tracker ignores SIGINT and SIGTERM and exits when the driver does: it is not waited for.
+- Ray (the `ray_jobs` preset): `ray.init` replaces the driver's SIGTERM handler with Ray's, which
+  exits at once; the launcher installs ours again. Ray workers run the task function in their main
+  thread, so `job_process` installs the handler there too.
 - submitit_local: each job is a controller (`python -m submitit.local._local`) that starts the task
   (`python -m submitit.core._submit`). The task sets SIGTERM to "bypass" just before it calls our
   task function, which installs the handler again; a SIGTERM that falls in between is lost, so it
@@ -26,6 +29,12 @@ and hydra-submitit-launcher 1.2.0 / submitit 1.5):
 Ctrl-C in a terminal reaches every process of the foreground group, the jobs of both launchers
 included: a job already ending ignores the driver's SIGTERM that follows, and a run whose process
 was SIGKILLed (by a submitit controller) is ended KILLED by the driver.
+
+A driver killed -9 cannot end anything: each job process on its host watches it (`_watch_driver`,
+by the pid and start time the driver leaves in SIMPSONS_DRIVER) and sends itself SIGTERM when it is
+gone, so that no job trains on under a sweep whose driver is dead. Slurm jobs are left to run to
+their end, as Slurm runs them whatever becomes of the driver (tracking.lifecycle then ends the
+sweep's run after them).
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -51,6 +61,9 @@ HANDLED = (signal.SIGINT, signal.SIGTERM)
 GRACE_SECONDS = 30.0  # for the job processes to end their runs and exit, before SIGKILL
 RESEND_SECONDS = 1.0
 POLL_SECONDS = 0.1
+WATCH_SECONDS = 1.0  # how often a job process checks that its driver lives
+# Set by the driver for the job processes it starts: "<host> <pid> <start time> <Slurm job or ->".
+DRIVER_VARIABLE = "SIMPSONS_DRIVER"
 
 _received: signal.Signals | None = None
 _raised: KeyboardInterrupt | None = None  # the exception raised for it, to raise again if swallowed
@@ -58,6 +71,8 @@ _run_id: str | None = None  # the MLflow run active in this process when the sig
 _driver_pid: int | None = None
 _holding = False  # inside held(): a signal waits for the block to end
 _pending: signal.Signals | None = None
+_why: str | None = None  # what sent the signal, when this process sent it itself (its driver died)
+_watching = False
 
 
 def install(driver: bool = False) -> None:
@@ -70,6 +85,10 @@ def install(driver: bool = False) -> None:
         # warn of "leaked semaphore objects" after the one line an interrupted command ends with.
         quiet = "ignore:resource_tracker:UserWarning"
         os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
+        # Which process the job processes must not outlive (`job_process`); inherited by them.
+        started = f"{psutil.Process().create_time():.3f}"
+        slurm_job = os.environ.get("SLURM_JOB_ID", "-")
+        os.environ[DRIVER_VARIABLE] = f"{socket.gethostname()} {_driver_pid} {started} {slurm_job}"
     if threading.current_thread() is not threading.main_thread():
         return  # Python runs signal handlers in the main thread only, and sets them there only
     for signum in HANDLED:
@@ -103,11 +122,12 @@ def summary(signum: signal.Signals, runs: dict[str, str], sweep: tuple[str, str]
 @contextlib.contextmanager
 def job_process() -> Iterator[None]:
     """Around the task function. In a job process of a launcher (not the driver), install the handler,
-    and once an interrupted job has ended its run, end the process by the signal."""
+    watch the driver, and once an interrupted job has ended its run, end the process by the signal."""
     if os.getpid() == _driver_pid:
         yield  # the default launcher runs jobs in the driver: main() ends the sweep and exits
         return
     install()
+    _watch_driver()
     try:
         yield
     except KeyboardInterrupt:
@@ -171,8 +191,43 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 def _raise() -> NoReturn:
     global _raised
-    _raised = KeyboardInterrupt(_received.name)
+    _raised = KeyboardInterrupt(f"{_received.name}: {_why}" if _why else _received.name)
     raise _raised
+
+
+def _watch_driver() -> None:
+    """Once in a job process: a thread that sends this process SIGTERM when the sweep's driver is gone
+    (killed -9, or by a signal that no handler saw), so that no job trains on under a parent run
+    that the next command ends: the job ends its run KILLED and the process exits.
+
+    Not for a job on another host (its driver's pid means nothing there), nor a Slurm job of its
+    own: Slurm runs those to their end whatever becomes of the driver (docs/scaling-out.md)."""
+    global _watching
+    value = os.environ.get(DRIVER_VARIABLE, "")
+    if _watching or len(value.split()) != 4:
+        return
+    host, pid, started, slurm_job = value.split()
+    if host != socket.gethostname() or os.environ.get("SLURM_JOB_ID", "-") != slurm_job:
+        return
+    _watching = True
+    threading.Thread(target=_watch, args=(int(pid), float(started)), name="driver-watch", daemon=True).start()
+
+
+def _watch(pid: int, started: float) -> None:
+    global _why
+    while _is_process(pid, started):
+        time.sleep(WATCH_SECONDS)
+    _why = f"the sweep's driver (pid {pid}) is gone"
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _is_process(pid: int, started: float) -> bool:
+    """Whether the process `pid`, started at `started`, still runs (a reused pid is another process)."""
+    try:
+        process = psutil.Process(pid)
+        return abs(process.create_time() - started) < 1 and alive(process)
+    except psutil.Error:
+        return False
 
 
 def _raise_again_if_swallowed() -> None:

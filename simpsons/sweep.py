@@ -172,13 +172,13 @@ class MlflowSweepCallback(Callback):
             return None
 
     def _end_orphan(self, run_id: str) -> None:
-        """End a child whose process ended before its run did (a launcher may SIGKILL a job: loky
-        kills the other workers as soon as one exits)."""
+        """End KILLED a child whose process ended before its run did: killed -9, by the OOM killer, or
+        by the driver's SIGKILL after its grace period. As any later command would (end_dead_runs)."""
         tags = {schema.ENDED_BY: f"sweep run {self.parent_run_id}: the job's process ended before its run"}
         if _interrupted:
             tags[schema.ERROR] = f"interrupted ({_interrupted})"
         self.client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
-        self.client.set_terminated(run_id, "KILLED" if _interrupted else "FAILED")
+        self.client.set_terminated(run_id, "KILLED")
 
     def _children(self) -> list:
         parent = self.client.get_run(self.parent_run_id)
@@ -231,6 +231,12 @@ _interrupted: str | None = None  # the signal that interrupted it, e.g. "SIGTERM
 def _drive(sweep: MlflowSweepCallback) -> None:
     global _current
     _current = sweep
+
+
+def tag_sweep(key: str, value: str) -> None:
+    """Tag the parent run of the sweep this process drives (none: nothing), e.g. with its Slurm job array."""
+    if _current is not None and _current.client is not None and _current.parent_run_id is not None:
+        _current.client.set_tag(_current.parent_run_id, key, value)
 
 
 def end_interrupted(signal_name: str) -> EndedSweep | None:

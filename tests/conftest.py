@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import keras
+import leftovers
 import mlflow
 import pytest
 from hydra import compose, initialize_config_dir
@@ -49,6 +50,18 @@ TINY_MODEL = ["backbone=mobilenet", "backbone.kwargs.alpha=0.25", "image_size=32
 IMAGE_SENSITIVE_MODEL = ["backbone=vgg16", "image_size=32", *TINY]
 
 register_resolvers()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Once per test run (in xdist's controller, not in each worker): stop the servers that a test
+    run killed before its teardown left running (tests/leftovers.py)."""
+    if hasattr(session.config, "workerinput"):
+        return
+    stopped = leftovers.stop_leftovers()
+    if stopped:
+        print(
+            f"\nstopped {len(stopped)} test server(s) left by a killed test run: {', '.join(stopped)}", file=sys.stderr
+        )
 
 
 @pytest.fixture(autouse=True)
@@ -210,19 +223,24 @@ def serving(command: list[str], url: str, cwd: Path, env: dict[str, str], timeou
         server = subprocess.Popen(
             command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"{command[:3]} did not answer at {url}: {log.read_text()[-3000:]}")
-                time.sleep(0.5)
-        yield url
-    finally:
-        stop_group(server)
+    with leftovers.recorded(server.pid, leftovers.GROUP):  # until it is stopped
+        try:
+            yield _answering(server, command, url, log, timeout)
+        finally:
+            stop_group(server)
+
+
+def _answering(server: subprocess.Popen, command: list[str], url: str, log: Path, timeout: float) -> str:
+    """`url`, once the server answers there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return url
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{command[:3]} did not answer at {url}: {log.read_text()[-3000:]}")
+            time.sleep(0.5)
 
 
 def stop_group(process: subprocess.Popen, grace: float = 60) -> None:

@@ -99,7 +99,7 @@ def test_every_launcher_preset_composes_into_its_plugins_launcher(preset):
 def test_the_parallel_preset_runs_two_joblib_jobs_at_once():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["hydra/launcher=parallel"], return_hydra_config=True)
-    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 2
+    assert cfg.hydra.launcher._target_.endswith("parallel.ParallelLauncher") and cfg.hydra.launcher.n_jobs == 2
 
 
 def test_defaults_follow_the_seed_study_common_setting():

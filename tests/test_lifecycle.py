@@ -162,7 +162,7 @@ def test_kill_9_mid_sweep_then_the_same_command_reuses_finished_configs_and_leav
 
     # Each parent's outcome: the killed one's logged by the rerun that ended it, the new one's at its end
     old_outcome = client.get_run(old_parent.info.run_id).data.metrics
-    assert (old_outcome["jobs_finished"], old_outcome["jobs_failed"]) == (1, 1)
+    assert (old_outcome["jobs_finished"], old_outcome["jobs_failed"], old_outcome["jobs_killed"]) == (1, 0, 1)
     new_outcome = client.get_run(new_parent.info.run_id).data.metrics
     assert (new_outcome["jobs_finished"], new_outcome["jobs_failed"], new_outcome["jobs_reused"]) == (3, 0, 1)
     assert new_outcome["best_val_accuracy"] == max(r.data.metrics["best_val_accuracy"] for r in children)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+import leftovers
 import mlflow
 import psutil
 import pytest
@@ -126,13 +127,15 @@ def postgres() -> Iterator[str]:
     options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
     pg_ctl = [*as_owner, str(binaries / "pg_ctl"), "-D", str(data)]
     subprocess.run([*pg_ctl, "-l", str(folder / "postgres.log"), "-w", "-t", "120", "-o", options, "start"], **run)
-    try:
-        for command in least_privilege_setup(binaries, folder, port):
-            subprocess.run([*as_owner, *command], **run)
-        yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
-    finally:
-        subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], capture_output=True, timeout=120)
-        shutil.rmtree(folder, ignore_errors=True)
+    postmaster = int((data / "postmaster.pid").read_text().split()[0])
+    with leftovers.recorded(postmaster, leftovers.POSTMASTER, folder):  # until it is stopped
+        try:
+            for command in least_privilege_setup(binaries, folder, port):
+                subprocess.run([*as_owner, *command], **run)
+            yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
+        finally:
+            subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], capture_output=True, timeout=120)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

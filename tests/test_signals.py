@@ -12,6 +12,7 @@ import os
 import pickle
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -157,19 +158,14 @@ def test_sigterm_ends_a_single_run_killed_in_one_line_with_143(image_folders, tr
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "launcher,ending_their_own_runs",
-    # Under joblib the first worker to exit makes loky SIGKILL the others at once (the driver then
-    # ends their runs KILLED); that first one had ended its run itself.
-    [(JOBLIB, 1), (SUBMITIT, 2)],
-    ids=["joblib", "submitit_local"],
-)
+@pytest.mark.parametrize("launcher", [JOBLIB, SUBMITIT], ids=["joblib", "submitit_local"])
 def test_sigterm_to_the_driver_of_a_parallel_sweep_ends_every_job_process_and_run(
-    launcher, ending_their_own_runs, image_folders, tracking_uri, client, tmp_path
+    launcher, image_folders, tracking_uri, client, tmp_path
 ):
     """SIGTERM to the driver only. Two jobs run at once, each in a process below the driver; no job
     can finish (a million epochs), so both are RUNNING when the signal comes, and must end KILLED.
-    A job that ends its run itself (no `ended_by` tag) shows its process had the handler."""
+    Each ends its run itself (no `ended_by` tag): its process had the handler, and no launcher killed
+    it first (one job process exiting does not take the other with it)."""
     args = ["-m", *launcher, "dropout=0.2,0.4", *TINY_MODEL, *folder_data(image_folders), *UNSTOPPABLE]
     with cli([*args, f"tracking.uri={tracking_uri}"], tmp_path) as process:
         jobs = poll(lambda: training(client, jobs=2, epochs=1), "2 jobs training", STARTUP_DEADLINE, process)
@@ -197,9 +193,118 @@ def test_sigterm_to_the_driver_of_a_parallel_sweep_ends_every_job_process_and_ru
     for job in jobs:
         assert_killed_keeping_metrics(client, job.info.run_id, epochs=1)
     by_itself = [job for job in jobs if "simpsons.ended_by" not in client.get_run(job.info.run_id).data.tags]
-    assert len(by_itself) >= ending_their_own_runs
+    assert len(by_itself) == len(jobs)
     expected = {*(f"run {job.info.run_id} KILLED" for job in jobs), f"sweep {sweep.info.run_id} KILLED"}
     assert interrupted_line(stderr) == ("interrupted (SIGTERM)", expected)
+
+
+def job_runs(client: MlflowClient) -> dict[str, Run]:
+    """The sweep's job runs by their `epochs` param (each job of these tests has its own)."""
+    return {run.data.params["epochs"]: run for run in train_runs(client) if "epochs" in run.data.params}
+
+
+def trained(client: MlflowClient, run: Run, epochs: int) -> bool:
+    return len(client.get_metric_history(run.info.run_id, "loss")) >= epochs
+
+
+def driver_gone_and_children_with_it(descendants: list[psutil.Process]) -> list[str]:
+    """The processes of `descendants` still running once the driver has exited and a minute has passed
+    (loky's resource tracker exits once the driver has); they are killed, as no test may leave any."""
+    end = time.monotonic() + 60
+    while (left := [p for p in descendants if signals.alive(p)]) and time.monotonic() < end:
+        time.sleep(0.2)
+    running = [describe(p) for p in left]
+    for leftover in left:
+        with contextlib.suppress(psutil.Error):
+            leftover.kill()
+    return running
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_joblib_job_whose_process_is_killed_ends_alone_and_the_sweep_goes_on(
+    signum, image_folders, tracking_uri, client, tmp_path
+):
+    """Three jobs, two at a time: a victim and a sibling that cannot finish (a million epochs), and a
+    short job that waits for a free process. Once the victim and the sibling train, the victim's
+    process is killed: the short job then gets a new process and finishes, while the sibling trains
+    on in its own. Then the sibling's process gets SIGTERM too. The sweep ends with the count, exit 1,
+    no traceback. Nothing here depends on timing: the short job can only start once the victim is gone."""
+    victim, sibling, short = "1000000", "1000001", "2"
+    args = ["-m", *JOBLIB, f"epochs={victim},{sibling},{short}", *TINY_MODEL, *folder_data(image_folders)]
+    with cli([*args, f"tracking.uri={tracking_uri}"], tmp_path) as process:
+
+        def both_training() -> dict[str, Run]:
+            runs = job_runs(client)
+            return runs if all(key in runs and trained(client, runs[key], 1) for key in (victim, sibling)) else {}
+
+        runs = poll(both_training, "the victim and the sibling training", STARTUP_DEADLINE, process)
+        assert short not in runs, "the short job waits for a free process"
+        pids = {key: int(runs[key].data.tags["simpsons.pid"]) for key in (victim, sibling)}
+        descendants = psutil.Process(process.pid).children(recursive=True)
+        os.kill(pids[victim], signum)
+
+        def short_finished() -> Run | None:
+            run = job_runs(client).get(short)
+            return run if run is not None and run.info.status == "FINISHED" else None
+
+        finished = poll(short_finished, "the short job finished", STARTUP_DEADLINE, process)
+        assert int(finished.data.tags["simpsons.pid"]) not in pids.values(), "a new process ran the short job"
+        assert client.get_run(runs[sibling].info.run_id).info.status == "RUNNING"
+        assert psutil.Process(pids[sibling]).is_running(), "the sibling's process lives on"
+        os.kill(pids[sibling], signal.SIGTERM)
+        returncode, stderr = ended(process, tmp_path)
+        left_running = driver_gone_and_children_with_it(descendants)
+
+    stdout = (tmp_path / "stdout.txt").read_text()
+    assert returncode == 1, stderr[-3000:]
+    assert "Traceback" not in stderr + stdout
+    assert not left_running, f"left running after the driver exited: {left_running}"
+    assert f"job #0 (epochs={victim}): its process was killed by {signum.name} before the job ended" in stdout
+    [sweep] = [
+        r for r in client.search_runs([finished.info.experiment_id]) if r.data.tags["simpsons.run_type"] == "sweep"
+    ]
+    assert sweep.info.status == "KILLED"
+    assert f"(run {sweep.info.run_id}): 3 jobs: 1 finished, 0 failed, 2 killed" in stdout
+    metrics = sweep.data.metrics
+    assert (metrics["jobs_finished"], metrics["jobs_failed"], metrics["jobs_killed"]) == (1, 0, 2)
+    assert_killed_keeping_metrics(client, runs[sibling].info.run_id, epochs=1)
+    killed = client.get_run(runs[victim].info.run_id)
+    assert killed.info.status == "KILLED"
+    if signum == signal.SIGTERM:  # it ended its run itself
+        assert killed.data.tags["error"] == "interrupted (SIGTERM)" and "simpsons.ended_by" not in killed.data.tags
+    else:  # it could not: the next job to start (end_dead_runs) or the driver at the end did, saying why
+        assert killed.data.tags["simpsons.ended_by"] in (
+            f"its process {pids[victim]} on {socket.gethostname()} is gone",
+            f"sweep run {sweep.info.run_id}: the job's process ended before its run",
+        )
+
+
+@pytest.mark.slow
+def test_a_joblib_driver_killed_9_leaves_no_job_training(image_folders, tracking_uri, client, tmp_path):
+    """kill -9 of the driver: its job processes see it gone, end their runs KILLED and exit; the sweep's
+    run, which its driver could not end, is ended KILLED by the last of them (or the next command)."""
+    args = ["-m", *JOBLIB, "dropout=0.2,0.4", *TINY_MODEL, *folder_data(image_folders), *UNSTOPPABLE]
+    with cli([*args, f"tracking.uri={tracking_uri}"], tmp_path) as process:
+        jobs = poll(lambda: training(client, jobs=2, epochs=1), "2 jobs training", STARTUP_DEADLINE, process)
+        descendants = psutil.Process(process.pid).children(recursive=True)
+        process.kill()
+        assert process.wait(timeout=EXIT_DEADLINE) == -signal.SIGKILL
+        left_running = driver_gone_and_children_with_it(descendants)
+
+    assert not left_running, f"left running after the driver was killed: {left_running}"
+    for job in jobs:
+        run = client.get_run(job.info.run_id)
+        assert run.info.status == "KILLED"
+        assert run.data.tags["error"] == f"interrupted (SIGTERM: the sweep's driver (pid {process.pid}) is gone)"
+    [sweep] = [
+        r for r in client.search_runs([jobs[0].info.experiment_id]) if r.data.tags["simpsons.run_type"] == "sweep"
+    ]
+    # Ended by the last job to end its run or, should both have ended at once, by the next command
+    lifecycle.end_dead_runs(client, [sweep.info.experiment_id])
+    sweep = client.get_run(sweep.info.run_id)
+    assert sweep.info.status == "KILLED" and sweep.data.metrics["jobs_killed"] == 2
+    assert sweep.data.tags["simpsons.ended_by"] == f"its process {process.pid} on {socket.gethostname()} is gone"
 
 
 END_DESCENDANTS = """
@@ -326,3 +431,45 @@ def test_an_interrupt_that_some_code_swallowed_is_raised_again_at_the_next_epoch
     """scancel sends one SIGTERM: if its KeyboardInterrupt is swallowed, the job must still stop."""
     result = subprocess.run([sys.executable, "-c", SWALLOWED_THEN_EPOCH], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "interrupted again: SIGTERM", result.stderr[-2000:]
+
+
+WATCHED_JOB = """
+import os, signal, socket, subprocess, sys, threading, time
+import psutil
+from simpsons import signals
+
+driver = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+started = psutil.Process(driver.pid).create_time()
+os.environ["SIMPSONS_DRIVER"] = f"{socket.gethostname()} {driver.pid} {started:.3f} {sys.argv[1]}"
+os.environ.pop("SLURM_JOB_ID", None)
+if sys.argv[2] != "-":
+    os.environ["SLURM_JOB_ID"] = sys.argv[2]  # this job's own, as Slurm sets it
+with signals.job_process():
+    watching = "driver-watch" in [thread.name for thread in threading.enumerate()]
+    print("watching" if watching else "not watching", flush=True)
+    driver.kill()  # its driver killed -9
+    driver.wait()
+    if watching:
+        time.sleep(120)  # the signal comes first, and the process dies of it
+        print("trained on", flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    "driver_slurm_job,own_slurm_job,watched",
+    [("-", "-", True), ("-", "12_0", False), ("7", "7", True)],
+    ids=["on-this-host", "a-slurm-job-of-its-own", "in-the-drivers-slurm-allocation"],
+)
+def test_a_job_process_ends_when_its_driver_is_gone_but_a_slurm_job_runs_on(driver_slurm_job, own_slurm_job, watched):
+    """kill -9 of the driver: a job process on its host, which watches it, sends itself SIGTERM and
+    dies of it; a Slurm job of its own (not the driver's allocation) does not watch it."""
+    result = subprocess.run(
+        [sys.executable, "-c", WATCHED_JOB, driver_slurm_job, own_slurm_job],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if watched:
+        assert (result.returncode, result.stdout) == (-signal.SIGTERM, "watching\n"), result.stderr[-2000:]
+    else:
+        assert (result.returncode, result.stdout) == (0, "not watching\n"), result.stderr[-2000:]

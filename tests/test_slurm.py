@@ -8,7 +8,10 @@ is a bounded poll on a condition: its deadline only guards against a hang, it ne
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
+import signal
+import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +25,7 @@ from conftest import TINY_MODEL, folder_data, start_cli
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from simpsons.tracking import schema, store
+from simpsons.tracking import lifecycle, schema, store
 
 T = TypeVar("T")
 SLURM_SH = Path(__file__).parent / "services" / "slurm.sh"
@@ -217,7 +220,7 @@ def test_slurm_jobs_compute_the_feature_cache_once(demo_sweep):
 
 def test_scancel_of_slurm_jobs_ends_their_runs_killed(slurm, image_folders, tmp_path):
     """scancel sends SIGTERM to the job's processes: each ends its run KILLED and exits. The driver
-    then sees the jobs CANCELLED in sacct and ends the sweep, not FINISHED."""
+    then sees the jobs CANCELLED in sacct and ends the sweep KILLED, with the count, no traceback."""
     uri = store.configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = MlflowClient(uri)
     args = [
@@ -243,18 +246,117 @@ def test_scancel_of_slurm_jobs_ends_their_runs_killed(slurm, image_folders, tmp_
         runs = poll(all_running_are_training, "job training", process=process)
         array = array_job(runs)
         subprocess.run(["scancel", array], check=True, timeout=60)
-
-        parent = poll_for(lambda: the_sweep(client), lambda p: p.info.status != "RUNNING", "sweep ended")
-        assert process.wait(timeout=DEADLINE) != 0
+        returncode = process.wait(timeout=DEADLINE)
+    output = (tmp_path / "stdout.txt").read_text() + (tmp_path / "stderr.txt").read_text()
+    assert returncode == 1, output[-3000:]
+    assert "Traceback" not in output
     ended = poll(lambda: runs if all(process_gone(r) for r in runs) else None, "job processes gone")
     for run in ended:
         run = client.get_run(run.info.run_id)
         assert run.info.status == "KILLED", run.data.tags
         assert run.data.tags[schema.ERROR] == "interrupted (SIGTERM)"
-    assert client.get_run(parent.info.run_id).info.status in ("KILLED", "FAILED")
+    parent = the_sweep(client)
+    assert parent.info.status == "KILLED"
     assert {children_run.info.status for children_run in children(client, parent)} == {"KILLED"}
     states = poll_for(lambda: accounted(array), lambda s: "RUNNING" not in s.values(), "jobs ended in sacct")
     assert all(state.startswith("CANCELLED") for state in states.values()), states
+
+
+def by_epochs(client: MlflowClient, parent: Run) -> dict[str, Run]:
+    return {run.data.params["epochs"]: run for run in children(client, parent)}
+
+
+def output_of(directory: Path) -> str:
+    return (directory / "stdout.txt").read_text() + (directory / "stderr.txt").read_text()
+
+
+ONE_AT_A_TIME = "hydra.launcher.array_parallelism=1"  # the second task starts once the first is gone
+
+
+def test_scancel_of_one_slurm_task_ends_its_run_killed_and_the_others_finish(slurm, image_folders, tmp_path):
+    """Two jobs, one at a time: the first cannot finish (a million epochs), the second is short and
+    waits in the queue. scancel of the first task only: its run ends KILLED, the second then runs to
+    its end, and the driver, which waits for both, ends the sweep KILLED with the count: exit 1, no
+    traceback. Nothing here depends on timing: the second task starts only once the first is gone."""
+    uri = store.configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(uri)
+    args = [*SLURM, ONE_AT_A_TIME, *folder_data(image_folders), *TINY_MODEL, "epochs=1000000,2"]
+    args += [f"tracking.uri={uri}", f"cache_dir={tmp_path / 'cache'}"]
+    with driver(args, tmp_path) as process:
+        [first] = poll(lambda: training_runs(client, epochs=1), "the first job training", process=process)
+        task = first.data.tags[schema.SLURM_JOB_ID]
+        subprocess.run(["scancel", task], check=True, timeout=60)
+        returncode = process.wait(timeout=DEADLINE)
+    output = output_of(tmp_path)
+    assert returncode == 1, output[-3000:]
+    assert "Traceback" not in output
+    parent = the_sweep(client)
+    runs = by_epochs(client, parent)
+    assert (runs["1000000"].info.status, runs["2"].info.status) == ("KILLED", "FINISHED")
+    assert runs["1000000"].data.tags[schema.ERROR] == "interrupted (SIGTERM)"
+    assert parent.info.status == "KILLED" and parent.data.tags[schema.SLURM_ARRAY] == task.split("_")[0]
+    metrics = parent.data.metrics
+    assert (metrics["jobs_finished"], metrics["jobs_failed"], metrics["jobs_killed"]) == (1, 0, 1)
+    assert f"(run {parent.info.run_id}): 2 jobs: 1 finished, 0 failed, 1 killed" in output
+    assert f"job #0 (epochs=1000000): Slurm job {task} ended CANCELLED" in output
+    states = poll_for(lambda: accounted(array_job([first])), lambda s: "RUNNING" not in s.values(), "sacct")
+    assert states[task].startswith("CANCELLED") and states[f"{task.split('_')[0]}_1"] == "COMPLETED", states
+
+
+def test_sigterm_to_the_slurm_driver_cancels_its_jobs_and_ends_every_run_killed(slurm, image_folders, tmp_path):
+    """SIGTERM to the driver: it cancels the sweep's Slurm jobs (the running one ends its run KILLED,
+    the queued one never starts), waits for them to be gone, ends the sweep KILLED: one line, 143."""
+    uri = store.configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(uri)
+    args = [*SLURM, ONE_AT_A_TIME, *folder_data(image_folders), *TINY_MODEL, *UNSTOPPABLE, "dropout=0.2,0.4"]
+    args += [f"tracking.uri={uri}", f"cache_dir={tmp_path / 'cache'}"]
+    with driver(args, tmp_path) as process:
+        [run] = poll(lambda: training_runs(client, epochs=1), "the first job training", process=process)
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(timeout=DEADLINE)
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr
+    array = array_job([run])
+    assert running_tasks(array) == set() and process_gone(run)  # the driver waited for the job to be gone
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "KILLED" and run.data.tags[schema.ERROR] == "interrupted (SIGTERM)"
+    parent = the_sweep(client)
+    assert parent.info.status == "KILLED" and [r.info.run_id for r in children(client, parent)] == [run.info.run_id]
+    assert stderr.rstrip().splitlines()[-1] == (
+        f"interrupted (SIGTERM): run {run.info.run_id} KILLED, sweep {parent.info.run_id} KILLED"
+    )
+    states = poll_for(lambda: accounted(array), lambda s: "RUNNING" not in s.values(), "jobs ended in sacct")
+    assert all(state.startswith("CANCELLED") for state in states.values()), states
+
+
+def test_slurm_jobs_outlive_a_driver_killed_9_and_the_last_one_ends_the_sweep(slurm, image_folders, tmp_path):
+    """kill -9 of the driver: its Slurm jobs run on (the documented choice). The sweep's run stays
+    RUNNING while one of them runs or waits in the queue, and the last to end ends it, with the
+    count. One at a time: the first cannot finish and is scancelled once the driver is gone; only then
+    does the short second one start, and finish."""
+    uri = store.configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(uri)
+    args = [*SLURM, ONE_AT_A_TIME, *folder_data(image_folders), *TINY_MODEL, "epochs=1000000,2"]
+    args += [f"tracking.uri={uri}", f"cache_dir={tmp_path / 'cache'}"]
+    with driver(args, tmp_path) as process:
+        [first] = poll(lambda: training_runs(client, epochs=1), "the first job training", process=process)
+        process.kill()
+        process.wait(timeout=60)
+        task = first.data.tags[schema.SLURM_JOB_ID]
+        array = task.split("_")[0]
+        assert lifecycle.end_dead_runs(client, [first.info.experiment_id]) == []  # what the next command does
+        assert the_sweep(client).info.status == "RUNNING"
+        subprocess.run(["scancel", task], check=True, timeout=60)
+        parent = poll_for(lambda: the_sweep(client), lambda p: p.info.status != "RUNNING", "the sweep ended")
+    runs = by_epochs(client, parent)
+    assert (runs["1000000"].info.status, runs["2"].info.status) == ("KILLED", "FINISHED")
+    assert parent.info.status == "KILLED"  # not every job finished
+    assert parent.data.tags[schema.ENDED_BY] == f"its process {process.pid} on {socket.gethostname()} is gone"
+    metrics = parent.data.metrics
+    assert (metrics["jobs_finished"], metrics["jobs_killed"]) == (1, 1)
+    # sacct may lag the job's end by a moment
+    poll_for(lambda: accounted(array), lambda states: states.get(f"{array}_1") == "COMPLETED", "COMPLETED in sacct")
 
 
 REQUEUES = {
@@ -306,3 +408,22 @@ def test_a_requeued_slurm_job_resumes_its_run(slurm, image_folders, tmp_path, re
         subprocess.run(["scancel", task], check=True, timeout=60)
         poll(lambda: client.get_run(run_id).info.status == "KILLED", "run KILLED")
         process.wait(timeout=DEADLINE)
+
+
+def test_starting_the_cluster_again_while_a_job_runs_returns_and_leaves_the_job_running(slurm):
+    """`slurm.sh start` is idempotent: with a job running (the node allocated or mixed, not idle), it
+    checks the daemons and the node, prints the same SLURM_CONF and cancels nothing. Its state folder
+    is the user's own."""
+    job = slurm_command("sbatch", "--parsable", "--output=/dev/null", "--wrap=sleep 600").strip()
+    try:
+        poll(lambda: running_tasks(job) == {job}, "the job running")
+        # A short deadline: before, start waited for an idle node until it gave up, after 120 s.
+        env = os.environ | {"SIMPSONS_SLURM_DEADLINE": "30"}
+        again = subprocess.run(["bash", str(SLURM_SH), "start"], capture_output=True, text=True, env=env, timeout=300)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert again.stdout.strip().splitlines()[-1] == f"export SLURM_CONF={slurm}"
+        assert running_tasks(job) == {job}
+        if "SIMPSONS_SLURM_DIR" not in os.environ:
+            assert slurm == f"/tmp/simpsons-slurm-{getpass.getuser()}/etc/slurm.conf"
+    finally:
+        subprocess.run(["scancel", job], check=False, timeout=60)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import psutil
+import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
@@ -47,7 +48,13 @@ def test_the_parent_logs_its_best_jobs_metric_the_counts_the_best_run_and_a_desc
     sweeps.record(client, client.get_run(parent), tracking_uri)  # once more, as a second ending would: no doubling
 
     run = client.get_run(parent)
-    assert run.data.metrics == {"best_val_accuracy": 0.91234567, "jobs_finished": 3, "jobs_failed": 1, "jobs_reused": 1}
+    assert run.data.metrics == {
+        "best_val_accuracy": 0.91234567,
+        "jobs_finished": 3,
+        "jobs_failed": 1,
+        "jobs_killed": 0,
+        "jobs_reused": 1,
+    }
     assert run.data.tags[schema.BEST_RUN] == ids["earlier"]  # the run that holds the reused job's model
     note = run.data.tags[schema.NOTE]
     assert note.startswith(PLAN) and note.count("**Outcome:**") == 1
@@ -78,6 +85,18 @@ def test_the_summary_lists_the_jobs_best_first_rounded_with_the_best_run_and_the
     ]
 
 
+def test_killed_jobs_are_counted_apart_from_failed_ones(tracking_uri):
+    """A job ended by a signal or scancel, or whose process was killed -9, did not fail: it was killed."""
+    client, parent, ids = sweep_with_jobs(configure(tracking_uri))
+    client.set_terminated(ids["drop=0.2"], "KILLED")
+
+    outcome = sweeps.outcome(client, client.get_run(parent))
+    assert (outcome.metrics()["jobs_failed"], outcome.metrics()["jobs_killed"]) == (1, 1)
+    first_line = sweeps.summary(outcome, tracking_uri).splitlines()[0]
+    assert first_line.endswith("4 jobs: 2 finished (1 reused), 1 failed, 1 killed")
+    assert "**Outcome:** 2 finished (1 reused), 1 failed, 1 killed." in sweeps.markdown(outcome, tracking_uri)
+
+
 def test_the_next_commands_name_no_store_for_the_default_one_and_hide_a_password():
     outcome = sweeps.Outcome("abc", "a sweep", [])
     assert sweeps.next_commands(outcome, default_tracking_uri())[0] == "python -m simpsons.ensemble sweep=abc"
@@ -103,3 +122,49 @@ def test_a_sweep_whose_driver_was_killed_gets_its_outcome_when_a_later_command_e
     run = client.get_run(parent)
     assert ended.info.run_id == parent and run.info.status == "KILLED"
     assert run.data.metrics["jobs_finished"] == 3 and run.data.metrics["jobs_failed"] == 1
+
+
+def dead_driver_tags() -> dict[str, str]:
+    """A process of this host that has exited: its pid and start time, as a run records its owner."""
+    gone = psutil.Popen(["true"])
+    started = gone.create_time()
+    gone.wait()
+    return {
+        schema.HOST: lifecycle.process_tags()[schema.HOST],
+        schema.PID: str(gone.pid),
+        schema.PROCESS_START: str(started),
+    }
+
+
+@pytest.mark.parametrize("last_job", ["FINISHED", "KILLED"])
+def test_a_sweep_whose_driver_was_killed_waits_for_its_running_jobs_and_the_last_one_ends_it(tracking_uri, last_job):
+    """Slurm jobs run on when their driver is killed -9: the next command leaves their sweep RUNNING
+    while one of them lives, and the last job to end ends the sweep, FINISHED if all its jobs were."""
+    uri = configure(tracking_uri)
+    client = MlflowClient(uri)
+    experiment = ensure_experiment(uri, "sweeps")
+    parent = client.create_run(
+        experiment, run_name="sweep", tags={schema.RUN_TYPE: schema.SWEEP, **dead_driver_tags()}
+    ).info.run_id
+    client.log_param(parent, "num_jobs", "2")
+    done = client.create_run(experiment, run_name="a", tags={schema.RUN_TYPE: schema.TRAIN, schema.PARENT_RUN: parent})
+    client.set_terminated(done.info.run_id, "FINISHED")
+    alive = lifecycle.process_tags()  # this test's process: the job that still trains
+    job = client.create_run(
+        experiment, run_name="b", tags={schema.RUN_TYPE: schema.TRAIN, schema.PARENT_RUN: parent, **alive}
+    ).info.run_id
+
+    assert lifecycle.end_dead_runs(client, [experiment]) == []
+    lifecycle.end_orphaned_sweep(client, parent)
+    assert client.get_run(parent).info.status == "RUNNING"  # its job runs on
+
+    client.set_terminated(job, last_job)  # the job's run ends (tracked_run then calls end_orphaned_sweep)
+    lifecycle.end_orphaned_sweep(client, parent)
+
+    run = client.get_run(parent)
+    assert run.info.status == last_job
+    assert run.data.tags[schema.ENDED_BY].startswith("its process ") and run.data.tags[schema.ENDED_BY].endswith(
+        " is gone"
+    )
+    assert run.data.metrics["jobs_finished"] == (2 if last_job == "FINISHED" else 1)
+    assert lifecycle.end_dead_runs(client, [experiment]) == []  # nothing left to end

@@ -197,6 +197,7 @@ def assert_sweep_parent(parent, children: list, cwd: Path, uri: str) -> None:
         "best_val_accuracy": best.data.metrics["best_val_accuracy"],
         "jobs_finished": 4,
         "jobs_failed": 0,
+        "jobs_killed": 0,
         "jobs_reused": 0,
     }
     assert parent.data.tags["simpsons.best_run_id"] in {

@@ -3,7 +3,9 @@
 - `tracked_run`: a run that ends FINISHED, FAILED or KILLED, never RUNNING, while its process
   lives; it records which process owns it (host, pid, start time, Slurm job) and beats a heartbeat.
 - `end_dead_runs`: what any later command does for runs whose process was killed -9, OOM-killed
-  or lost with its node: it ends them KILLED, with the reason in a tag.
+  or lost with its node: it ends them KILLED, with the reason in a tag. A sweep whose driver is
+  gone waits for its jobs that still run (Slurm's run on without it); the last of them to end
+  ends it (`end_orphaned_sweep`), FINISHED if every job had finished.
 - `finished_run` / `resumable_runs` / `record_reuse`: a config that already has a FINISHED run is
   not trained again; a killed end-to-end run is resumed in the same MLflow run.
 
@@ -17,7 +19,9 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
 import traceback
@@ -137,6 +141,8 @@ def tracked_run(
         finally:
             if mlflow.active_run() is not None:
                 _end_active_run(RunStatus.to_string(status))
+            if parent_run_id:
+                end_orphaned_sweep(client, parent_run_id)
 
 
 def quietly(request: Callable[[], object]) -> None:
@@ -187,36 +193,103 @@ def end_dead_runs(
     """End KILLED every RUNNING run whose process is gone; says so in one line; returns them.
 
     On this host a run is dead when its process is (or its pid now belongs to another process);
-    on another host, when its heartbeat is older than `stale_after` seconds.
+    on another host, when its heartbeat is older than `stale_after` seconds. A sweep whose driver
+    is gone but some of whose jobs still run is left to them (`end_orphaned_sweep`); one whose
+    every job had finished ends FINISHED.
     """
     running = client.search_runs(experiment_ids, "attributes.status = 'RUNNING'", max_results=SEARCH_LIMIT)
-    ended = []
+    ended = {}
     for run in running:
         if why_dead(run, stale_after) is None:
             continue
         # Every job of a sweep starts with this: several may end the same dead run at once.
         end = functools.partial(_end_if_dead, client, run, stale_after)
-        fresh = races.shared_write(client.tracking_uri, end, f"end dead run {run.info.run_id}")
-        if fresh is not None:
-            ended.append(fresh)
-    if ended:
-        listed = ", ".join(f"{run.info.run_id[:8]} ({run.info.run_name})" for run in ended)
-        log.warning("ended %d run(s) KILLED whose process is gone: %s", len(ended), listed)
-    for run in ended:  # once its dead jobs are ended too: a sweep killed -9 still gets its outcome
-        if run.data.tags.get(schema.RUN_TYPE) == schema.SWEEP:
+        status = races.shared_write(client.tracking_uri, end, f"end dead run {run.info.run_id}")
+        if status is not None:
+            ended[run.info.run_id] = (run, status)
+    killed = [run for run, status in ended.values() if status == "KILLED"]
+    if killed:
+        listed = ", ".join(f"{run.info.run_id[:8]} ({run.info.run_name})" for run in killed)
+        log.warning("ended %d run(s) KILLED whose process is gone: %s", len(killed), listed)
+    for run, status in ended.values():  # once its dead jobs are ended too: a sweep killed -9 still gets its outcome
+        if _is_sweep(run):
+            if status == "FINISHED":
+                log.warning(
+                    "ended sweep run %s FINISHED: its driver is gone, and every job had finished", run.info.run_id
+                )
             _record_sweep_outcome(client, run.info.run_id)
-    return ended
+    return [run for run, _ in ended.values()]
 
 
-def _end_if_dead(client: MlflowClient, run: Run, stale_after: float) -> Run | None:
-    """End `run` KILLED if it is still RUNNING and dead; returns it as it was, or None."""
+def end_orphaned_sweep(client: MlflowClient, sweep_run_id: str, stale_after: float = STALE_AFTER_SECONDS) -> None:
+    """Called by a job once its run has ended: if the sweep's driver is gone and no other job of it
+    still runs, end the sweep's run too, with its outcome. Best effort: the job's run is ended already."""
+    try:
+        end = functools.partial(_end_if_dead, client, client.get_run(sweep_run_id), stale_after, ending_job=True)
+        status = races.shared_write(client.tracking_uri, end, f"end orphaned sweep run {sweep_run_id}")
+        if status is not None:
+            _record_sweep_outcome(client, sweep_run_id)
+            log.warning("ended sweep run %s %s: its driver is gone, and this was its last job", sweep_run_id, status)
+    except Exception as error:  # any store error: SQLAlchemy, HTTP, MLflow's own
+        log.warning("could not check whether sweep run %s is left without its driver: %s", sweep_run_id, error)
+
+
+def _end_if_dead(client: MlflowClient, run: Run, stale_after: float, ending_job: bool = False) -> str | None:
+    """End `run` if its process is gone, read afresh; a sweep only once none of its jobs runs: KILLED,
+    or FINISHED if every planned job had finished. The status it was ended with, or None.
+    `ending_job`: called by a job of the sweep whose run has ended (its Slurm task is not one left)."""
+    if run.info.status != "RUNNING" or why_dead(run, stale_after) is None:
+        return None
     fresh = client.get_run(run.info.run_id)  # a dead process cannot change it after this read
     reason = why_dead(fresh, stale_after) if fresh.info.status == "RUNNING" else None
     if reason is None:
         return None
+    status = "KILLED"
+    if _is_sweep(fresh):
+        if _jobs_alive(client, fresh, stale_after) or _slurm_tasks_left(fresh, ending_job):  # they will end it
+            return None
+        status = _orphaned_sweep_status(client, fresh)
     client.set_tag(run.info.run_id, schema.ENDED_BY, reason)
-    client.set_terminated(run.info.run_id, "KILLED")
-    return fresh
+    client.set_terminated(run.info.run_id, status)
+    return status
+
+
+def _is_sweep(run: Run) -> bool:
+    return run.data.tags.get(schema.RUN_TYPE) == schema.SWEEP
+
+
+def _jobs_alive(client: MlflowClient, sweep: Run, stale_after: float) -> bool:
+    running = client.search_runs(
+        [sweep.info.experiment_id],
+        f"tags.`{schema.PARENT_RUN}` = '{sweep.info.run_id}' AND attributes.status = 'RUNNING'",
+        max_results=SEARCH_LIMIT,
+    )
+    return any(why_dead(job, stale_after) is None for job in running)
+
+
+def _slurm_tasks_left(sweep: Run, ending_job: bool) -> bool:
+    """Whether the sweep's Slurm job array has tasks queued or running (Slurm runs them whatever became
+    of the driver), but for this process's own if it is a job that has ended its run. (A job that
+    starts counts itself: the sweep must wait for it.) Without Slurm's client here, none are seen."""
+    array = sweep.data.tags.get(schema.SLURM_ARRAY)
+    if not array or shutil.which("squeue") is None:
+        return False
+    own = f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if ending_job else None
+    try:  # -r: one line per task, pending ones included
+        listed = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i", "-j", array], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return listed.returncode == 0 and bool(set(listed.stdout.split()) - {own})
+
+
+def _orphaned_sweep_status(client: MlflowClient, sweep: Run) -> str:
+    """FINISHED when every job the sweep planned (its `num_jobs` param) has a FINISHED run, as if its
+    driver had waited for them; else KILLED, its driver having been killed."""
+    jobs = sweeps.outcome(client, sweep).jobs
+    planned = int(sweep.data.params.get("num_jobs", "0"))
+    return "FINISHED" if planned and len(jobs) >= planned and all(j.status == "FINISHED" for j in jobs) else "KILLED"
 
 
 def _record_sweep_outcome(client: MlflowClient, run_id: str) -> None:

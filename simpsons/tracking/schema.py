@@ -48,6 +48,7 @@ HOST = "simpsons.host"
 PID = "simpsons.pid"
 PROCESS_START = "simpsons.process_start"  # psutil create_time: a reused pid is another process
 SLURM_JOB_ID = "simpsons.slurm_job_id"
+SLURM_ARRAY = "simpsons.slurm_array"  # a sweep's Slurm job array: its jobs run on without their driver
 HEARTBEAT = "simpsons.heartbeat"  # Unix time of the last sign of life
 HEARTBEAT_SECONDS = "simpsons.heartbeat_seconds"  # how often it beats
 ENDED_BY = "simpsons.ended_by"  # why a command other than the run's own ended it

@@ -50,10 +50,12 @@ class Outcome:
         return ranked[0] if ranked else None
 
     def metrics(self) -> dict[str, float]:
-        """What the parent run logs: its best job's metric and how many jobs finished, failed and reused."""
+        """What the parent run logs: its best job's metric and how many jobs finished, failed (raised),
+        were killed (a signal, scancel, a process killed -9) and reused."""
         counts = {
             "jobs_finished": len(self.finished),
-            "jobs_failed": sum(job.status in ("FAILED", "KILLED") for job in self.jobs),
+            "jobs_failed": sum(job.status == "FAILED" for job in self.jobs),
+            "jobs_killed": sum(job.status == "KILLED" for job in self.jobs),
             "jobs_reused": sum(job.reused_run_id is not None for job in self.jobs),
         }
         best = self.best
@@ -146,6 +148,7 @@ def summary(result: Outcome, uri: str) -> str:
     counts = f"{len(result.jobs)} jobs: {metrics['jobs_finished']} finished"
     counts += f" ({metrics['jobs_reused']} reused)" if metrics["jobs_reused"] else ""
     counts += f", {metrics['jobs_failed']} failed"
+    counts += f", {metrics['jobs_killed']} killed" if metrics["jobs_killed"] else ""
     lines = [f"sweep {result.parent_name!r} (run {result.parent_run_id}): {counts}", table(result)]
     best = result.best
     if best is not None:
@@ -167,7 +170,7 @@ def markdown(result: Outcome, uri: str) -> str:
     metrics = result.metrics()
     lines = [
         f"{OUTCOME_HEADING} {metrics['jobs_finished']} finished ({metrics['jobs_reused']} reused), "
-        f"{metrics['jobs_failed']} failed.",
+        f"{metrics['jobs_failed']} failed, {metrics['jobs_killed']} killed.",
         "",
         header,
         rule,

@@ -13,12 +13,13 @@
 # first to finish does not pull it from under the other. Plain `stop` stops it whatever the users.
 # Calls are serialised by an flock, so concurrent starts start it once.
 #
-# Environment: SIMPSONS_SLURM_DIR (state folder, /tmp/simpsons-slurm), SIMPSONS_SLURM_PORT
+# Environment: SIMPSONS_SLURM_DIR (state folder; /tmp/simpsons-slurm-<user>, so that users of one
+# machine do not share it), SIMPSONS_SLURM_PORT
 # (slurmctld's port; slurmd and slurmdbd take the next two; default: the first of 6817, 6917, ...
 # whose three ports are free, so a busy port on the machine cannot keep slurmd from registering).
 set -euo pipefail
 
-DIR=${SIMPSONS_SLURM_DIR:-/tmp/simpsons-slurm}
+DIR=${SIMPSONS_SLURM_DIR:-/tmp/simpsons-slurm-$(id -un)}
 PORT=${SIMPSONS_SLURM_PORT:-}  # chosen when the cluster starts; recorded in its slurm.conf
 CLUSTER=simpsons
 NODE=$(hostname -s)
@@ -198,12 +199,14 @@ start_slurmd() {
 
 node_state() { sinfo -h -n "$NODE" -o %T 2>/dev/null; }
 
-# Waits for the node to be idle. A node that slurmctld drained or set down (say, it registered
-# before slurmctld was ready) is resumed, and a slurmd that died is started again.
-wait_for_idle_node() {
-    local deadline=$((SECONDS + DEADLINE_SECONDS)) state next_repair=$((SECONDS + 5))
-    while state=$(node_state); [[ $state != idle ]]; do
-        ((SECONDS < deadline)) || { diagnose; die "node $NODE idle not ready after ${DEADLINE_SECONDS} s (state '$state'); logs in $DIR/log"; }
+# Waits for the node to be in one of the states of the pattern $1: `idle` for a fresh cluster;
+# a running one may be busy with jobs (mixed, allocated, completing). A node that slurmctld
+# drained or set down (say, it registered before slurmctld was ready) is resumed, and a slurmd
+# that died is started again.
+wait_for_node() {
+    local wanted=$1 deadline=$((SECONDS + DEADLINE_SECONDS)) state next_repair=$((SECONDS + 5))
+    while state=$(node_state); [[ ! $state =~ ^($wanted)$ ]]; do
+        ((SECONDS < deadline)) || { diagnose; die "node $NODE not ready after ${DEADLINE_SECONDS} s (state '$state', wanted $wanted); logs in $DIR/log"; }
         sleep 1
         ((SECONDS >= next_repair)) || continue
         next_repair=$((SECONDS + 10))
@@ -219,13 +222,16 @@ wait_for_idle_node() {
 
 # The node accepts work, and a job runs to completion and is in the accounting (sacct).
 check_cluster() {
-    wait_for_idle_node
+    wait_for_node idle
     local job
     job=$(sbatch --parsable --output=/dev/null --wrap=true) || die "sbatch failed"
     wait_for "job $job in sacct as COMPLETED" bash -c "sacct -n -X -P -j $job -o State | grep -qx COMPLETED"
 }
 
 holders_file() { echo "$DIR/holders"; }
+
+# Whether users were recorded and every one of them is gone: a session killed before its stop.
+holders_all_gone() { [[ -s $(holders_file) && -z $(live_holders) ]]; }
 
 # Holders still alive, one pid a line.
 live_holders() {
@@ -260,9 +266,9 @@ start() {
         done
         check_cluster
     else
-        wait_for_idle_node
+        wait_for_node "idle|mixed|allocated|completing"  # running: its jobs, if any, go on
     fi
-    if ((fresh == 0)) && [[ -z $(live_holders) ]]; then
+    if ((fresh == 0)) && holders_all_gone; then
         say "cancelling the jobs of earlier users, who are gone"  # e.g. a session killed before its stop
         cancel_jobs
     fi
