@@ -29,7 +29,7 @@ import mlflow
 import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from simpsons import settings
 from simpsons.config import CONF_DIR, PROJECT_ROOT
@@ -166,10 +166,11 @@ def flips(flip_pair: FlipPair) -> FlipPair:
 
 
 def ensemble_config(store: Store | FlipPair, *overrides: str) -> EnsembleSettings:
-    """conf/ensemble.yaml on `store`, with the overrides, as `python -m simpsons.ensemble` composes it."""
+    """conf/ensemble.yaml on `store`, with the overrides (`key=value`, the value taken as it is: a
+    filter may hold spaces and quotes), as `python -m simpsons.ensemble` composes it."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="ensemble", overrides=[f"tracking.uri={store.uri}", *overrides])
-    return EnsembleSettings.from_config(cfg)
+        cfg = compose(config_name="ensemble", overrides=[f"tracking.uri={store.uri}"])
+    return EnsembleSettings.from_config(OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides))))
 
 
 def folder_data(images: Path) -> list[str]:

@@ -197,6 +197,14 @@ def test_an_ensembles_bad_value_is_named_with_what_is_accepted(override, message
         composed_ensemble(override).check()
 
 
+def test_the_ensembles_container_is_its_resolved_config():
+    """What an ensemble run logs as params: the same as before its keys had types."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="ensemble", overrides=["sweep=latest", "top_n=3"])
+    container = EnsembleSettings.from_config(cfg).container()
+    assert OmegaConf.to_yaml(container) == OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True))
+
+
 def test_a_weighted_mean_is_the_mean_method_with_accuracy_weights():
     assert composed_ensemble("method=mean", "weights=val_accuracy").weighs_by_accuracy
     assert not composed_ensemble("method=greedy", "weights=val_accuracy").weighs_by_accuracy
