@@ -1,7 +1,10 @@
 """The rules on settings' values: tests of a value, and the one-line messages that say what is accepted.
 
-Shared by the training and ensemble settings (simpsons/settings/train.py, ensemble.py); nothing
-here imports TensorFlow, Keras or MLflow.
+Shared by the training and ensemble settings (simpsons/settings/train.py, ensemble.py). The
+backbone's, optimizer's and model's rules are here rather than in backbones.py, optimizers.py and
+model.py: those import Keras at load time, and the check before a sweep and `--help` must not load
+TensorFlow. Nothing here imports TensorFlow, Keras or MLflow. (The data's messages, which the
+check of data folders shares with the job, are in data.py, which loads TensorFlow only to decode.)
 """
 
 from __future__ import annotations
