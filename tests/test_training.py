@@ -24,8 +24,8 @@ from conftest import TINY_MODEL, folder_data, train_settings
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from simpsons.config import MONITORS
 from simpsons.job import JobContext, train
+from simpsons.settings import MONITORS
 from simpsons.tracking.predictions import from_csv
 from simpsons.training import LR_METRIC, BestEpoch, balanced_class_weights, early_stopping, fit, loss_and_targets
 
