@@ -81,21 +81,23 @@ def extraction_ceiling(train_args: list[str]) -> float:
     import tensorflow as tf
     from hydra import compose, initialize_config_dir
 
+    from simpsons import settings
     from simpsons.backbones import BackboneSpec
-    from simpsons.config import CONF_DIR, register_resolvers
+    from simpsons.config import CONF_DIR
     from simpsons.data import load_dataset
     from simpsons.features import extract
     from simpsons.model import build_classifier, feature_extractor
     from simpsons.pipeline import image_dataset
     from simpsons.training import seed_everything, set_precision, use_xla
 
-    register_resolvers()
+    settings.register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[arg for arg in train_args if not arg.startswith("cache")])
+        overrides = [arg for arg in train_args if not arg.startswith("cache")]
+        cfg = settings.TrainSettings.from_config(compose(config_name="train", overrides=overrides))
     deterministic = seed_everything(cfg.seed, cfg.deterministic)  # as a job does, so XLA is on or off alike
     set_precision(cfg.precision)
     data = load_dataset(cfg.data)
-    model = build_classifier(BackboneSpec.from_config(cfg.backbone), cfg.image_size, len(data.class_names), 0.0)
+    model = build_classifier(BackboneSpec.from_settings(cfg.backbone), cfg.image_size, len(data.class_names), 0.0)
     extractor = feature_extractor(model)
     extractor.jit_compile = use_xla(cfg.jit_compile, deterministic)
     seconds = images = 0

@@ -13,12 +13,10 @@ from typing import Any
 
 import keras
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 
-from simpsons import checks
-from simpsons.config import check_choice
 from simpsons.data import file_sha256
 from simpsons.errors import ConfigError
+from simpsons.settings import BackboneSettings
 
 
 @dataclass(frozen=True)
@@ -31,15 +29,15 @@ class BackboneSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, cfg: DictConfig) -> BackboneSpec:
-        check_choice("backbone", cfg.name)
+    def from_settings(cls, settings: BackboneSettings) -> BackboneSpec:
+        """The backbone `settings` name (judged by BackboneSettings.errors()), its weights file made absolute."""
         return cls(
-            name=cfg.name,
-            constructor=cfg.constructor,
-            preprocess=cfg.preprocess,
-            weights=resolve_weights(cfg.weights),
-            min_image_size=cfg.min_image_size,
-            kwargs=OmegaConf.to_container(cfg.kwargs, resolve=True) if cfg.kwargs else {},
+            name=settings.name,
+            constructor=settings.constructor,
+            preprocess=settings.preprocess,
+            weights=resolve_weights(settings.weights),
+            min_image_size=settings.min_image_size,
+            kwargs=dict(settings.kwargs),
         )
 
     def weights_identity(self, seed: int | None) -> str | dict[str, int | None]:
@@ -51,14 +49,9 @@ class BackboneSpec:
             return self.weights
         return file_sha256(Path(self.weights))
 
-    def check_image_size(self, image_size: int) -> None:
-        error = checks.image_size_error(self.name, self.min_image_size, image_size)
-        if error:
-            raise ConfigError(error)
-
     def build(self, image_size: int) -> keras.Model:
-        """The ImageNet architecture without its top, for square RGB inputs of image_size."""
-        self.check_image_size(image_size)
+        """The ImageNet architecture without its top, for square RGB inputs of image_size (at least
+        min_image_size: TrainSettings.errors() says so before a job starts)."""
         constructor = _import_attribute(self.constructor)
         try:
             return constructor(
@@ -106,10 +99,7 @@ def affine_coefficients(preprocess: Callable[[np.ndarray], np.ndarray]) -> tuple
 
 
 def resolve_weights(weights: str | None) -> str | None:
-    """`imagenet`, None (random init), or an existing weights file made absolute."""
-    error = checks.weights_error(weights)
-    if error:
-        raise ConfigError(error)
+    """`imagenet`, None (random init), or a weights file (BackboneSettings.errors() says it exists) made absolute."""
     if weights is None or weights == "imagenet":
         return weights
     return str(Path(weights).expanduser().resolve())

@@ -1,6 +1,9 @@
 """Find the images, drop what cannot be used (saying so), split, and fingerprint.
 
 Produces sorted file lists and labels, never pixels: simpsons/pipeline.py reads the pixels.
+
+The check before a sweep (simpsons/preflight.py) words its data messages with this module's, so
+it imports no TensorFlow (pipeline.py, for the decoder) and no scikit-learn (the split) at load time.
 """
 
 from __future__ import annotations
@@ -16,15 +19,17 @@ from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig
-from sklearn.model_selection import train_test_split
 
-from simpsons import checks, demo_data, pipeline
+from simpsons import demo_data
 from simpsons.errors import ConfigError, DataError
+from simpsons.settings import TEST_LAYOUTS, DataSettings
 
 log = logging.getLogger(__name__)
 
 FLAT_NAME = re.compile(r"^(?P<label>.+)_(?P<index>\d+)\.[^.]+$")
+IMAGE_FORMATS = "JPEG, PNG, GIF, BMP or WebP"  # what pipeline.decode_rgb reads (tf.io.decode_image)
+TEST_ROOT_HINT = "set data.test_root=null to train without a test set"
+LISTED_FILES = 10  # unusable files named in the error of a class without images
 
 
 @dataclass(frozen=True)
@@ -66,20 +71,20 @@ class _File:
     name: str
 
 
-def load_dataset(cfg: DictConfig) -> DataSet:
-    """Discover, validate and split the data set that `cfg` (the `data` config group) describes."""
-    if cfg.get("generate"):
-        demo_data.ensure_demo_data(Path(cfg.dir), cfg.generate)
-    root = _existing_root(cfg.root, "data.root", missing_hint=checks.missing_root_hint(cfg.name, cfg.get("dir")))
+def load_dataset(cfg: DataSettings) -> DataSet:
+    """Discover, validate and split the data set that `cfg` (the `data` settings) describes."""
+    if cfg.generation is not None:
+        demo_data.ensure_demo_data(Path(cfg.folder), cfg.generation)
+    root = _existing_root(cfg.root, "data.root", missing_hint=missing_root_hint(cfg.name, cfg.folder))
     pool = discover_folders(root)
     test = []
     if cfg.test_root is not None:
-        test_root = _existing_root(cfg.test_root, "data.test_root", missing_hint=checks.TEST_ROOT_HINT)
+        test_root = _existing_root(cfg.test_root, "data.test_root", missing_hint=TEST_ROOT_HINT)
         test = discover_test(test_root, cfg.test_layout)
 
     skipped = [SkippedFile(str(f.path), reason) for f, reason in _unlabelled(pool + test)]
     digests, undecodable = scan([f.path for f in pool + test if f.label])
-    skipped += [SkippedFile(str(path), f"not a decodable image ({pipeline.IMAGE_FORMATS})") for path in undecodable]
+    skipped += [SkippedFile(str(path), f"not a decodable image ({IMAGE_FORMATS})") for path in undecodable]
     unusable = set(undecodable)
     usable = [f for f in pool if f.label and f.path not in unusable]
     usable_test = [f for f in test if f.label and f.path not in unusable]
@@ -119,7 +124,7 @@ def discover_test(root: Path, layout: str) -> list[_File]:
     if layout == "folders":
         return discover_folders(root)
     if layout != "flat":
-        raise ConfigError(checks.layout_error(layout) or f"data.test_layout={layout!r} is not readable")
+        raise ConfigError(f"data.test_layout={layout!r} is unknown; use one of: {', '.join(TEST_LAYOUTS)}")
     files = []
     for path in sorted(p for p in root.iterdir() if p.is_file()):
         match = FLAT_NAME.match(path.name)
@@ -138,6 +143,8 @@ def scan(paths: list[Path]) -> tuple[dict[Path, str], tuple[Path, ...]]:
 def _undecodable(files: tuple[tuple[Path, str], ...]) -> tuple[Path, ...]:
     """Keyed by path and content hash, so the jobs of a sweep (one process) decode each file once,
     and a file changed between jobs is decoded again."""
+    from simpsons import pipeline  # TensorFlow: loaded by the job, not by the check before a sweep
+
     return tuple(sorted(Path(p) for p in pipeline.find_undecodable([str(path) for path, _ in files])))
 
 
@@ -161,7 +168,35 @@ def _existing_root(value: str | None, key: str, missing_hint: str) -> Path:
     root = Path(value).expanduser().resolve()
     if not root.is_dir():
         raise DataError(f"{key}={str(value)!r} is not a folder; {missing_hint}")
-    return checks.unnested_root(root)
+    return unnested_root(root)
+
+
+def unnested_root(root: Path) -> Path:
+    """The training folder, looking through Kaggle's archive, which nests simpsons_dataset/simpsons_dataset/."""
+    nested = root / root.name
+    if nested.is_dir() and [p.name for p in root.iterdir() if not p.name.startswith(".")] == [root.name]:
+        return nested
+    return root
+
+
+def missing_root_hint(name: str, data_dir: str | None) -> str:
+    """What to do about a missing data.root: for the Kaggle data, how to get it or run the demo."""
+    if name == "simpsons":
+        return (
+            "download the Kaggle data set alexattia/the-simpsons-characters-dataset and unzip it "
+            f"into {data_dir} (see README), or run the offline demo: python -m simpsons.train experiment=demo"
+        )
+    return "point data.root at a folder of <class>/<image> files"
+
+
+def no_usable_images_error(label: str, root: Path, skipped_names: list[str]) -> str:
+    """One line: the class, and its unusable files (the first LISTED_FILES, then how many more)."""
+    listed = ", ".join(skipped_names[:LISTED_FILES])
+    more = f" and {len(skipped_names) - LISTED_FILES} more" if len(skipped_names) > LISTED_FILES else ""
+    return (
+        f"class {label!r} in {str(root)!r} has no usable images: its {len(skipped_names)} file(s) are not "
+        f"decodable images ({IMAGE_FORMATS}): {listed}{more}"
+    )
 
 
 def _unlabelled(files: Iterable[_File]) -> list[tuple[_File, str]]:
@@ -198,12 +233,14 @@ def _select_classes(
 def _no_usable_images(label: str, root: Path, skipped: list[SkippedFile]) -> str:
     folder = root / label
     names = sorted(Path(s.path).relative_to(root).as_posix() for s in skipped if Path(s.path).is_relative_to(folder))
-    return checks.no_usable_images_error(label, root, names)
+    return no_usable_images_error(label, root, names)
 
 
 def _stratified_split(
     files: list[_File], class_names: list[str], val_split: float, seed: int, digests: dict[Path, str]
 ) -> tuple[Split, Split]:
+    from sklearn.model_selection import train_test_split  # seconds to import: not for the check before a sweep
+
     labels = [f.label for f in files]
     try:
         train, val = train_test_split(files, test_size=val_split, stratify=labels, random_state=seed)

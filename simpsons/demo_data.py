@@ -6,6 +6,7 @@ metric of a demo run are reproducible.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -14,10 +15,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 
 from simpsons.errors import DataError
+from simpsons.settings import DemoGeneration
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,13 @@ CLASSES = {  # class name -> (RGB colour, shape)
 MARKER = "demo.json"
 
 
-def ensure_demo_data(directory: Path, settings: DictConfig) -> None:
+def ensure_demo_data(directory: Path, settings: DemoGeneration) -> None:
     """Generate <directory>/{train,test}/<class>/*.jpg unless the same settings already did.
 
     Under a lock, so that processes that start on a new clone together (two terminals, parallel
     jobs) generate it once, and none deletes a set that another is reading.
     """
-    wanted = OmegaConf.to_container(settings, resolve=True)
+    wanted = dataclasses.asdict(settings)
     if _generated_with(directory, wanted):
         return
     directory.parent.mkdir(parents=True, exist_ok=True)

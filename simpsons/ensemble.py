@@ -1,7 +1,9 @@
 """`python -m simpsons.ensemble`: the best finished training runs' softmax outputs, averaged, as a new run.
 
 This is the Hydra app only; the work is in simpsons/ensembling/. `--help` (the help template in
-conf/ensemble.yaml) and bad values answer without importing MLflow or TensorFlow.
+conf/ensemble.yaml) and bad values answer without importing MLflow or TensorFlow: a value of the
+wrong type or an unknown key before Hydra composes (simpsons/hydra_jobs.py), the other values in
+the task function (EnsembleSettings.check).
 """
 
 from __future__ import annotations
@@ -12,25 +14,26 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from simpsons import credentials, startup
-from simpsons.config import CONF_DIR, register_resolvers
-from simpsons.ensembling.options import check_options
+from simpsons import credentials, hydra_jobs, settings, startup
+from simpsons.config import CONF_DIR
 from simpsons.errors import ServerLost, SimpsonsError
+from simpsons.settings import EnsembleSettings
 
 log = logging.getLogger("simpsons.ensemble")
-register_resolvers()
+settings.register()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="ensemble")  # absolute: see train.py
 def hydra_main(cfg: DictConfig) -> None:
     startup.prepare_process()
     try:
-        check_options(cfg)
+        chosen = EnsembleSettings.from_config(cfg)
+        chosen.check()
         from simpsons.ensembling.command import ensemble  # MLflow and TensorFlow, once there is work to do
         from simpsons.tracking import connection
 
         with connection.lost_server():  # a request given up: one line, exit 1 (connection.py)
-            ensemble(cfg)
+            ensemble(chosen)
     except ServerLost as error:
         log.error("error: %s", error)
         sys.exit(1)
@@ -43,6 +46,7 @@ def main() -> None:
     """`simpsons-ensemble` and `python -m simpsons.ensemble`."""
     # Before Hydra, which writes the command line into outputs/.../.hydra/ before the app starts.
     credentials.exit_if_in_arguments(sys.argv[1:])
+    hydra_jobs.exit_on_bad_command_line(sys.argv[1:], config_name="ensemble")
     hydra_main()
 
 

@@ -14,15 +14,11 @@ import keras
 import mlflow
 import numpy as np
 import tensorflow as tf
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
 
-from simpsons import checks, locks, naming, plots, schedules
+from simpsons import locks, naming, plots, preflight, schedules
 from simpsons.backbones import BackboneSpec
-from simpsons.config import MONITORS, SWEEP_ID_VARIABLE
 from simpsons.data import DataSet, Split, load_dataset
 from simpsons.errors import DataError, ServerLost
 from simpsons.evaluation import evaluate
@@ -30,6 +26,7 @@ from simpsons.features import Lookup, cache_key, cached_features, extract, mirro
 from simpsons.model import build_classifier, feature_extractor, head, unfreeze_top, with_tta
 from simpsons.optimizers import build_optimizer
 from simpsons.pipeline import image_dataset, load_image, without_autotuner
+from simpsons.settings import MONITORS, TrainSettings
 from simpsons.stopwatch import Stopwatch
 from simpsons.tracking import connection, lifecycle, schema, store, writer
 from simpsons.training import (
@@ -52,35 +49,19 @@ log = logging.getLogger("simpsons.train")
 # and MLflow writes the example as JSON twice: at 150 px that was 2 x 67,500 numbers a run.
 EXAMPLE_SIZE = 32
 
-# Where data and results lie, and whether to reuse: not what the results are (the data
-# fingerprint stands for the data's content wherever it lies).
-# Nor which GPU computes them, nor how its memory is mapped (gpu.*).
-NOT_IDENTITY = ("tracking", "cache_dir", "reuse", "data.dir", "data.root", "data.test_root", "gpu.")
-
 
 @dataclass(frozen=True)
 class JobContext:
-    """What a run needs from Hydra's runtime: its overrides, .hydra folder, and sweep."""
+    """What a run needs from Hydra's runtime (simpsons/train.py reads it): its overrides, .hydra
+    folder, and sweep."""
 
     overrides: list[str]
     hydra_dir: Path | None = None
     sweep_dir: Path | None = None
     sweep_id: str | None = None
 
-    @classmethod
-    def from_hydra(cls) -> JobContext:
-        hydra_cfg = HydraConfig.get()
-        output_dir = Path(hydra_cfg.runtime.output_dir)
-        multirun = hydra_cfg.mode == RunMode.MULTIRUN
-        return cls(
-            overrides=list(hydra_cfg.overrides.task),
-            hydra_dir=output_dir / hydra_cfg.output_subdir if hydra_cfg.output_subdir else None,
-            sweep_dir=Path(hydra_cfg.sweep.dir).resolve() if multirun else None,
-            sweep_id=hydra_cfg.job.env_set.get(SWEEP_ID_VARIABLE) if multirun else None,
-        )
 
-
-def train(cfg: DictConfig, job: JobContext) -> str:
+def train(cfg: TrainSettings, job: JobContext) -> str:
     """Run one training job as configured; returns the MLflow run id that holds its results.
 
     That is a new run; or, when the same config already FINISHED with the same data and code
@@ -100,7 +81,7 @@ def train(cfg: DictConfig, job: JobContext) -> str:
 
 
 def _train_run(
-    cfg: DictConfig,
+    cfg: TrainSettings,
     job: JobContext,
     uri: str,
     backbone: BackboneSpec,
@@ -131,15 +112,14 @@ def _train_run(
         return done.info.run_id
 
     with contextlib.ExitStack() as stack:
-        resumable = cfg.reuse and _resumable(cfg)  # reuse=false trains everything again, from epoch 0
-        resumed = _claim_resumable(client, experiment_id, identity, cfg, stack) if resumable else None
+        resumed = _claim_resumable(client, experiment_id, identity, cfg, stack) if cfg.resumes_killed_runs else None
         resume_id = resumed.info.run_id if resumed else None
         run = stack.enter_context(
             lifecycle.tracked_run(experiment_id, name, parent, tags, resume_id, cfg.tracking.heartbeat_seconds)
         )
         run_id = run.info.run_id
-        backups = _checkpoints(cfg) / run_id
-        if resumed is None and _resumable(cfg):
+        backups = cfg.checkpoints / run_id
+        if resumed is None and cfg.resumable:
             stack.enter_context(locks.exclusive(_lock_path(backups)))  # no two processes train (or resume) one run
         _say_started(run, name, uri, backups if resumed else None)
         _train_and_log(cfg, job, data, backbone, optimizer, backups, swept_keys)
@@ -149,7 +129,7 @@ def _train_run(
 
 
 def _train_and_log(
-    cfg: DictConfig,
+    cfg: TrainSettings,
     job: JobContext,
     data: DataSet,
     backbone: BackboneSpec,
@@ -168,7 +148,7 @@ def _train_and_log(
     stopwatch = Stopwatch()
     plots.start_worker()  # it starts while the model is built and trained
     with stopwatch.phase("log_config"):
-        writer.log_config(cfg, job.hydra_dir)
+        writer.log_config(cfg.container(), job.hydra_dir)
         deterministic = seed_everything(cfg.seed, cfg.deterministic)
         mlflow.set_tag(schema.DETERMINISTIC, str(deterministic).lower())
         if gpu_setting() is not None:
@@ -177,7 +157,7 @@ def _train_and_log(
         set_precision(cfg.precision)
         _report(data)
         writer.log_data(data)
-        if cfg.class_weight == "balanced":
+        if cfg.class_weighted:
             writer.log_class_weights(_class_weights(cfg, data), data.class_names)
         writer.log_dataset_inputs(data, cfg.data.name, cfg.data.root, cfg.data.test_root)
         mlflow.set_tag(schema.NOTE, _description(cfg, data, job.overrides, swept_keys))
@@ -190,7 +170,7 @@ def _train_and_log(
             cfg.dropout,
             cfg.augment,
             seed=cfg.seed,
-            share_backbone=not _resumable(cfg),  # frozen for good: the sweep's jobs share it
+            share_backbone=cfg.shares_backbone,
         )
     scored, best = _train(model, backbone, optimizer, data, cfg, xla, backups, stopwatch)
     with stopwatch.phase("evaluate"):
@@ -207,7 +187,7 @@ def _train_and_log(
     mlflow.log_metrics(stopwatch.metrics())
 
 
-def _description(cfg: DictConfig, data: DataSet, overrides: list[str], swept_keys: list[str] | None) -> str:
+def _description(cfg: TrainSettings, data: DataSet, overrides: list[str], swept_keys: list[str] | None) -> str:
     """The run's description in the MLflow UI: what it trains on what and how; in a sweep, its swept values."""
     weights = cfg.backbone.weights
     weights = "random weights" if weights is None else f"{Path(str(weights)).name} weights"
@@ -223,17 +203,15 @@ def _description(cfg: DictConfig, data: DataSet, overrides: list[str], swept_key
     return text
 
 
-def _training_config(cfg: DictConfig) -> dict:
-    """The resolved config that decides a run's results (NOT_IDENTITY left out), with `auto`
-    determinism and XLA resolved: a GPU run does not stand for a CPU one."""
-    flat = store.flatten(OmegaConf.to_container(cfg, resolve=True))
-    identity = {key: value for key, value in flat.items() if not key.startswith(NOT_IDENTITY)}
+def _training_config(cfg: TrainSettings) -> dict:
+    """The settings that decide a run's results (cfg.identity()), with `auto` determinism and XLA
+    resolved: a GPU run does not stand for a CPU one."""
     deterministic = resolve_deterministic(cfg.deterministic)
-    return identity | {"deterministic": deterministic, "jit_compile": use_xla(cfg.jit_compile, deterministic)}
+    return cfg.identity() | {"deterministic": deterministic, "jit_compile": use_xla(cfg.jit_compile, deterministic)}
 
 
 def _load_sweep_job_data(
-    cfg: DictConfig, job: JobContext, experiment_id: str, name: str, parent: str | None, tags: dict
+    cfg: TrainSettings, job: JobContext, experiment_id: str, name: str, parent: str | None, tags: dict
 ) -> DataSet:
     """A sweep job's data set; a job whose data cannot be used is recorded as a FAILED run with
     its config and error, beside the others of the sweep."""
@@ -241,26 +219,8 @@ def _load_sweep_job_data(
         return load_dataset(cfg.data)
     except DataError:
         with lifecycle.tracked_run(experiment_id, name, parent, tags):
-            writer.log_config(cfg, job.hydra_dir)
+            writer.log_config(cfg.container(), job.hydra_dir)
             raise
-
-
-def _cached_head(cfg: DictConfig) -> bool:
-    """Whether the head (first) phase trains on cached features: the backbone is frozen in it, and
-    there is no augmentation to make every epoch's images differ."""
-    return cfg.cache and cfg.augment.name == "none"
-
-
-def _resumable(cfg: DictConfig) -> bool:
-    """Whether images pass through the backbone in training (fine-tuning, augmentation or
-    cache=false): epochs that cost minutes, so every epoch is backed up and a killed run resumes.
-    A run on cached features alone takes seconds, and simply trains again."""
-    return not (_cached_head(cfg) and cfg.finetune.layers == 0)
-
-
-def _checkpoints(cfg: DictConfig) -> Path:
-    """Keras BackupAndRestore folders of end-to-end runs, one per MLflow run, beside the cache."""
-    return Path(cfg.cache_dir) / "checkpoints"
 
 
 def _lock_path(backups: Path) -> Path:
@@ -268,14 +228,14 @@ def _lock_path(backups: Path) -> Path:
 
 
 def _claim_resumable(
-    client: MlflowClient, experiment_id: str, identity: str, cfg: DictConfig, stack: contextlib.ExitStack
+    client: MlflowClient, experiment_id: str, identity: str, cfg: TrainSettings, stack: contextlib.ExitStack
 ) -> Run | None:
     """The newest KILLED or FAILED run of this config with a backup that no other process holds.
 
     Checked again once locked: the run may have been resumed and finished meanwhile by another
     process, which deletes the backup (and the lock file) when it is done."""
     for run in lifecycle.resumable_runs(client, experiment_id, identity):
-        backups = _checkpoints(cfg) / run.info.run_id
+        backups = cfg.checkpoints / run.info.run_id
         if not backups.is_dir():
             continue
         lock = locks.try_lock(_lock_path(backups))
@@ -333,19 +293,21 @@ def _sweep_parent(client: MlflowClient, experiment_id: str, job: JobContext) -> 
     return parent, json.loads(client.get_run(parent).data.tags.get(schema.SWEPT_KEYS, "[]"))
 
 
-def _checked_parts(cfg: DictConfig) -> tuple[BackboneSpec, keras.optimizers.Optimizer]:
-    """Every config check that needs no data, so that a bad value fails before anything is created
-    (no store, experiment or run): simpsons/checks.py's, then what only TensorFlow and Keras can say.
+def _checked_parts(cfg: TrainSettings) -> tuple[BackboneSpec, keras.optimizers.Optimizer]:
+    """Every check that needs no data, so that a bad value fails before anything is created
+    (no store, experiment or run): simpsons/preflight.py's, then what only TensorFlow and Keras can say.
 
     The GPUs are set up in between: after the gpu.* values are checked, before anything (an
     optimizer's variables) starts TensorFlow's runtime, after which they can no longer be set."""
-    checks.raise_config_errors(cfg)
+    preflight.raise_errors(cfg)
     configure_gpus(cfg.gpu.memory_growth, cfg.gpu.one_per_job, Path(cfg.cache_dir))
     use_xla(cfg.jit_compile, resolve_deterministic(cfg.deterministic))  # is a GPU visible to TensorFlow?
-    return BackboneSpec.from_config(cfg.backbone), build_optimizer(cfg.optimizer)
+    return BackboneSpec.from_settings(cfg.backbone), build_optimizer(cfg.optimizer)
 
 
-def _batches(split: Split, cfg: DictConfig, shuffle_seed: int | None = None, mirror: bool = False) -> tf.data.Dataset:
+def _batches(
+    split: Split, cfg: TrainSettings, shuffle_seed: int | None = None, mirror: bool = False
+) -> tf.data.Dataset:
     batches = image_dataset(split.paths, split.labels, cfg.image_size, cfg.batch_size, shuffle_seed)
     return mirrored(batches) if mirror else batches
 
@@ -359,7 +321,7 @@ def _train(
     backbone: BackboneSpec,
     optimizer: keras.optimizers.Optimizer,
     data: DataSet,
-    cfg: DictConfig,
+    cfg: TrainSettings,
     xla: bool,
     backups: Path,
     stopwatch: Stopwatch,
@@ -368,20 +330,19 @@ def _train(
 
     The head phase trains on cached features when it can (the backbone then runs once per image,
     or never on a cache hit), else on images. Fine-tuning runs the backbone on images every epoch.
-    Resumable runs (see _resumable) back up every epoch in `backups`, the head phase on features
+    Resumable runs (see TrainSettings.resumable) back up every epoch in `backups`, the head phase on features
     too: a rerun of a killed run goes on at the epoch after the last backup, with its best epoch
     and early stopping's count carried over from the curves it logged. Returns what scores each
     evaluated split: the head on features when no backbone layer was trained, else the model on images.
     """
-    resumable = _resumable(cfg)
+    resumable = cfg.resumable
     restored = _backup_epoch(backups) if resumable and backups.is_dir() else 0
     if restored:  # first what a kill kept from being logged: the curves below are read back from MLflow
         for phase in sorted(path for path in backups.iterdir() if path.is_dir()):
             log_backed_up_epochs(phase, _backed_up_epoch(phase))
     curves = _logged_curves(restored)
     best = BestEpoch(model, cfg.monitor, backups / "best" if resumable else None, curves[cfg.monitor])
-    stopping = cfg.early_stopping
-    stopping_monitor = stopping.monitor or cfg.monitor
+    stopping, stopping_monitor = cfg.early_stopping, cfg.early_stopping_monitor
     knobs = {"class_weight": _class_weights(cfg, data), "label_smoothing": cfg.label_smoothing}
 
     def phase(
@@ -392,12 +353,12 @@ def _train(
         stop = early_stopping(stopping.patience, stopping_monitor, stopping.min_delta, replay)
         backup_dir = backups / name if resumable else None
         opt = schedules.scheduled(opt, cfg.scheduler, (epochs - first) * _steps_per_epoch(data, cfg))
-        plateau = [(epoch, value) for epoch, value in curves.get(cfg.scheduler.get("monitor"), []) if epoch >= first]
+        plateau = [(epoch, value) for epoch, value in curves.get(cfg.scheduler.watches, []) if epoch >= first]
         callbacks = [best, *stop, *schedules.callbacks(cfg.scheduler, plateau)]
         return fit(fitted, opt, *batches, epochs, first, xla, backup_dir, callbacks=callbacks, **knobs)
 
     train, val = _batches(data.train, cfg, shuffle_seed=cfg.seed), _batches(data.val, cfg)
-    features = _features(model, backbone, data, cfg, xla, stopwatch) if _cached_head(cfg) else None
+    features = _features(model, backbone, data, cfg, xla, stopwatch) if cfg.cached_head else None
     with stopwatch.phase("fit"):
         if features is not None:
             classifier_head = head(model)
@@ -408,16 +369,16 @@ def _train(
             mlflow.set_tag(schema.FEATURE_CACHE, "off")
             end = phase("head", model, optimizer, (train, val), cfg.epochs, 0)
             phases = [f"head: epochs 0-{end - 1}"]
-        if cfg.finetune.layers:
-            lr = cfg.finetune.lr or cfg.optimizer.lr / 10
+        if cfg.finetunes:
+            lr = cfg.finetune_lr
             unfreeze_top(model, cfg.finetune.layers)
-            finetune_optimizer = build_optimizer(OmegaConf.merge(cfg.optimizer, {"lr": lr}))
+            finetune_optimizer = build_optimizer(cfg.optimizer, lr)
             total = end + cfg.finetune.epochs
             start, end = end, phase("finetune", model, finetune_optimizer, (train, val), total, end)
             phases.append(f"finetune: epochs {start}-{end - 1}, top {cfg.finetune.layers} layers, lr {lr:g}")
     best.restore()
     phases.append(f"kept epoch {best.epoch} (best {cfg.monitor} {best.value:.4f})")
-    on_features = features is not None and not cfg.finetune.layers
+    on_features = features is not None and not cfg.finetunes
     fitted = classifier_head if on_features else model
     mlflow.set_tags({schema.PHASES: "; ".join(phases), schema.XLA: str(fitted.jit_compile).lower()})  # may refuse XLA
     splits = {name: split for name, split in {"val": data.val, "test": data.test}.items() if split}
@@ -464,7 +425,7 @@ class CachedFeatures:
 
 
 def _features(
-    model: keras.Model, backbone: BackboneSpec, data: DataSet, cfg: DictConfig, xla: bool, stopwatch: Stopwatch
+    model: keras.Model, backbone: BackboneSpec, data: DataSet, cfg: TrainSettings, xla: bool, stopwatch: Stopwatch
 ) -> CachedFeatures:
     """Every split's features from the cache, computed first where missing (under its lock)."""
     extractor = feature_extractor(model)
@@ -472,7 +433,7 @@ def _features(
     compute = {"precision": cfg.precision, "xla": extractor.jit_compile}
     splits = {name: split for name, split in {"train": data.train, "val": data.val, "test": data.test}.items() if split}
     views = {name: (split, False) for name, split in splits.items()}
-    if cfg.tta == "flip" and not cfg.finetune.layers:  # the head on features scores them: their mirror images too
+    if cfg.tta == "flip" and not cfg.finetunes:  # the head on features scores them: their mirror images too
         views |= {f"{name}_mirrored": (split, True) for name, split in splits.items() if name != "train"}
     with stopwatch.phase("features"):
         lookups = {
@@ -487,14 +448,14 @@ def _features(
     return CachedFeatures(lookups, {name: split.labels for name, split in splits.items()}, cfg.batch_size)
 
 
-def _steps_per_epoch(data: DataSet, cfg: DictConfig) -> int:
+def _steps_per_epoch(data: DataSet, cfg: TrainSettings) -> int:
     """Batches of training images (or of their cached features) in an epoch: the last may be smaller."""
     return math.ceil(len(data.train) / cfg.batch_size)
 
 
-def _class_weights(cfg: DictConfig, data: DataSet) -> dict[int, float] | None:
+def _class_weights(cfg: TrainSettings, data: DataSet) -> dict[int, float] | None:
     """fit's class_weight: with class_weight=balanced, from the training split's counts."""
-    return balanced_class_weights(data.train.labels) if cfg.class_weight == "balanced" else None
+    return balanced_class_weights(data.train.labels) if cfg.class_weighted else None
 
 
 def _log_cache_use(lookups: dict) -> None:

@@ -6,11 +6,9 @@ import dataclasses
 import json
 
 import keras
-from omegaconf import DictConfig
 
-from simpsons import checks
 from simpsons.backbones import BackboneSpec
-from simpsons.errors import ConfigError
+from simpsons.settings import AugmentSettings, LightAugment
 
 
 def build_classifier(
@@ -18,7 +16,7 @@ def build_classifier(
     image_size: int,
     num_classes: int,
     dropout: float,
-    augment: DictConfig | None = None,
+    augment: AugmentSettings | None = None,
     seed: int | None = None,
     share_backbone: bool = False,
 ) -> keras.Model:
@@ -72,12 +70,10 @@ def shared_backbone(backbone: BackboneSpec, image_size: int, seed: int | None) -
     return shared
 
 
-def augmentation_layers(augment: DictConfig | None, seed: int | None) -> list[keras.layers.Layer]:
+def augmentation_layers(augment: AugmentSettings | None, seed: int | None) -> list[keras.layers.Layer]:
     """Keras preprocessing layers for the `augment` group; they change images only in training."""
-    if augment is None or augment.name == "none":
+    if not isinstance(augment, LightAugment):
         return []
-    if augment.name != "light":
-        raise ConfigError(checks.augment_error(augment.name) or f"augment={augment.name!r} builds no layers")
     layers = [keras.layers.RandomFlip("horizontal", seed=seed, name="flip")] if augment.horizontal_flip else []
     return layers + [
         keras.layers.RandomTranslation(augment.shift, augment.shift, seed=seed, name="shift"),
@@ -88,11 +84,7 @@ def augmentation_layers(augment: DictConfig | None, seed: int | None) -> list[ke
 def with_tta(model: keras.Model, tta: str) -> keras.Model:
     """The model that gives a run's validation and test outputs and is logged: `model` itself, or
     with tta=flip the mean of its softmax on each image and on the image's horizontal mirror."""
-    if tta == "none":
-        return model
-    if tta != "flip":
-        raise ConfigError(checks.tta_error(tta) or f"tta={tta!r} builds no model")
-    return with_flip_tta(model)
+    return with_flip_tta(model) if tta == "flip" else model
 
 
 def with_flip_tta(model: keras.Model) -> keras.Model:

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import keras
-from omegaconf import DictConfig, OmegaConf
 
-from simpsons import checks
-from simpsons.config import check_choice
 from simpsons.errors import ConfigError
+from simpsons.settings import OptimizerSettings
 
 
-def build_optimizer(cfg: DictConfig) -> keras.optimizers.Optimizer:
-    """keras.optimizers.<keras_class>(learning_rate=lr, **kwargs)."""
-    check_choice("optimizer", cfg.name)
-    optimizer_class = getattr(keras.optimizers, cfg.keras_class, None)
-    if not isinstance(optimizer_class, type) or not issubclass(optimizer_class, keras.optimizers.Optimizer):
-        raise ConfigError(checks.keras_class_error(cfg.keras_class) or f"{cfg.keras_class!r} is not an optimizer")
-    lr = cfg.lr
-    if not isinstance(lr, (int, float)) or lr <= 0:
-        raise ConfigError(f"optimizer.lr={lr!r} is invalid; expected a positive number")
-    kwargs = OmegaConf.to_container(cfg.kwargs, resolve=True) if cfg.kwargs else {}
+def build_optimizer(settings: OptimizerSettings, lr: float | None = None) -> keras.optimizers.Optimizer:
+    """keras.optimizers.<keras_class>(learning_rate=lr, **kwargs), at `settings.lr` unless `lr` is
+    given (fine-tuning's). OptimizerSettings.errors() has judged the class and the rate."""
+    optimizer_class = getattr(keras.optimizers, settings.keras_class)
     try:
-        return optimizer_class(learning_rate=float(lr), **kwargs)
+        return optimizer_class(learning_rate=float(settings.lr if lr is None else lr), **settings.kwargs)
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"optimizer {cfg.name!r}: {error}") from error
+        raise ConfigError(f"optimizer {settings.name!r}: {error}") from error

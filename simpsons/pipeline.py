@@ -17,10 +17,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from simpsons import checks
-
 PREFETCH_BATCHES = 2
-IMAGE_FORMATS = checks.IMAGE_FORMATS  # what tf.io.decode_image reads
 
 
 # How JPEGs are decoded; part of the feature cache's key (another decoder, other pixels).
@@ -28,7 +25,7 @@ JPEG_DCT_METHOD = "INTEGER_ACCURATE"
 
 
 def decode_rgb(contents: tf.Tensor) -> tf.Tensor:
-    """Any of IMAGE_FORMATS as uint8 RGB (grayscale, RGBA and palette images converted).
+    """Any of data.IMAGE_FORMATS as uint8 RGB (grayscale, RGBA and palette images converted).
 
     JPEGs with libjpeg's accurate integer DCT, which Pillow uses too: the pixels a run trains on
     are those a user's Pillow-decoded image gives the served model. TensorFlow's default

@@ -12,27 +12,27 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
-from omegaconf import DictConfig
 
-from simpsons.config import MONITORS, check_choice
+from simpsons.settings import MONITORS, CosineSchedule, PlateauSchedule, ScheduleSettings
 
 
-def scheduled(optimizer: keras.optimizers.Optimizer, scheduler: DictConfig, steps: int) -> keras.optimizers.Optimizer:
+def scheduled(
+    optimizer: keras.optimizers.Optimizer, scheduler: ScheduleSettings, steps: int
+) -> keras.optimizers.Optimizer:
     """`optimizer`, its learning rate following `scheduler` over a phase of `steps` training steps.
 
     cosine hands the optimizer a CosineDecay from its learning rate over the phase's steps (Keras
     optimizers take a schedule in place of a learning rate; it is evaluated at every step); the
     other schedulers leave it as it is. The optimizer must be new: a phase's steps count from 0.
     """
-    check_choice("scheduler", scheduler.name)
-    if scheduler.name == "cosine":
+    if isinstance(scheduler, CosineSchedule):
         optimizer.learning_rate = keras.optimizers.schedules.CosineDecay(
             learning_rate(optimizer), decay_steps=steps, alpha=float(scheduler.alpha)
         )
     return optimizer
 
 
-def callbacks(scheduler: DictConfig, replay: Sequence[tuple[int, float]] = ()) -> list[keras.callbacks.Callback]:
+def callbacks(scheduler: ScheduleSettings, replay: Sequence[tuple[int, float]] = ()) -> list[keras.callbacks.Callback]:
     """The Keras callbacks a phase's fit needs for `scheduler`: plateau's ReduceLROnPlateau, new
     for each phase (its count of epochs without improvement starts again), else none.
 
@@ -40,8 +40,7 @@ def callbacks(scheduler: DictConfig, replay: Sequence[tuple[int, float]] = ()) -
     as if the run had never stopped. The learning rate it had lowered to comes back with the
     optimizer's backup.
     """
-    check_choice("scheduler", scheduler.name)
-    if scheduler.name != "plateau":
+    if not isinstance(scheduler, PlateauSchedule):
         return []
     plateau = ResumedReduceLROnPlateau(
         replay,

@@ -17,7 +17,7 @@ from mlflow.entities import Param, Run, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from simpsons import checks, naming
+from simpsons import hydra_jobs, naming
 from simpsons.config import SWEEP_ID_VARIABLE
 from simpsons.errors import ServerLost
 from simpsons.tracking import connection, lifecycle, reader, schema, store, sweeps
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 class MlflowSweepCallback(Callback):
-    """Checks every job first (simpsons/checks.py: a bad value exits 2 before anything is created);
+    """Judges every job first (simpsons/hydra_jobs.py: a bad value exits 2 before anything is created);
     then creates the store, experiment and parent run before any job starts; closes the parent after.
 
     The parent is tagged with the sweep's unique id, which every job gets through its config
@@ -49,7 +49,7 @@ class MlflowSweepCallback(Callback):
         self.uri = ""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        checks.exit_on_bad_jobs(config)  # a single run: a bad value creates nothing either
+        hydra_jobs.exit_on_bad_jobs(config)  # a single run: a bad value creates nothing either
 
     def __getstate__(self) -> dict[str, Any]:
         # The joblib and submitit launchers pickle Hydra's context, callbacks included, into every
@@ -58,7 +58,7 @@ class MlflowSweepCallback(Callback):
         return {"client": None, "parent_run_id": self.parent_run_id, "heartbeat": None, "uri": self.uri}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        checks.exit_on_bad_jobs(config)  # every job, before the first and before the store is touched
+        hydra_jobs.exit_on_bad_jobs(config)  # every job, before the first and before the store is touched
         uri = store.configure(config.tracking.uri, config.tracking.retry_seconds)
         experiment_id = store.ensure_experiment(uri, config.tracking.experiment)
         self.client = MlflowClient(uri)

@@ -9,16 +9,20 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from simpsons import checks, config, credentials, signals, startup
-from simpsons.errors import ConfigError, ServerLost, SimpsonsError
+from simpsons import config, credentials, hydra_jobs, settings, signals, startup
+from simpsons.errors import ServerLost, SimpsonsError
+from simpsons.settings import TrainSettings
 
 log = logging.getLogger("simpsons.train")
-config.register_resolvers()
+settings.register()
 
 
 # An absolute path: the console script `simpsons-train` runs this module as a module, not a file, and
@@ -31,9 +35,9 @@ def hydra_main(cfg: DictConfig) -> None:
         # Imported here, so that `--help` and bad group choices answer without loading TensorFlow.
         from simpsons.job import JobContext, train
 
-        job = JobContext.from_hydra()
+        job = JobContext(**_hydra_runtime())
         try:
-            train(cfg, job)
+            train(TrainSettings.from_config(cfg), job)  # the one conversion: below here, settings
         except ServerLost as error:
             log.error("error: %s", error)
             if job.sweep_dir is None:
@@ -47,11 +51,17 @@ def hydra_main(cfg: DictConfig) -> None:
             raise  # in a sweep: this job is FAILED, the others go on
 
 
-def check_group_overrides(args: list[str]) -> None:
-    """Reject unknown config-group choices (backbone=foo) before Hydra composes: the first one."""
-    errors = checks.group_choice_errors(args)
-    if errors:
-        raise ConfigError(errors[0])
+def _hydra_runtime() -> dict[str, Any]:
+    """What a run needs from Hydra's runtime (simpsons.job.JobContext): its overrides, .hydra folder, and sweep."""
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    return {
+        "overrides": list(hydra_cfg.overrides.task),
+        "hydra_dir": output_dir / hydra_cfg.output_subdir if hydra_cfg.output_subdir else None,
+        "sweep_dir": Path(hydra_cfg.sweep.dir).resolve() if multirun else None,
+        "sweep_id": hydra_cfg.job.env_set.get(config.SWEEP_ID_VARIABLE) if multirun else None,
+    }
 
 
 def main() -> None:
@@ -59,9 +69,10 @@ def main() -> None:
     startup.prepare_process()
     signals.install(driver=True)
     credentials.exit_if_in_arguments(sys.argv[1:])  # first: Hydra would write a password into .hydra/
-    # Unknown group choices and keys, before Hydra composes (it would say so in several lines);
-    # every value of every job is checked next, before anything starts, by the sweep callback.
-    checks.exit_on_bad_command_line(sys.argv[1:])
+    # Unknown group choices and keys, and values of the wrong type, before Hydra composes (it would
+    # say so in several lines); every value of every job is judged next, before anything starts, by
+    # the sweep callback.
+    hydra_jobs.exit_on_bad_command_line(sys.argv[1:])
     try:
         hydra_main()
     except KeyboardInterrupt:

@@ -17,9 +17,8 @@ from sklearn.utils.class_weight import compute_class_weight
 from tensorflow.python.framework.config import disable_op_determinism  # no public twin of enable_op_determinism
 
 from simpsons import gpus, schedules, signals
-from simpsons.checks import XLA_NEEDS_NO_DETERMINISM
-from simpsons.config import MONITORS
 from simpsons.errors import ConfigError
+from simpsons.settings import MONITORS, XLA_NEEDS_NO_DETERMINISM
 
 LR_METRIC = "lr"  # the learning rate an epoch starts with
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", LR_METRIC)

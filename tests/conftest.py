@@ -32,8 +32,10 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from simpsons.config import CONF_DIR, PROJECT_ROOT, register_resolvers
+from simpsons import settings
+from simpsons.config import CONF_DIR, PROJECT_ROOT
 from simpsons.demo_data import write_demo_data
+from simpsons.settings import EnsembleSettings, TrainSettings
 from simpsons.tracking import schema
 from simpsons.tracking import store as tracking_store
 
@@ -49,7 +51,7 @@ TINY_MODEL = ["backbone=mobilenet", "backbone.kwargs.alpha=0.25", "image_size=32
 # so a reloaded model matching it proves little. Random VGG16 features do differ (std ~0.01), at 32 px.
 IMAGE_SENSITIVE_MODEL = ["backbone=vgg16", "image_size=32", *TINY]
 
-register_resolvers()
+settings.register()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -118,17 +120,17 @@ def trained_store(tmp_path_factory: pytest.TempPathFactory, image_folders: Path)
         experiment, run_name="sweep", tags={schema.RUN_TYPE: schema.SWEEP, schema.SWEEP_ID: "fixture"}
     ).info.run_id
     base = [*folder_data(image_folders), "epochs=2", f"tracking.uri={uri}"]
-    settings = [
+    configs = [
         TINY_MODEL,
         [*TINY_MODEL, "dropout=0.1", "optimizer=rmsprop"],
         ["backbone=mobilenetv2", "backbone.kwargs.alpha=0.35", "image_size=32", *TINY],
         [*TINY_MODEL, "optimizer.lr=1e-2", "seed=7"],
     ]
     children = [
-        train(compose_train([*s, *base]), JobContext([], sweep_dir=sweep_dir, sweep_id="fixture")) for s in settings
+        train(train_settings([*s, *base]), JobContext([], sweep_dir=sweep_dir, sweep_id="fixture")) for s in configs
     ]
     client.set_terminated(parent)
-    outsider = train(compose_train([*TINY_MODEL, *base, "data.split_seed=7"]), JobContext([]))
+    outsider = train(train_settings([*TINY_MODEL, *base, "data.split_seed=7"]), JobContext([]))
     return Store(uri, parent, children, outsider, image_folders)
 
 
@@ -164,7 +166,7 @@ def flip_pair(tmp_path_factory: pytest.TempPathFactory, image_folders: Path) -> 
     overrides = [*IMAGE_SENSITIVE_MODEL, *folder_data(image_folders), "epochs=2", f"cache_dir={cache}"]
     runs, entries = [], []
     for tta in ("none", "flip"):
-        runs.append(train(compose_train([*overrides, f"tracking.uri={uri}", f"tta={tta}"]), JobContext([])))
+        runs.append(train(train_settings([*overrides, f"tracking.uri={uri}", f"tta={tta}"]), JobContext([])))
         entries.append({path.name for path in cache.glob("*.npy")})
     return FlipPair(uri, *runs, overrides, cache, entries, image_folders)
 
@@ -176,14 +178,12 @@ def flips(flip_pair: FlipPair) -> FlipPair:
     return flip_pair
 
 
-def ensemble_config(store: Store | FlipPair, *overrides: str) -> DictConfig:
-    """conf/ensemble.yaml on `store`, with the overrides, as `python -m simpsons.ensemble` composes it."""
-    cfg = OmegaConf.load(CONF_DIR / "ensemble.yaml")
-    cfg.pop("defaults")
-    cfg.pop("hydra")
-    cfg.tracking = OmegaConf.load(CONF_DIR / "tracking" / "default.yaml")
-    cfg.tracking.uri = store.uri
-    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+def ensemble_config(store: Store | FlipPair, *overrides: str) -> EnsembleSettings:
+    """conf/ensemble.yaml on `store`, with the overrides (`key=value`, the value taken as it is: a
+    filter may hold spaces and quotes), as `python -m simpsons.ensemble` composes it."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="ensemble", overrides=[f"tracking.uri={store.uri}"])
+    return EnsembleSettings.from_config(OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides))))
 
 
 def folder_data(images: Path) -> list[str]:
@@ -193,6 +193,11 @@ def folder_data(images: Path) -> list[str]:
 def compose_train(overrides: list[str]) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
+
+
+def train_settings(overrides: list[str]) -> TrainSettings:
+    """conf/train.yaml with the overrides, as the task function of `python -m simpsons.train` gets it."""
+    return TrainSettings.from_config(compose_train(overrides))
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_train
+from conftest import train_settings
 from PIL import Image
 
 from simpsons.data import load_dataset
@@ -31,7 +31,7 @@ def make_classes(root: Path, counts: dict[str, int]) -> None:
 
 
 def folder_cfg(root: Path, *overrides: str):
-    return compose_train(["data=folder", f"data.root={root}", *overrides]).data
+    return train_settings(["data=folder", f"data.root={root}", *overrides]).data
 
 
 def test_odd_formats_become_rgb_and_bad_files_are_skipped_and_counted(tmp_path):
@@ -77,7 +77,7 @@ def test_a_class_with_no_usable_image_is_an_error(tmp_path):
 
 
 def test_missing_kaggle_data_says_how_to_get_it_and_how_to_run_the_demo(tmp_path):
-    cfg = compose_train(["data=simpsons", f"data.dir={tmp_path / 'nowhere'}"]).data
+    cfg = train_settings(["data=simpsons", f"data.dir={tmp_path / 'nowhere'}"]).data
     with pytest.raises(DataError) as error:
         load_dataset(cfg)
     message = str(error.value)
@@ -96,7 +96,7 @@ def test_kaggle_layout_nested_twice_with_a_flat_filename_labelled_test_set(tmp_p
         save_image(test / name)
     save_image(test / "unlabelled.jpg")
 
-    data = load_dataset(compose_train(["data=simpsons", f"data.dir={tmp_path}"]).data)
+    data = load_dataset(train_settings(["data=simpsons", f"data.dir={tmp_path}"]).data)
 
     assert data.class_names == ["bart_simpson", "lisa_simpson"]
     assert data.dropped_classes == {"disco_stu": 3}
@@ -149,7 +149,7 @@ def test_demo_data_is_byte_identical_each_time(tmp_path):
 
 
 def test_demo_data_config_generates_once_into_data_dir(tmp_path):
-    cfg = compose_train(["data=demo", f"data.dir={tmp_path / 'demo'}", "data.generate.train_per_class=5"]).data
+    cfg = train_settings(["data=demo", f"data.dir={tmp_path / 'demo'}", "data.generate.train_per_class=5"]).data
     data = load_dataset(cfg)
     assert len(data.class_names) == 4
     assert len(data.train) + len(data.val) == 20

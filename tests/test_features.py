@@ -14,7 +14,7 @@ import mlflow
 import mlflow.keras
 import numpy as np
 import pytest
-from conftest import IMAGE_SENSITIVE_MODEL, TINY_MODEL, compose_train, folder_data
+from conftest import IMAGE_SENSITIVE_MODEL, TINY_MODEL, folder_data, train_settings
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -32,7 +32,7 @@ from simpsons.training import gpu_visible, use_xla
 
 
 def run_with(overrides: list[str], image_folders, tracking_uri, cache_dir) -> dict:
-    cfg = compose_train([*TINY_MODEL, *folder_data(image_folders), "epochs=2", f"tracking.uri={tracking_uri}",
+    cfg = train_settings([*TINY_MODEL, *folder_data(image_folders), "epochs=2", f"tracking.uri={tracking_uri}",
                          f"cache_dir={cache_dir}", "reuse=false", *overrides])  # fmt: skip
     run = MlflowClient(tracking_uri).get_run(train(cfg, JobContext([])))
     return run.data.tags | {f"metric:{k}": v for k, v in run.data.metrics.items()} | {"run_id": run.info.run_id}
@@ -134,7 +134,7 @@ def test_xla_is_on_by_default_only_with_a_gpu_and_never_under_op_determinism():
 
 
 def test_unfreezing_the_top_layers_keeps_batchnorm_frozen():
-    spec = BackboneSpec.from_config(compose_train(TINY_MODEL).backbone)
+    spec = BackboneSpec.from_settings(train_settings(TINY_MODEL).backbone)
     model = build_classifier(spec, 32, num_classes=3, dropout=0.2)
     unfreeze_top(model, 6)
     layers = backbone_of(model).layers
@@ -146,8 +146,8 @@ def test_unfreezing_the_top_layers_keeps_batchnorm_frozen():
 
 
 def test_light_augmentation_changes_images_only_in_training():
-    spec = BackboneSpec.from_config(compose_train(TINY_MODEL).backbone)
-    augment = compose_train(["augment=light"]).augment
+    spec = BackboneSpec.from_settings(train_settings(TINY_MODEL).backbone)
+    augment = train_settings(["augment=light"]).augment
     model = build_classifier(spec, 32, num_classes=3, dropout=0.0, augment=augment, seed=1)
     assert {"flip", "shift", "zoom"} <= {layer.name for layer in model.layers}
     augmented = keras.Model(model.input, model.get_layer("zoom").output)
@@ -158,7 +158,7 @@ def test_light_augmentation_changes_images_only_in_training():
 
 def test_a_shared_backbone_is_the_one_built_for_the_same_weights_size_and_random_seed(tmp_path):
     model_module._SHARED.clear()
-    random = BackboneSpec.from_config(compose_train(TINY_MODEL).backbone)
+    random = BackboneSpec.from_settings(train_settings(TINY_MODEL).backbone)
     first = shared_backbone(random, 32, seed=1)
     assert shared_backbone(random, 32, seed=1) is first
     assert shared_backbone(random, 32, seed=2) is not first  # random weights are the seed's
@@ -167,7 +167,7 @@ def test_a_shared_backbone_is_the_one_built_for_the_same_weights_size_and_random
 
     weights = tmp_path / "mobilenet.weights.h5"
     backbone_of(build_classifier(random, 32, num_classes=3, dropout=0.0)).save_weights(weights)
-    from_file = BackboneSpec.from_config(compose_train([*TINY_MODEL, f"backbone.weights={weights}"]).backbone)
+    from_file = BackboneSpec.from_settings(train_settings([*TINY_MODEL, f"backbone.weights={weights}"]).backbone)
     kept = shared_backbone(from_file, 32, seed=1)
     assert shared_backbone(from_file, 32, seed=2) is kept  # a file's weights are not the seed's
     keras.utils.set_random_seed(5)
@@ -203,7 +203,7 @@ def test_flip_tta_features_of_the_mirror_images_are_entries_of_their_own_that_a_
         [same_split] = [other for other in unmirrored.values() if other.shape == features.shape]
         assert np.abs(features - same_split).max() > 1e-4  # other images, other features
 
-    cfg = compose_train([*flips.overrides, f"tracking.uri={tracking_uri}", "tta=flip", "dropout=0.1"])
+    cfg = train_settings([*flips.overrides, f"tracking.uri={tracking_uri}", "tta=flip", "dropout=0.1"])
     again = MlflowClient(tracking_uri).get_run(train(cfg, JobContext([])))  # a store of its own, the same cache
     assert again.data.tags["feature_cache"] == "hit" and again.data.metrics["feature_extraction_seconds"] == 0
     assert {path.name for path in flips.cache_dir.glob("*.npy")} == after
@@ -255,7 +255,7 @@ def test_flip_tta_through_the_backbone_logs_a_model_that_gives_its_outputs(
     images and their mirror images (no mirror features are cached: the head alone never scores)."""
     overrides = [*IMAGE_SENSITIVE_MODEL, *folder_data(image_folders), "epochs=1", f"tracking.uri={tracking_uri}"]
     run = MlflowClient(tracking_uri).get_run(
-        train(compose_train([*overrides, f"cache_dir={tmp_path}", "tta=flip", *setting]), JobContext([]))
+        train(train_settings([*overrides, f"cache_dir={tmp_path}", "tta=flip", *setting]), JobContext([]))
     )
     assert run.data.tags["feature_cache"] == cache and len(list(tmp_path.glob("*.npy"))) == entries
     model = logged_model(tracking_uri, run.info.run_id)
@@ -270,7 +270,7 @@ def test_flip_tta_through_the_backbone_logs_a_model_that_gives_its_outputs(
 
 @pytest.mark.slow  # a second Python loads the model: 12 to 27 s on 2 shared cores
 def test_a_flip_tta_model_resizes_then_averages_each_image_and_its_mirror_and_loads_without_simpsons(tmp_path):
-    spec = BackboneSpec.from_config(compose_train(IMAGE_SENSITIVE_MODEL).backbone)
+    spec = BackboneSpec.from_settings(train_settings(IMAGE_SENSITIVE_MODEL).backbone)
     keras.utils.set_random_seed(1)  # the backbone's random weights
     model = build_classifier(spec, 32, num_classes=3, dropout=0.0, seed=1)
     assert with_tta(model, "none") is model

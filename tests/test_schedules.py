@@ -10,7 +10,7 @@ import math
 
 import keras
 import pytest
-from conftest import TINY_MODEL, compose_train, folder_data, run_cli
+from conftest import TINY_MODEL, folder_data, run_cli, train_settings
 from mlflow.tracking import MlflowClient
 
 from simpsons import schedules
@@ -21,7 +21,7 @@ LR = 1e-3  # TINY_MODEL's
 
 
 def scheduler(*overrides: str):
-    return compose_train([*overrides]).scheduler
+    return train_settings([*overrides]).scheduler
 
 
 def test_constant_leaves_the_optimizer_as_it_is_and_adds_no_callback():
@@ -91,7 +91,7 @@ def steps_per_epoch(uri: str, run_id: str) -> int:
 
 def job(image_folders, uri: str, *overrides: str) -> str:
     base = [*TINY_MODEL, *folder_data(image_folders), f"tracking.uri={uri}"]
-    return train(compose_train([*base, *overrides]), JobContext(overrides=[]))
+    return train(train_settings([*base, *overrides]), JobContext(overrides=[]))
 
 
 def test_the_default_lr_curve_is_flat(image_folders, tracking_uri):

@@ -7,7 +7,7 @@ import json
 import mlflow
 import numpy as np
 import pytest
-from conftest import MOBILENET_WEIGHTS, SIMPSONS_MINI, TINY_MODEL, compose_train, requires
+from conftest import MOBILENET_WEIGHTS, SIMPSONS_MINI, TINY_MODEL, requires, train_settings
 from mlflow.tracking import MlflowClient
 
 from simpsons.job import JobContext, train
@@ -19,7 +19,7 @@ KAGGLE_MINI = ["data=simpsons", f"data.dir={SIMPSONS_MINI}"]
 @requires(SIMPSONS_MINI)
 def test_kaggle_layout_with_a_filename_labelled_test_set(tracking_uri):
     run_id = train(
-        compose_train([*TINY_MODEL, *KAGGLE_MINI, "epochs=1", f"tracking.uri={tracking_uri}"]), JobContext([])
+        train_settings([*TINY_MODEL, *KAGGLE_MINI, "epochs=1", f"tracking.uri={tracking_uri}"]), JobContext([])
     )
     run = MlflowClient(tracking_uri).get_run(run_id)
     params = run.data.params
@@ -41,7 +41,7 @@ def test_kaggle_layout_with_a_filename_labelled_test_set(tracking_uri):
 def test_pretrained_imagenet_weights_beat_chance_on_the_kaggle_test_set(tracking_uri):
     overrides = ["backbone=mobilenet", "backbone.kwargs.alpha=0.25", f"backbone.weights={MOBILENET_WEIGHTS}"]
     overrides += ["image_size=128", "epochs=15", "optimizer.lr=3e-3", *KAGGLE_MINI, f"tracking.uri={tracking_uri}"]
-    run = MlflowClient(tracking_uri).get_run(train(compose_train(overrides), JobContext([])))
+    run = MlflowClient(tracking_uri).get_run(train(train_settings(overrides), JobContext([])))
     chance = 1 / 20
     assert run.data.metrics["test_accuracy"] > 3 * chance, run.data.metrics
 
@@ -50,7 +50,7 @@ def test_pretrained_imagenet_weights_beat_chance_on_the_kaggle_test_set(tracking
 def test_finetuning_with_augmentation_runs_end_to_end_on_kaggle_images(tracking_uri):
     overrides = [*TINY_MODEL, *KAGGLE_MINI, "epochs=1", "finetune.layers=3", "finetune.epochs=1", "augment=light"]
     run = MlflowClient(tracking_uri).get_run(
-        train(compose_train([*overrides, f"tracking.uri={tracking_uri}"]), JobContext([]))
+        train(train_settings([*overrides, f"tracking.uri={tracking_uri}"]), JobContext([]))
     )
     assert run.info.status == "FINISHED"
     assert run.data.tags["phases"].startswith("head: epochs 0-0; finetune: epochs 1-1, top 3 layers, lr 0.0001; kept")

@@ -14,16 +14,14 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import IMAGE_SENSITIVE_MODEL, TINY, TINY_MODEL, compose_train, folder_data, get_json, mlflow_ui, run_cli
+from conftest import IMAGE_SENSITIVE_MODEL, TINY, TINY_MODEL, folder_data, get_json, mlflow_ui, run_cli, train_settings
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
 from PIL import Image
 
 from simpsons import model
-from simpsons.config import PROJECT_ROOT
+from simpsons.config import PROJECT_ROOT, flatten
 from simpsons.job import JobContext, train
 from simpsons.tracking.predictions import from_csv
-from simpsons.tracking.store import flatten
 from simpsons.training import EPOCH_METRICS
 
 
@@ -60,7 +58,7 @@ def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_sof
         "adam, lr 0.001, dropout 0.4, 2 epochs at 32 px."
     )
 
-    expected_params = {k: str(v) for k, v in flatten(OmegaConf.to_container(compose_train(args), resolve=True)).items()}
+    expected_params = {k: str(v) for k, v in flatten(train_settings(args).container()).items()}
     assert expected_params.items() <= run.data.params.items()
     assert run.data.params["data.train_images"] == "38" and run.data.params["data.val_images"] == "10"
 
@@ -265,7 +263,7 @@ def test_the_same_config_twice_gives_identical_metrics(image_folders, tracking_u
         "deterministic=true",
         "reuse=false",
     ]  # auto: off on GPUs
-    cfg = compose_train([*overrides, f"tracking.uri={tracking_uri}"])
+    cfg = train_settings([*overrides, f"tracking.uri={tracking_uri}"])
     first, second = train(cfg, JobContext(overrides=[])), train(cfg, JobContext(overrides=[]))
     client = MlflowClient(tracking_uri)
     for name in [*EPOCH_METRICS, "test_accuracy", "test_loss"]:
@@ -284,9 +282,9 @@ def test_a_config_gives_the_same_results_after_another_in_the_same_process_as_al
     what the first job's backbone build left of the random state."""
     overrides = [*IMAGE_SENSITIVE_MODEL, *folder_data(image_folders), "epochs=2", "reuse=false"]
     overrides.append(f"tracking.uri={tracking_uri}")
-    second = compose_train([*overrides, "dropout=0.5", "optimizer=rmsprop"])
+    second = train_settings([*overrides, "dropout=0.5", "optimizer=rmsprop"])
     model._SHARED.clear()  # what earlier tests in this process left
-    train(compose_train([*overrides, "dropout=0.1"]), JobContext(overrides=[]))
+    train(train_settings([*overrides, "dropout=0.1"]), JobContext(overrides=[]))
     [shared] = model._SHARED.values()
     weights = shared.get_weights()
     after_another = train(second, JobContext(overrides=[]))

@@ -20,12 +20,12 @@ import mlflow
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TINY_MODEL, compose_train, folder_data
+from conftest import TINY_MODEL, folder_data, train_settings
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from simpsons.config import MONITORS
 from simpsons.job import JobContext, train
+from simpsons.settings import MONITORS
 from simpsons.tracking.predictions import from_csv
 from simpsons.training import (
     EPOCH_METRICS,
@@ -252,8 +252,8 @@ def unbalanced_images(images: Path, tmp_path: Path) -> Path:
 def test_balanced_class_weights_come_from_the_training_split_and_are_logged(image_folders, tracking_uri, tmp_path):
     root = unbalanced_images(image_folders, tmp_path)
     base = [*TINY_MODEL, *folder_data(image_folders), f"data.root={root}", "epochs=2", f"tracking.uri={tracking_uri}"]
-    balanced = train(compose_train([*base, "class_weight=balanced"]), JobContext(overrides=[]))
-    unweighted = train(compose_train(base), JobContext(overrides=[]))
+    balanced = train(train_settings([*base, "class_weight=balanced"]), JobContext(overrides=[]))
+    unweighted = train(train_settings(base), JobContext(overrides=[]))
     runs = (balanced, unweighted)
 
     client = MlflowClient(tracking_uri)
@@ -296,7 +296,7 @@ def test_a_model_trained_end_to_end_with_every_knob_loads_where_simpsons_is_not_
     reproduces the logged validation softmax."""
     knobs = ["label_smoothing=0.1", "class_weight=balanced", "scheduler=cosine"]
     overrides = [*TINY_MODEL, *folder_data(image_folders), "cache=false", "epochs=2", *knobs]
-    run_id = train(compose_train([*overrides, f"tracking.uri={tracking_uri}"]), JobContext(overrides=[]))
+    run_id = train(train_settings([*overrides, f"tracking.uri={tracking_uri}"]), JobContext(overrides=[]))
 
     experiment = MlflowClient(tracking_uri).get_run(run_id).info.experiment_id
     query = f"source_run_id = '{run_id}'"

@@ -11,23 +11,22 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
-from omegaconf import DictConfig
 
 from simpsons.config import default_tracking_uri
 from simpsons.ensembling import console, registry, scoring, writer
-from simpsons.ensembling.options import check_options
 from simpsons.ensembling.registry import Registration
 from simpsons.ensembling.scoring import Ensemble
 from simpsons.ensembling.selection import select_candidates
 from simpsons.errors import SimpsonsError
+from simpsons.settings import EnsembleSettings
 from simpsons.tracking import lifecycle, reader, schema, store
 
 log = logging.getLogger("simpsons.ensemble")
 
 
-def ensemble(cfg: DictConfig) -> str:
+def ensemble(cfg: EnsembleSettings) -> str:
     """Select, combine, score, log and register one ensemble; prints what it did; returns its run id."""
-    check_options(cfg)
+    cfg.check()
     client = MlflowClient(store.configure(cfg.tracking.uri, cfg.tracking.retry_seconds))
     experiment = reader.experiment_id(client, cfg.tracking.experiment)
     # Another user's experiment or model is read-only to this one on a team server: say so now,
@@ -59,13 +58,13 @@ def ensemble(cfg: DictConfig) -> str:
     return run.info.run_id
 
 
-def ensemble_name(cfg: DictConfig, num_candidates: int, source: str) -> str:
+def ensemble_name(cfg: EnsembleSettings, num_candidates: int, source: str) -> str:
     """What the ensemble is, for its run and its logged model: `ensemble-mean-top5-<sweep or experiment>`,
     `ensemble-mean-top5-calibrated-<...>` with calibrate=true.
 
     Written in the characters MLflow accepts in a logged model's name (no / : . % " ').
     """
-    method = "weighted-mean" if cfg.method == "mean" and cfg.weights == "val_accuracy" else cfg.method
+    method = "weighted-mean" if cfg.weighs_by_accuracy else cfg.method
     calibrated = "-calibrated" if cfg.calibrate else ""
     name = f"ensemble-{method}-top{num_candidates}{calibrated}-{source}"
     return re.sub(r"-{2,}", "-", re.sub(r"[\s/:%\"']", "-", name).replace(".", "_")).strip("-")
@@ -91,10 +90,10 @@ def _tags(result: Ensemble, sweep: str | None, val_files: str) -> dict[str, str]
     }
 
 
-def _description(result: Ensemble, cfg: DictConfig, source: str, metrics: dict[str, float]) -> str:
+def _description(result: Ensemble, cfg: EnsembleSettings, source: str, metrics: dict[str, float]) -> str:
     scores = ", ".join(f"{key} {metrics[key]:.4f}" for key in ("val_accuracy", "test_accuracy") if key in metrics)
     how = {"mean": "the mean", "greedy": "greedy forward selection (on validation)"}[cfg.method]
-    weighted = " weighted by validation accuracy" if cfg.method == "mean" and cfg.weights == "val_accuracy" else ""
+    weighted = " weighted by validation accuracy" if cfg.weighs_by_accuracy else ""
     described = (
         f"Ensemble of {len(result.members)} member(s), by {how}{weighted} of the softmax outputs of the best "
         f"{len(result.candidates)} training run(s) by {cfg.metric} ({cfg.direction}) of {source}: {scores}."
@@ -112,7 +111,7 @@ def _description(result: Ensemble, cfg: DictConfig, source: str, metrics: dict[s
 
 
 def _register(
-    client: MlflowClient, cfg: DictConfig, run: Run, model: ModelInfo, metrics: dict[str, float], val_files: str
+    client: MlflowClient, cfg: EnsembleSettings, run: Run, model: ModelInfo, metrics: dict[str, float], val_files: str
 ) -> Registration:
     metric, direction = registry.comparison_metric(cfg.metric, cfg.direction, metrics)
     score = registry.Score(metric, direction, metrics[metric], val_files)
@@ -135,7 +134,9 @@ def _register(
     return registration
 
 
-def _print(cfg: DictConfig, result: Ensemble, run: Run, model: ModelInfo, registration: Registration | None) -> None:
+def _print(
+    cfg: EnsembleSettings, result: Ensemble, run: Run, model: ModelInfo, registration: Registration | None
+) -> None:
     rows = [
         console.Row(c.label, c.run.info.run_name, float(w), {s: result.accuracies[s][i] for s in result.splits})
         for i, (c, w) in enumerate(zip(result.candidates, result.weights, strict=True))

@@ -10,7 +10,6 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from omegaconf import DictConfig
 
 from simpsons.ensembling.maths import (
     accuracy,
@@ -22,6 +21,7 @@ from simpsons.ensembling.maths import (
 )
 from simpsons.ensembling.selection import Candidate
 from simpsons.evaluation import Evaluation
+from simpsons.settings import EnsembleSettings
 from simpsons.tracking import reader
 
 log = logging.getLogger("simpsons.ensemble")
@@ -75,7 +75,7 @@ class Ensemble:
         return self.accuracy(split) - max(self.accuracies[split])
 
 
-def combine(candidates: list[Candidate], cfg: DictConfig, class_names: list[str]) -> Ensemble:
+def combine(candidates: list[Candidate], cfg: EnsembleSettings, class_names: list[str]) -> Ensemble:
     first = candidates[0].outputs
     if "test" not in first:
         log.warning("the candidates have no test set: the ensemble is scored on validation only")
@@ -108,7 +108,7 @@ def calibrated(
     return Calibration(ece, temperature, after), scaled
 
 
-def candidate_weights(candidates: list[Candidate], cfg: DictConfig, val_labels: np.ndarray) -> np.ndarray:
+def candidate_weights(candidates: list[Candidate], cfg: EnsembleSettings, val_labels: np.ndarray) -> np.ndarray:
     """Weights summing to 1: greedy selection counts, validation accuracies, or equal."""
     if cfg.method == "greedy":
         weights = greedy_weights([c.outputs["val"].probabilities for c in candidates], val_labels)

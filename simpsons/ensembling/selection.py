@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 
 from mlflow.entities import Run
-from omegaconf import DictConfig
 
 from simpsons.errors import ConfigError
+from simpsons.settings import EnsembleSettings
 from simpsons.tracking import reader, schema
 
 log = logging.getLogger("simpsons.ensemble")
@@ -41,7 +41,7 @@ class Candidate:
         return f"{self.backbone} ({self.run_id[:8]})"
 
 
-def select_candidates(runs: list[Run], cfg: DictConfig) -> list[Candidate]:
+def select_candidates(runs: list[Run], cfg: EnsembleSettings) -> list[Candidate]:
     """The best top_n runs that can be averaged together; logs why each other run is left out."""
     candidates: list[Candidate] = []
     for run, reason in _ranked(runs, cfg):
@@ -60,7 +60,7 @@ def select_candidates(runs: list[Run], cfg: DictConfig) -> list[Candidate]:
     return candidates
 
 
-def _ranked(runs: list[Run], cfg: DictConfig) -> list[tuple[Run, str | None]]:
+def _ranked(runs: list[Run], cfg: EnsembleSettings) -> list[tuple[Run, str | None]]:
     """Runs that cannot be candidates, with the reason, then the others best first (reason None)."""
     judged = [(run, _ineligible(run, cfg)) for run in runs]
     sign = -1 if cfg.direction == "max" else 1
@@ -69,7 +69,7 @@ def _ranked(runs: list[Run], cfg: DictConfig) -> list[tuple[Run, str | None]]:
     return [(run, reason) for run, reason in judged if reason] + [(run, None) for run in eligible]
 
 
-def _ineligible(run: Run, cfg: DictConfig) -> str | None:
+def _ineligible(run: Run, cfg: EnsembleSettings) -> str | None:
     if reader.run_type(run) != schema.TRAIN:
         return "not a training run"
     if run.info.status != "FINISHED":
@@ -77,7 +77,7 @@ def _ineligible(run: Run, cfg: DictConfig) -> str | None:
     value = run.data.metrics.get(cfg.metric)
     if value is None or not math.isfinite(value):
         return f"no finite {cfg.metric}"
-    if cfg.weights == "val_accuracy" and cfg.method == "mean" and not run.data.metrics.get("val_accuracy"):
+    if cfg.weighs_by_accuracy and not run.data.metrics.get("val_accuracy"):
         return "no val_accuracy to weight by"
     return None
 

@@ -12,23 +12,23 @@ import mlflow
 import numpy as np
 from matplotlib.figure import Figure
 from mlflow.models.model import ModelInfo
-from omegaconf import DictConfig, OmegaConf
 
 from simpsons import plots
+from simpsons.config import flatten
 from simpsons.ensembling import charts
 from simpsons.ensembling.scoring import Ensemble
-from simpsons.tracking import schema, store, writer
+from simpsons.settings import EnsembleSettings
+from simpsons.tracking import schema, writer
 
 SERVED_MODEL = Path(__file__).with_name("served_model.py")  # logged as code, never imported here
 INPUT_EXAMPLE = np.full((1, 32, 32, 3), 128, dtype=np.float32)
 
 
-def log_params(cfg: DictConfig, ensemble: Ensemble, sweep: str | None) -> None:
+def log_params(cfg: EnsembleSettings, ensemble: Ensemble, sweep: str | None) -> None:
     """The resolved config, the sweep, and one `member_<i>` line per member (run, backbone, score, weight)."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["tracking"]["uri"] = store.redact_uri(resolved["tracking"]["uri"])
+    resolved = writer.resolved_config(cfg.container())
     counts = {"sweep": sweep, "num_candidates": len(ensemble.candidates), "num_members": len(ensemble.members)}
-    mlflow.log_params(store.flatten(resolved) | counts)
+    mlflow.log_params(flatten(resolved) | counts)
     for i, (member, weight) in enumerate(ensemble.members):
         value = member.run.data.metrics[cfg.metric]
         mlflow.log_param(f"member_{i}", f"{member.run_id} {member.backbone} {cfg.metric}={value:.4f} w={weight:.4f}")

@@ -457,16 +457,6 @@ def redact_uri(uri: str) -> str:
     return credentials.redact_uri(uri)
 
 
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def git_tags() -> dict[str, str]:
     """The project's git commit and whether tracked files differ from it ('unknown' outside git)."""
     commit = git("rev-parse", "HEAD").strip()

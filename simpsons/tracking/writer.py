@@ -20,13 +20,14 @@ from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.models import Model, ModelSignature
 from mlflow.types import Schema, TensorSpec
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from simpsons import plots
+from simpsons.config import flatten
 from simpsons.data import DataSet
 from simpsons.evaluation import Evaluation, report_text
 from simpsons.tracking import predictions, races, schema
-from simpsons.tracking.store import flatten, git, redact_uri
+from simpsons.tracking.store import git, redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +36,22 @@ log = logging.getLogger(__name__)
 DATASET_DIGEST_CHARS = 12
 
 
-def resolved_config(cfg: DictConfig) -> dict[str, Any]:
-    """The config as plain data, with any password in the tracking URI masked."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+def resolved_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config (plain data, e.g. TrainSettings.container()), with any password in the
+    tracking URI masked."""
+    resolved = {**config, "tracking": {**config["tracking"]}}
     resolved["tracking"]["uri"] = redact_uri(resolved["tracking"]["uri"])
     return resolved
 
 
-def log_config(cfg: DictConfig, hydra_dir: Path | None) -> None:
-    """The flattened resolved config as params and as config.yaml, and Hydra's .hydra/*.yaml files.
+def log_config(config: dict[str, Any], hydra_dir: Path | None) -> None:
+    """The resolved config (plain data), flattened as params and whole as config.yaml, and Hydra's
+    .hydra/*.yaml files.
 
     With uncommitted changes to tracked files, their diff too (git_diff.patch), so that the
     commit tag plus the diff reproduce the code.
     """
-    resolved = resolved_config(cfg)
+    resolved = resolved_config(config)
     mlflow.log_params(_not_yet_logged(flatten(resolved)))
     mlflow.log_text(OmegaConf.to_yaml(resolved), schema.CONFIG_YAML)
     if hydra_dir is not None and hydra_dir.is_dir():

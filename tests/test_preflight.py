@@ -1,7 +1,9 @@
-"""Bad values fail before anything starts: one line each, exit 2, nothing in MLflow (simpsons/checks.py).
+"""Bad values fail before anything starts: one line each, exit 2, nothing in MLflow.
 
-The CLI runs as a user would run it, on a fresh SQLite store in tmp_path; a config that passed
-these checks would train the tiny model on the tiny image folders.
+The rules are the settings' (simpsons/settings/), the world's checks preflight's, and the jobs of
+a sweep are composed by simpsons/hydra_jobs.py. The CLI runs as a user would run it, on a fresh
+SQLite store in tmp_path; a config that passed these checks would train the tiny model on the tiny
+image folders.
 """
 
 from __future__ import annotations
@@ -17,14 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TINY, TINY_MODEL, compose_train, folder_data, free_port, run_cli
-from hydra import initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.types import RunMode
-from omegaconf import DictConfig
+from conftest import TINY_MODEL, folder_data, free_port, run_cli, train_settings
 
-from simpsons import checks
-from simpsons.config import CONF_DIR
+from simpsons import preflight
 from simpsons.data import load_dataset
 from simpsons.errors import ConfigError, DataError
 from simpsons.tracking import store
@@ -165,7 +162,7 @@ def test_a_job_started_directly_checks_first_and_creates_nothing(image_folders, 
     store_file = tmp_path / STORE
     overrides = cli_args(["dropout=1.5", "epochs=0", f"tracking.uri=sqlite:///{store_file}"], tmp_path, image_folders)
     with pytest.raises(ConfigError) as raised:
-        train(compose_train(overrides), JobContext(overrides=[]))
+        train(train_settings(overrides), JobContext(overrides=[]))
     assert str(raised.value) == (  # one line, as the job logs it
         "dropout=1.5 is invalid; expected a number in [0, 1); epochs=0 is invalid; expected an integer >= 1"
     )
@@ -236,54 +233,24 @@ def test_a_store_in_a_read_only_folder_fails_in_one_line(world_readable_folder):
 # Checks without the CLI.
 
 
-def master_config(overrides: list[str]) -> DictConfig:
-    """The driver's config of `python -m simpsons.train -m OVERRIDES`, as the sweep callback gets it."""
-    loader = GlobalHydra.instance().config_loader()
-    return loader.load_configuration("train", ["hydra.mode=MULTIRUN", *overrides], run_mode=RunMode.MULTIRUN)
+def test_the_jobs_of_a_sweep_probe_each_folder_and_store_once(image_folders, tracking_uri, tmp_path):
+    base = [*TINY_MODEL, *folder_data(image_folders), f"tracking.uri={tracking_uri}", f"cache_dir={tmp_path}"]
+    probed: dict = {}
+    found = [preflight.errors(train_settings([*base, f"dropout={dropout}"]), probed) for dropout in (0.1, 0.2, 1.5)]
+
+    assert found == [[], [], ["dropout=1.5 is invalid; expected a number in [0, 1)"]]
+    assert sorted(probe.__name__ for probe, _ in probed) == ["_cache_dir_errors", "_data_root_errors", "_store_errors"]
+    assert not (tmp_path / "mlflow.db").exists()
 
 
-@pytest.fixture
-def hydra_app() -> Iterator[None]:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        yield
-
-
-def test_an_argument_only_some_backbones_take_is_accepted_with_plus_plus(hydra_app, image_folders, tracking_uri):
-    rest = ["image_size=32", *TINY, *folder_data(image_folders), f"tracking.uri={tracking_uri}"]
-    master = master_config(["backbone=mobilenet,mobilenetv2", "++backbone.kwargs.alpha=0.35", *rest])
-    loader = GlobalHydra.instance().config_loader()
-
-    jobs = checks.basic_sweeper_jobs(master, loader)
-    assert [job[0] for job in jobs] == ["backbone=mobilenet", "backbone=mobilenetv2"]
-    assert checks.job_errors(master) == []
-    for job in jobs:
-        cfg, errors = checks.composed_job(lambda kept: loader.load_sweep_config(master, kept), job, loader)
-        assert errors == [] and cfg.backbone.kwargs.alpha == 0.35
-
-    fixed_backbone = master_config(["backbone=mobilenet", "backbone.kwargs.alpha=0.25", "dropout=0.2,0.4", *rest])
-    assert checks.job_errors(fixed_backbone) == []
-    no_alpha = ["backbone=xception", "backbone.kwargs.alpha=0.25", *rest]  # without ++, where xception has none
-    assert checks.composed_job(lambda kept: loader.load_sweep_config(master, kept), no_alpha, loader)[1] == [
-        "unknown key 'backbone.kwargs.alpha' (backbone.kwargs.alpha=0.25); "
-        "add a constructor argument with ++backbone.kwargs.alpha=0.25"
-    ]
-
-
-def test_a_presets_sweep_is_checked_with_the_command_line_winning(hydra_app, tracking_uri):
-    master = master_config(["experiment=demo", "dropout=0.3,1.5", f"tracking.uri={tracking_uri}"])
-    jobs = checks.basic_sweeper_jobs(master, GlobalHydra.instance().config_loader())
-    grid = [["experiment=demo", f"optimizer={o}", f"dropout={d}"] for o in ("adam", "rmsprop") for d in ("0.3", "1.5")]
-    chosen = [sorted(o for o in job if not o.startswith("tracking.")) for job in jobs]
-    assert sorted(chosen) == sorted(map(sorted, grid))  # the preset sweeps dropout 0.2,0.5
-    assert checks.job_errors(master) == ["dropout=1.5 is invalid; expected a number in [0, 1)"]
-
-
-def test_keras_optimizers_named_here_are_keras_optimizers():
-    import keras
-
-    for name in checks.KERAS_OPTIMIZERS:
-        optimizer = getattr(keras.optimizers, name)(learning_rate=1e-3)
-        assert isinstance(optimizer, keras.optimizers.Optimizer), name
+def test_a_job_is_refused_in_one_line_with_every_reason(tmp_path):
+    settings = train_settings(["data=folder", f"data.root={tmp_path / 'none'}", "epochs=0", f"cache_dir={tmp_path}"])
+    with pytest.raises(ConfigError) as raised:
+        preflight.raise_errors(settings)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith("epochs=0 is invalid; expected an integer >= 1; data.root=")
+    assert "is not a folder; point data.root at a folder of <class>/<image> files" in message
 
 
 def test_a_store_check_creates_nothing(tmp_path):
@@ -313,7 +280,7 @@ def test_a_class_without_usable_images_lists_its_skipped_files(tmp_path, image_f
         (root / "maggie" / f"pic_{i:02d}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
 
     with pytest.raises(DataError) as raised:
-        load_dataset(compose_train(["data=folder", f"data.root={root}"]).data)
+        load_dataset(train_settings(["data=folder", f"data.root={root}"]).data)
 
     message = str(raised.value)
     assert "\n" not in message
