@@ -49,7 +49,7 @@ def writer(uri: str, images: Path, index: int, ready: int, phases: list[int]) ->
     import keras
     import mlflow
     import numpy as np
-    from conftest import compose_train
+    from conftest import train_settings
 
     from simpsons.data import load_dataset
     from simpsons.ensembling import registry
@@ -58,7 +58,7 @@ def writer(uri: str, images: Path, index: int, ready: int, phases: list[int]) ->
 
     logging.basicConfig()
     logging.getLogger(races.__name__).setLevel(logging.DEBUG)  # each retried clash, in the writer's output
-    data = load_dataset(compose_train(folder_data(images)).data)
+    data = load_dataset(train_settings(folder_data(images)).data)
     model = keras.Sequential(
         [keras.Input((None, None, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(len(data.class_names))]
     )
