@@ -23,12 +23,12 @@ from simpsons.backbones import BackboneSpec
 from simpsons.demo_data import write_demo_data
 from simpsons.errors import ConfigError
 from simpsons.features import cached_features
-from simpsons.job import JobContext, train
 from simpsons.model import backbone_of, build_classifier, shared_backbone, unfreeze_top, with_flip_tta, with_tta
 from simpsons.pipeline import load_image
 from simpsons.tracking import reader
 from simpsons.tracking.predictions import Outputs, from_csv
-from simpsons.training import gpu_visible, use_xla
+from simpsons.training.recipe import JobContext, train
+from simpsons.training.runtime import gpu_visible, use_xla
 
 
 def run_with(overrides: list[str], image_folders, tracking_uri, cache_dir) -> dict:

@@ -13,9 +13,9 @@ import pytest
 from conftest import TINY_MODEL, folder_data, run_cli, train_settings
 from mlflow.tracking import MlflowClient
 
-from simpsons import schedules
-from simpsons.job import JobContext, train
-from simpsons.training import LR_METRIC
+from simpsons.training import schedules
+from simpsons.training.callbacks import LR_METRIC
+from simpsons.training.recipe import JobContext, train
 
 LR = 1e-3  # TINY_MODEL's
 
