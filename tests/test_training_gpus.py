@@ -1,4 +1,4 @@
-"""One GPU per job process (simpsons/gpus.py): the claims of real processes on real lock files.
+"""One GPU per job process (simpsons/training/gpus.py): the claims of real processes on real lock files.
 
 No GPU is needed: a claim picks among GPU names, and TensorFlow is shown the one picked
 (simpsons.training.runtime.configure_gpus, which on a GPU box benchmarks/gpu_check.sh exercises).

@@ -1,4 +1,4 @@
-"""Learning-rate schedulers (simpsons/schedules.py): what each does to a phase, and the logged lr curve.
+"""Learning-rate schedulers (simpsons/training/schedules.py): what each does to a phase, and the logged lr curve.
 
 The jobs train the tiny MobileNet on the demo images, in a private SQLite store; the lr metric is
 the learning rate each epoch starts with.
