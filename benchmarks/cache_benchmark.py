@@ -88,7 +88,7 @@ def extraction_ceiling(train_args: list[str]) -> float:
     from simpsons.features import extract
     from simpsons.model import build_classifier, feature_extractor
     from simpsons.pipeline import image_dataset
-    from simpsons.training import seed_everything, set_precision, use_xla
+    from simpsons.training.runtime import seed_everything, set_precision, use_xla
 
     settings.register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

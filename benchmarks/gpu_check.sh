@@ -33,7 +33,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from simpsons.training import configure_gpus
+from simpsons.training.runtime import configure_gpus
 
 print("configure_gpus:", configure_gpus(memory_growth=True, one_per_job=True, cache_dir=Path(sys.argv[1])))
 for gpu in tf.config.get_visible_devices("GPU"):

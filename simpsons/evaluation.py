@@ -9,8 +9,6 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 
-from simpsons.data import Split
-
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -42,14 +40,21 @@ class Evaluation:
             ),
         }
 
+    def report(self, class_names: list[str]) -> str:
+        """Precision, recall and F1 per class (report.txt)."""
+        return report_text(self, class_names)
+
 
 EAGER_ROWS = 4096
 
 Inputs = tf.data.Dataset | np.ndarray
 
 
-def evaluate(model: keras.Model, inputs: Inputs | tuple[Inputs, ...], split: Split, name: str) -> Evaluation:
-    """Softmax outputs of `model` on `inputs`, which must hold `split` in order, unshuffled.
+def evaluate(
+    model: keras.Model, inputs: Inputs | tuple[Inputs, ...], names: list[str], labels: np.ndarray, split: str
+) -> Evaluation:
+    """Softmax outputs of `model` on `inputs`, which must hold the files `names` (with their `labels`)
+    of the split named `split`, in order, unshuffled.
 
     A tuple holds views of the same images, e.g. the cached features of the images and of their
     mirror images (tta=flip): the outputs are the mean of the views' softmax outputs, as the
@@ -57,7 +62,7 @@ def evaluate(model: keras.Model, inputs: Inputs | tuple[Inputs, ...], split: Spl
     """
     views = inputs if isinstance(inputs, tuple) else (inputs,)
     probabilities = np.mean([softmax(model, view) for view in views], axis=0, dtype=np.float32)
-    return Evaluation(name, split.names, split.labels, probabilities)
+    return Evaluation(split, names, labels, probabilities)
 
 
 def softmax(model: keras.Model, inputs: Inputs) -> np.ndarray:

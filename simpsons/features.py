@@ -26,7 +26,8 @@ from tqdm import tqdm
 from simpsons import locks
 from simpsons.backbones import BackboneSpec
 from simpsons.data import Split
-from simpsons.pipeline import JPEG_DCT_METHOD
+from simpsons.pipeline import JPEG_DCT_METHOD, image_dataset, without_autotuner
+from simpsons.settings import TrainSettings
 
 
 @dataclass(frozen=True)
@@ -108,3 +109,62 @@ def extract(extractor: keras.Model, batches: Iterable[tuple[tf.Tensor, Any]], co
             outputs.append(extractor.predict_on_batch(padded)[:size])
             progress.update(size)
     return np.concatenate(outputs).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class CachedFeatures:
+    """Each split's pooled backbone features, from the feature cache: what a run's head trains and
+    is scored on (simpsons/training/phases.py)."""
+
+    lookups: dict[str, Lookup]
+    labels: dict[str, np.ndarray]
+    batch_size: int
+
+    def array(self, split: str) -> np.ndarray:
+        return np.asarray(self.lookups[split].features)
+
+    def views(self, split: str) -> tuple[np.ndarray, ...]:
+        """A scored split's features, and with tta=flip its mirror images': evaluate averages their softmax."""
+        return tuple(self.array(view) for view in (split, f"{split}_mirrored") if view in self.lookups)
+
+    def batches(self, split: str, shuffle_seed: int | None = None) -> tf.data.Dataset:
+        dataset = tf.data.Dataset.from_tensor_slices((self.array(split), self.labels[split]))
+        if shuffle_seed is not None:
+            dataset = dataset.shuffle(len(self.labels[split]), seed=shuffle_seed, reshuffle_each_iteration=True)
+        return without_autotuner(dataset.batch(self.batch_size))
+
+    def extraction(self) -> tuple[bool, float, float | None]:
+        """Whether any entry was computed (a miss), the seconds it took, and its images per second."""
+        computed = [lookup for lookup in self.lookups.values() if not lookup.hit]
+        seconds = sum(lookup.seconds for lookup in computed)
+        images = sum(len(lookup.features) for lookup in computed)
+        return bool(computed), seconds, images / seconds if computed and seconds > 0 else None
+
+
+def cache_splits(
+    extractor: keras.Model,
+    backbone: BackboneSpec,
+    splits: dict[str, Split],
+    settings: TrainSettings,
+    mirrored_views: bool,
+) -> CachedFeatures:
+    """Every split's features from the cache, computed with `extractor` first where missing (under
+    its lock); with `mirrored_views`, the scored splits' mirror images' too (tta=flip)."""
+    compute = {"precision": settings.precision, "xla": extractor.jit_compile}
+    views = {name: (split, False) for name, split in splits.items()}
+    if mirrored_views:
+        views |= {f"{name}_mirrored": (split, True) for name, split in splits.items() if name != "train"}
+
+    def extracted(split: Split, mirror: bool) -> np.ndarray:
+        batches = image_dataset(split.paths, split.labels, settings.image_size, settings.batch_size)
+        return extract(extractor, mirrored(batches) if mirror else batches, len(split))
+
+    lookups = {
+        name: cached_features(
+            Path(settings.cache_dir),
+            cache_key(backbone, settings.image_size, split, compute, settings.seed, mirror),
+            lambda split=split, mirror=mirror: extracted(split, mirror),
+        )
+        for name, (split, mirror) in views.items()
+    }
+    return CachedFeatures(lookups, {name: split.labels for name, split in splits.items()}, settings.batch_size)

@@ -8,7 +8,7 @@ a job's overrides to a composed config. With them, this module:
   it in several lines, exit 1, and name only the first: unknown group choices (backbone=foo), keys
   no config defines (`+typo=1`, which Hydra would add silently), and values of the wrong type for
   their setting (`epochs=2.5`), worded as the settings' rules word them (simpsons/settings/);
-- composes every job of a run or sweep (the Hydra callback's part, simpsons/sweep.py) and judges
+- composes every job of a run or sweep (the Hydra callback's part, simpsons/sweep_callback.py) and judges
   each as the job itself will (simpsons/preflight.py), before anything is created.
 """
 

@@ -39,7 +39,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from omegaconf import OmegaConf
 
-from simpsons import signals, sweep
+from simpsons import signals, sweep_callback
 from simpsons.tracking import schema
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ def launch_slurm(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_
     jobs = executor.map_array(launcher, *zip(*job_params, strict=True))
     # Slurm runs the jobs whatever becomes of this driver: should it be killed -9, its sweep's run
     # waits for them (tracking.lifecycle), which it finds by the array.
-    sweep.tag_sweep(schema.SLURM_ARRAY, jobs[0].job_id.split("_")[0])
+    sweep_callback.tag_sweep(schema.SLURM_ARRAY, jobs[0].job_id.split("_")[0])
     try:
         return _wait_for_slurm_jobs(jobs, job_overrides, initial_job_idx)
     except KeyboardInterrupt:  # the driver's SIGINT or SIGTERM: no job may train on under the ended sweep

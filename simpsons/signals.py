@@ -15,7 +15,7 @@ and hydra-submitit-launcher 1.2.0 / submitit 1.5):
   installed by the task function (`job_process`). A worker catches BaseException from a task and
   waits for the next one, so a KeyboardInterrupt alone does not end it: it dies of the signal once
   its run has ended. Each worker is an executor of its own, so its death ends only its job; a run
-  left RUNNING by a worker SIGKILLed, the driver ends KILLED (`sweep.end_interrupted`). Loky's
+  left RUNNING by a worker SIGKILLed, the driver ends KILLED (`sweep_callback.end_interrupted`). Loky's
   resource tracker ignores SIGINT and SIGTERM and exits when the driver does: it is not waited for.
 - Ray (the `ray_jobs` preset): `ray.init` replaces the driver's SIGTERM handler with Ray's, which
   exits at once; the launcher installs ours again. Ray workers run the task function in their main

@@ -1,6 +1,6 @@
-"""`python -m simpsons.train`: the Hydra app; each job is one tracked run (simpsons/job.py).
+"""`python -m simpsons.train`: the Hydra app; each job is one tracked run (simpsons/training/recipe.py).
 
-`-m` sweeps a grid with Hydra's multirun; simpsons.sweep nests every job's run under one parent.
+`-m` sweeps a grid with Hydra's multirun; simpsons.sweep_callback nests every job's run under one parent.
 SIGINT and SIGTERM end the runs KILLED, in one line (simpsons.signals).
 """
 
@@ -33,7 +33,7 @@ def hydra_main(cfg: DictConfig) -> None:
     startup.prepare_process()
     with signals.job_process():
         # Imported here, so that `--help` and bad group choices answer without loading TensorFlow.
-        from simpsons.job import JobContext, train
+        from simpsons.training.recipe import JobContext, train
 
         job = JobContext(**_hydra_runtime())
         try:
@@ -43,7 +43,7 @@ def hydra_main(cfg: DictConfig) -> None:
             if job.sweep_dir is None:
                 sys.exit(1)
             # A sweep's job ends here, not by raising: that would add Hydra's traceback at the end of
-            # the sweep, whose driver says in one line that the server is lost (simpsons.sweep).
+            # the sweep, whose driver says in one line that the server is lost (simpsons.sweep_callback).
         except SimpsonsError as error:
             log.error("error: %s", error)
             if job.sweep_dir is None:
@@ -52,7 +52,8 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def _hydra_runtime() -> dict[str, Any]:
-    """What a run needs from Hydra's runtime (simpsons.job.JobContext): its overrides, .hydra folder, and sweep."""
+    """What a run needs from Hydra's runtime (simpsons.training.runs.JobContext): its overrides, .hydra
+    folder, and sweep."""
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -83,7 +84,7 @@ def _exit_interrupted() -> NoReturn:
     """After SIGINT or SIGTERM, the job processes gone: end the sweep KILLED, say in one line how
     the runs ended, exit 130 or 143."""
     received = signals.received() or signal.SIGINT  # a KeyboardInterrupt that no signal of ours raised
-    sweep = sys.modules.get("simpsons.sweep")  # loaded by Hydra, as a callback, once the app has started
+    sweep = sys.modules.get("simpsons.sweep_callback")  # loaded by Hydra, as a callback, once the app has started
     ended = sweep.end_interrupted(received.name) if sweep is not None else None
     if ended is not None:
         line = signals.summary(received, ended.killed_jobs, (ended.run_id, ended.status))

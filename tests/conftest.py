@@ -108,7 +108,7 @@ class Store:
 def trained_store(tmp_path_factory: pytest.TempPathFactory, image_folders: Path) -> Store:
     """Four tiny runs nested under one sweep, and one run with another split outside it, for the
     tests that read runs back (ensembles, predict, report); built once per test process."""
-    from simpsons.job import JobContext, train
+    from simpsons.training.recipe import JobContext, train
 
     # Set up as every command does (WAL mode): a command in a subprocess must not switch the journal
     # mode under this process's open connections, which then read the database as malformed.
@@ -158,7 +158,7 @@ class FlipPair:
 def flip_pair(tmp_path_factory: pytest.TempPathFactory, image_folders: Path) -> FlipPair:
     """tta=none, then tta=flip on an image-sensitive model (a flip must change its softmax), for the
     tests of test-time augmentation: the cache, the logged model, predict and ensembles."""
-    from simpsons.job import JobContext, train
+    from simpsons.training.recipe import JobContext, train
 
     root = tmp_path_factory.mktemp("flip")
     uri = tracking_store.configure(f"sqlite:///{root / 'mlflow.db'}")

@@ -15,7 +15,7 @@ from PIL import Image
 
 from simpsons.ensembling import registry
 from simpsons.ensembling.command import ensemble
-from simpsons.tracking import reader, schema, store
+from simpsons.tracking import reader, schema, sqlite
 
 NAME = "champions"  # this module's registered model: other tests register theirs under `simpsons`
 
@@ -138,7 +138,7 @@ def champion_of(client: MlflowClient, name: str) -> str:
 
 
 def store_lock(uri: str):
-    return store.store_lock(store.absolute_sqlite_uri(uri))
+    return sqlite.store_lock(sqlite.absolute_sqlite_uri(uri))
 
 
 def test_the_comparison_metric_is_the_ensembles_own_when_it_logs_it():

@@ -23,12 +23,12 @@ from simpsons.backbones import BackboneSpec
 from simpsons.demo_data import write_demo_data
 from simpsons.errors import ConfigError
 from simpsons.features import cached_features
-from simpsons.job import JobContext, train
 from simpsons.model import backbone_of, build_classifier, shared_backbone, unfreeze_top, with_flip_tta, with_tta
 from simpsons.pipeline import load_image
 from simpsons.tracking import reader
 from simpsons.tracking.predictions import Outputs, from_csv
-from simpsons.training import gpu_visible, use_xla
+from simpsons.training.recipe import JobContext, train
+from simpsons.training.runtime import gpu_visible
 
 
 def run_with(overrides: list[str], image_folders, tracking_uri, cache_dir) -> dict:
@@ -123,14 +123,6 @@ def test_mixed_precision_and_xla_train_a_float16_model_with_its_own_cache_entry(
     tags = run_with([*gpu_settings, "cache=false"], image_folders, tracking_uri, tmp_path)  # loss-scaled float16
     assert tags["feature_cache"] == "off" and tags["xla"] == "true"
     assert np.isfinite(tags["metric:test_loss"])
-
-
-def test_xla_is_on_by_default_only_with_a_gpu_and_never_under_op_determinism():
-    assert use_xla("auto", deterministic=False) == gpu_visible()
-    assert use_xla("auto", deterministic=True) is False
-    assert use_xla(False, deterministic=False) is False
-    with pytest.raises(ConfigError, match="jit_compile=true needs deterministic=false"):
-        use_xla(True, deterministic=True)
 
 
 def test_unfreezing_the_top_layers_keeps_batchnorm_frozen():

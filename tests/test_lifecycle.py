@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from simpsons.tracking import lifecycle, reader, schema
 from simpsons.tracking.store import configure, ensure_experiment
-from simpsons.training import EPOCH_METRICS
+from simpsons.training.callbacks import EPOCH_METRICS
 
 SLICE_SECONDS = 0.2
 

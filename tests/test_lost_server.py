@@ -36,7 +36,7 @@ __all__ = ["postgres"]  # the fixture, imported: this module gets a PostgreSQL o
 RETRY_SECONDS = 15  # tracking.retry_seconds here: the default 60 s would make the test slow
 JOBS_END_SECONDS = 90  # what the issue asks: every job ended, in one line, within 90 s of losing the server
 EPOCHS = 12  # far more than a job trains in one slice of the test: the kill lands mid-training
-EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")  # simpsons.training's, without TensorFlow
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")  # training.callbacks', no TensorFlow
 EXPERIMENT = "lost-server"
 SLICE_SECONDS = 0.2
 

@@ -157,7 +157,7 @@ def test_the_sweep_driver_checks_without_loading_tensorflow(flags, code, image_f
 
 
 def test_a_job_started_directly_checks_first_and_creates_nothing(image_folders, tmp_path):
-    from simpsons.job import JobContext, train  # TensorFlow: the job may load it
+    from simpsons.training.recipe import JobContext, train  # TensorFlow: the job may load it
 
     store_file = tmp_path / STORE
     overrides = cli_args(["dropout=1.5", "epochs=0", f"tracking.uri=sqlite:///{store_file}"], tmp_path, image_folders)

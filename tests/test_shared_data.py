@@ -10,8 +10,8 @@ import pytest
 from conftest import MOBILENET_WEIGHTS, SIMPSONS_MINI, TINY_MODEL, requires, train_settings
 from mlflow.tracking import MlflowClient
 
-from simpsons.job import JobContext, train
 from simpsons.tracking.predictions import from_csv
+from simpsons.training.recipe import JobContext, train
 
 KAGGLE_MINI = ["data=simpsons", f"data.dir={SIMPSONS_MINI}"]
 

@@ -28,7 +28,7 @@ from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
 from simpsons import signals
-from simpsons.sweep import MlflowSweepCallback
+from simpsons.sweep_callback import MlflowSweepCallback
 from simpsons.tracking import lifecycle, store
 
 T = TypeVar("T")

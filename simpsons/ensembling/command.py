@@ -19,7 +19,7 @@ from simpsons.ensembling.scoring import Ensemble
 from simpsons.ensembling.selection import select_candidates
 from simpsons.errors import SimpsonsError
 from simpsons.settings import EnsembleSettings
-from simpsons.tracking import lifecycle, reader, schema, store
+from simpsons.tracking import lifecycle, provenance, reader, schema, store
 
 log = logging.getLogger("simpsons.ensemble")
 
@@ -86,7 +86,7 @@ def _tags(result: Ensemble, sweep: str | None, val_files: str) -> dict[str, str]
         schema.CANDIDATES: ",".join(c.run_id for c in result.candidates),
         schema.MEMBERS: ",".join(member.run_id for member, _ in result.members),
         schema.VAL_FILES: val_files,
-        **store.git_tags(),
+        **provenance.git_tags(),
     }
 
 

@@ -22,7 +22,7 @@ from omegaconf import MISSING
 from simpsons import config
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies
-CLASS_WEIGHTS = ("none", "balanced")  # how each class's loss is weighed (simpsons/training.py)
+CLASS_WEIGHTS = ("none", "balanced")  # how each class's loss is weighed (simpsons/training/phases.py)
 # The per-epoch metrics a run may keep its best epoch by, or stop early on, and which way is better.
 MONITORS = {"val_accuracy": "max", "val_loss": "min"}
 TTA_MODES = ("none", "flip")  # test-time augmentation of validation and test outputs
@@ -133,7 +133,7 @@ def weights_error(weights: str | None) -> str | None:
 
 def gpu_may_be_visible() -> bool:
     """False when TensorFlow surely sees no GPU, asked without loading it: CUDA hides every device,
-    or the machine has no NVIDIA device node. The job asks TensorFlow itself (simpsons/training.py)."""
+    or the machine has no NVIDIA device node. The job asks TensorFlow itself (simpsons/training/runtime.py)."""
     if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
         return False
     return bool(glob.glob("/dev/nvidia[0-9]*"))

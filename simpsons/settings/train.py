@@ -185,7 +185,7 @@ class LightAugment(AugmentSettings):
 
 
 class ScheduleSettings:
-    """What every option of conf/scheduler/ has (its name), and the rules on it (simpsons/schedules.py)."""
+    """What every option of conf/scheduler/ has (its name), and the rules on it (simpsons/training/schedules.py)."""
 
     RULES: ClassVar[tuple[Rule, ...]] = ()
 

@@ -34,7 +34,7 @@ import psutil
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from simpsons.tracking import connection, races, schema, sweeps
+from simpsons.tracking import connection, races, schema, sweep_outcome
 
 log = logging.getLogger(__name__)
 
@@ -287,14 +287,14 @@ def _slurm_tasks_left(sweep: Run, ending_job: bool) -> bool:
 def _orphaned_sweep_status(client: MlflowClient, sweep: Run) -> str:
     """FINISHED when every job the sweep planned (its `num_jobs` param) has a FINISHED run, as if its
     driver had waited for them; else KILLED, its driver having been killed."""
-    jobs = sweeps.outcome(client, sweep).jobs
+    jobs = sweep_outcome.outcome(client, sweep).jobs
     planned = int(sweep.data.params.get("num_jobs", "0"))
     return "FINISHED" if planned and len(jobs) >= planned and all(j.status == "FINISHED" for j in jobs) else "KILLED"
 
 
 def _record_sweep_outcome(client: MlflowClient, run_id: str) -> None:
     try:
-        sweeps.record(client, client.get_run(run_id), client.tracking_uri)
+        sweep_outcome.record(client, client.get_run(run_id), client.tracking_uri)
     except Exception as error:  # best effort: the run is ended already
         log.warning("could not log the outcome of sweep run %s: %s", run_id, error)
 
@@ -382,7 +382,7 @@ def record_reuse(
 
 
 def find_sweep_run(client: MlflowClient, experiment_id: str, sweep_id: str) -> str | None:
-    """The parent run that the multirun with this id opened (simpsons.sweep.MlflowSweepCallback)."""
+    """The parent run that the multirun with this id opened (simpsons.sweep_callback.MlflowSweepCallback)."""
     found = client.search_runs(
         [experiment_id],
         f"tags.`{schema.RUN_TYPE}` = '{schema.SWEEP}' AND tags.`{schema.SWEEP_ID}` = '{sweep_id}'",

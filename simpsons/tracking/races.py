@@ -42,7 +42,7 @@ from typing import TypeVar
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
-from simpsons.tracking import store
+from simpsons.tracking.sqlite import store_lock
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def shared_write(uri: str, write: Callable[[], T], what: str) -> T:
     """
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            with store.store_lock(uri):
+            with store_lock(uri):
                 return write()
         except MlflowException as error:
             if attempt == ATTEMPTS or not clashed(error):

@@ -41,7 +41,7 @@ DETERMINISTIC = "deterministic"
 FEATURE_CACHE = "feature_cache"
 PHASES = "phases"
 XLA = "xla"
-GPU = "gpu"  # which GPU the run's process used, and its memory growth (simpsons.training.configure_gpus)
+GPU = "gpu"  # which GPU the run's process used, and its memory growth (simpsons.training.runtime.configure_gpus)
 
 # Tags: liveness (which process owns a RUNNING run, and when it last showed life)
 HOST = "simpsons.host"

@@ -1,4 +1,4 @@
-"""The MLflow store: its URI, its setup under an inter-process lock, experiments and provenance.
+"""The MLflow store: its URI, its setup under an inter-process lock, and experiments (provenance: provenance.py).
 
 No TensorFlow here: every command, the read side included, starts with this module.
 
@@ -16,19 +16,17 @@ import contextlib
 import fcntl
 import functools
 import hashlib
-import importlib.metadata
 import json
 import os
 import re
 import shlex
 import sqlite3
-import subprocess
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import mlflow
@@ -37,16 +35,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from simpsons import credentials
-from simpsons.config import PROJECT_ROOT
 from simpsons.errors import ConfigError
-from simpsons.tracking import connection, schema
+from simpsons.tracking import connection
+from simpsons.tracking.sqlite import SQLITE_PREFIX, absolute_sqlite_uri, lock_file, sqlite_path
 
-SQLITE_PREFIX = "sqlite:///"
 DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 SERVER_SCHEMES = ("http", "https")
 ACCEPTED_URIS = "sqlite:///path/to/mlflow.db, http(s)://host:port of an mlflow server, or postgresql/mysql/mssql://..."
 PROBE_SECONDS = 5  # each reachability check; a bad store fails in one line well within 10 s
-CODE_PACKAGES = ("tensorflow", "keras", "numpy")  # their versions are part of the code version
 # MLflow's client reads a server's credentials from these; so does the probe, to check them first.
 USERNAME_VARIABLE = "MLFLOW_TRACKING_USERNAME"
 PASSWORD_VARIABLE = "MLFLOW_TRACKING_PASSWORD"
@@ -151,55 +147,13 @@ def _check_sqlite(path: Path) -> None:
         raise ConfigError(f"tracking.uri={uri}: not a usable SQLite database ({error})") from error
 
 
-def absolute_sqlite_uri(uri: str) -> str:
-    if uri.startswith(SQLITE_PREFIX) and not uri.startswith(SQLITE_PREFIX + "/"):
-        return SQLITE_PREFIX + str(Path(uri.removeprefix(SQLITE_PREFIX)).resolve())
-    return uri
-
-
-def sqlite_path(uri: str) -> Path:
-    return Path(uri.removeprefix(SQLITE_PREFIX))
-
-
-_held = threading.local()  # the store locks this thread holds
-
-
-@contextlib.contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    """An exclusive inter-process lock on a SQLite store (a no-op for servers and other databases:
-    races.py says what stands in for it there). Released by the OS when the process dies.
-
-    Reentrant in a thread: flock locks belong to an open file, so taking it again through a second
-    open file would wait for ourselves forever.
-    """
-    if not uri.startswith(SQLITE_PREFIX):
-        yield
-        return
-    path = sqlite_path(uri)
-    held = _held.__dict__.setdefault("paths", set())
-    if path in held:
-        yield
-        return
-    with _lock_file(path) as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        held.add(path)
-        try:
-            yield
-        finally:
-            held.discard(path)
-
-
-def _lock_file(database: Path) -> IO[str]:
-    return database.with_name(database.name + ".lock").open("a")
-
-
 @functools.cache
 def _prepare_sqlite(path: Path) -> None:
     """Create or upgrade the schema, once, under the store's lock (once per process too)."""
     uri = SQLITE_PREFIX + str(path)
     try:  # trying beats os.access: root passes every permission check, but not a read-only mount
         path.parent.mkdir(parents=True, exist_ok=True)
-        lock = _lock_file(path)
+        lock = lock_file(path)
     except OSError as error:
         raise ConfigError(
             f"tracking.uri={uri}: cannot write in {path.parent} ({error.strerror}); use a store in a writable folder"
@@ -375,7 +329,7 @@ def ensure_experiment(uri: str, name: str) -> str:
     mlflow.db keeps them in mlruns/, any other X.db in X-mlruns/, so two stores in one folder
     never share an artifact folder. A server or other database keeps its own artifact root.
     """
-    from simpsons.tracking import races  # it builds on store_lock
+    from simpsons.tracking import races  # it takes the store's lock (sqlite.store_lock), or retries
 
     client = MlflowClient(uri)
 
@@ -455,37 +409,3 @@ def artifact_location(uri: str, experiment: str) -> str | None:
 def redact_uri(uri: str) -> str:
     """The URI without a password, in its userinfo or its query (simpsons/credentials.py)."""
     return credentials.redact_uri(uri)
-
-
-def git_tags() -> dict[str, str]:
-    """The project's git commit and whether tracked files differ from it ('unknown' outside git)."""
-    commit = git("rev-parse", "HEAD").strip()
-    if not commit:
-        return {schema.GIT_COMMIT: "unknown", schema.GIT_DIRTY: "unknown"}
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
-    return {schema.GIT_COMMIT: commit, schema.GIT_DIRTY: str(dirty).lower(), schema.MLFLOW_GIT_COMMIT: commit}
-
-
-def git(*args: str) -> str:
-    """git's output in the project folder; empty where git or the repository is missing."""
-    try:
-        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-
-
-@functools.cache
-def code_version() -> str:
-    """SHA-256 over the package's Python sources and the versions of the libraries that compute.
-
-    What decides whether an earlier run of the same config can stand for a new one: unlike the
-    git commit, it ignores edits to docs and tests, and it works without git.
-    """
-    digest = hashlib.sha256()
-    package = PROJECT_ROOT / "simpsons"
-    for path in sorted(package.rglob("*.py")):
-        digest.update(f"{path.relative_to(package)}\n".encode())
-        digest.update(path.read_bytes())
-    versions = {name: importlib.metadata.version(name) for name in CODE_PACKAGES}
-    digest.update(json.dumps(versions, sort_keys=True).encode())
-    return digest.hexdigest()

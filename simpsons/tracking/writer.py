@@ -1,6 +1,8 @@
-"""What a training run logs: its config, its data, its evaluations and its Keras model.
+"""What a training run logs: its config, its data, its epochs, its evaluations and its Keras model.
 
-The write side: it imports TensorFlow (the model flavor), so the read side never imports it.
+The write side: it imports TensorFlow (the model flavor), so the read side never imports it. It
+takes plain values, or objects that have the attributes named by the protocols below (a DataSet,
+an Evaluation): it imports nothing from the modules that make them.
 """
 
 from __future__ import annotations
@@ -8,9 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Sequence, Sized
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol
 
 import keras
 import mlflow
@@ -22,18 +25,47 @@ from mlflow.models import Model, ModelSignature
 from mlflow.types import Schema, TensorSpec
 from omegaconf import OmegaConf
 
-from simpsons import plots
-from simpsons.config import flatten
-from simpsons.data import DataSet
-from simpsons.evaluation import Evaluation, report_text
-from simpsons.tracking import predictions, races, schema
-from simpsons.tracking.store import git, redact_uri
+from simpsons import plots, signals
+from simpsons.tracking import predictions, provenance, races, schema
+from simpsons.tracking.store import redact_uri
 
 log = logging.getLogger(__name__)
 
 # The dataset digest MLflow shows: the data fingerprint's first hex digits, as the training log
 # prints it (MLflow keeps at most 36 characters; the whole fingerprint is in the profile and the tag).
 DATASET_DIGEST_CHARS = 12
+
+
+class Skipped(Protocol):
+    path: str
+    reason: str
+
+
+class Data(Protocol):
+    """What is logged of a run's data (simpsons.data.DataSet has it)."""
+
+    class_names: list[str]
+    fingerprint: str
+    train: Sized
+    val: Sized
+    test: Sized | None
+    skipped: Sequence[Skipped]
+    dropped_classes: dict[str, int]
+    unknown_test_classes: dict[str, int]
+
+
+class Scores(Protocol):
+    """What is logged of a split's evaluation (simpsons.evaluation.Evaluation has it)."""
+
+    split: str
+    names: list[str]
+    labels: np.ndarray
+    probabilities: np.ndarray
+    predicted: np.ndarray
+
+    def metrics(self) -> dict[str, float]: ...
+
+    def report(self, class_names: list[str]) -> str: ...
 
 
 def resolved_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -52,11 +84,11 @@ def log_config(config: dict[str, Any], hydra_dir: Path | None) -> None:
     commit tag plus the diff reproduce the code.
     """
     resolved = resolved_config(config)
-    mlflow.log_params(_not_yet_logged(flatten(resolved)))
+    mlflow.log_params(_not_yet_logged(provenance.params(resolved)))
     mlflow.log_text(OmegaConf.to_yaml(resolved), schema.CONFIG_YAML)
     if hydra_dir is not None and hydra_dir.is_dir():
         mlflow.log_artifacts(str(hydra_dir), schema.HYDRA_FILES)
-    diff = git("diff", "HEAD")
+    diff = provenance.git_diff()
     if diff:
         mlflow.log_text(diff, schema.GIT_DIFF)
 
@@ -69,7 +101,7 @@ def _not_yet_logged(params: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in params.items() if key not in logged}
 
 
-def log_data(data: DataSet) -> None:
+def log_data(data: Data) -> None:
     mlflow.log_params(
         {
             "data.num_classes": len(data.class_names),
@@ -111,7 +143,7 @@ class SplitDataset(MetaDataset):
         return super().to_dict() | {"profile": json.dumps(self._profile)}
 
 
-def log_dataset_inputs(data: DataSet, data_name: str, root: str, test_root: str | None) -> None:
+def log_dataset_inputs(data: Data, data_name: str, root: str, test_root: str | None) -> None:
     """The data set as the run's dataset inputs, one per split, so the UI's Dataset column shows it.
 
     MLflow keeps one input per (name, digest) and run: each split has its own name, e.g.
@@ -138,7 +170,7 @@ def log_dataset_inputs(data: DataSet, data_name: str, root: str, test_root: str 
 
 
 def log_evaluation(
-    evaluation: Evaluation,
+    evaluation: Scores,
     class_names: list[str],
     figures: dict[str, plots.Drawing],
     with_metrics: bool = True,
@@ -155,9 +187,23 @@ def log_evaluation(
     labels = [class_names[label] for label in evaluation.labels]
     csv = predictions.to_csv(evaluation.names, labels, evaluation.probabilities, class_names)
     mlflow.log_text(csv, schema.predictions_csv(split))
-    mlflow.log_text(report_text(evaluation, class_names), schema.report_txt(split))
+    mlflow.log_text(evaluation.report(class_names), schema.report_txt(split))
     drawing = plots.draw_meanwhile("confusion_matrix", evaluation.labels, evaluation.predicted, class_names, split)
     figures[schema.confusion_matrix_png(split)] = drawing
+
+
+def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+    """An epoch's metrics (loss, accuracy, ..., lr), at its step."""
+    with signals.held():  # a Ctrl-C waits for the write: the run must still be ended afterwards
+        mlflow.log_metrics(metrics, step=epoch)
+
+
+def log_feature_cache(miss: bool, seconds: float, images_per_second: float | None) -> None:
+    """Whether the run found its features in the cache, and what extracting the missing ones cost."""
+    mlflow.set_tag(schema.FEATURE_CACHE, "miss" if miss else "hit")
+    mlflow.log_metric("feature_extraction_seconds", seconds)
+    if images_per_second is not None:
+        mlflow.log_metric("feature_extraction_images_per_second", images_per_second)
 
 
 def log_figures(drawings: dict[str, plots.Drawing]) -> None:

@@ -1,7 +1,7 @@
-"""One GPU per job process (simpsons/gpus.py): the claims of real processes on real lock files.
+"""One GPU per job process (simpsons/training/gpus.py): the claims of real processes on real lock files.
 
 No GPU is needed: a claim picks among GPU names, and TensorFlow is shown the one picked
-(simpsons.training.configure_gpus, which on a GPU box benchmarks/gpu_check.sh exercises).
+(simpsons.training.runtime.configure_gpus, which on a GPU box benchmarks/gpu_check.sh exercises).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from conftest import train_settings
 
-from simpsons import gpus, hydra_jobs
-from simpsons.job import _training_config
+from simpsons import hydra_jobs
+from simpsons.training import gpus
+from simpsons.training.runs import training_config
 
 EXIT_DEADLINE = 60.0
 
@@ -27,7 +28,7 @@ EXIT_DEADLINE = 60.0
 CLAIMANT = """
 import json, sys
 from pathlib import Path
-from simpsons import gpus
+from simpsons.training import gpus
 claim = gpus.claim(Path(sys.argv[1]), sys.argv[2].split(","))
 again = gpus.claim(Path(sys.argv[1]), sys.argv[2].split(","))
 found = {"index": claim.index, "name": claim.name, "others": claim.others, "same": again is claim}
@@ -121,7 +122,7 @@ def test_a_gpu_key_takes_true_or_false(key):
 
 def test_gpu_keys_do_not_change_a_configs_identity():
     """Which GPU, and how its memory is mapped, change no result: a run on another GPU is reused."""
-    default = _training_config(train_settings(["backbone=mobilenet"]))
-    other = _training_config(train_settings(["backbone=mobilenet", "gpu.memory_growth=false", "gpu.one_per_job=false"]))
+    default = training_config(train_settings(["backbone=mobilenet"]))
+    other = training_config(train_settings(["backbone=mobilenet", "gpu.memory_growth=false", "gpu.one_per_job=false"]))
     assert default == other
     assert not any(key.startswith("gpu.") for key in default)

@@ -3,17 +3,17 @@
 A phase (the head's epochs, then fine-tuning's) has its own optimizer, starting learning rate and
 epochs, and the scheduler applies to each on its own: cosine decays a phase's learning rate over
 that phase's steps; plateau watches that phase's epochs. The learning rate each epoch starts with
-is logged by simpsons.training.MlflowEpochMetrics (metric `lr`).
+is logged by the callbacks (callbacks.py, metric `lr`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import keras
 
 from simpsons.settings import MONITORS, CosineSchedule, PlateauSchedule, ScheduleSettings
+from simpsons.training.callbacks import ResumedReduceLROnPlateau, learning_rate
 
 
 def scheduled(
@@ -54,28 +54,3 @@ def callbacks(scheduler: ScheduleSettings, replay: Sequence[tuple[int, float]] =
         verbose=1,
     )
     return [plateau]
-
-
-class ResumedReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
-    """Keras's ReduceLROnPlateau, told the phase's epochs that ran before a resume (`replay`).
-
-    It replays them when training begins, before BackupAndRestore (the last of fit's callbacks)
-    restores the optimizer: the learning rates the replay sets are then overwritten by the ones
-    backed up, which the same epochs had set.
-    """
-
-    def __init__(self, replay: Sequence[tuple[int, float]] = (), **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.replay = list(replay)
-
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        super().on_train_begin(logs)
-        verbose, self.verbose = self.verbose, 0  # these epochs said so when they ran
-        for epoch, value in self.replay:
-            self.on_epoch_end(epoch, {self.monitor: value})
-        self.verbose = verbose
-
-
-def learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
-    """The learning rate of the optimizer's next step (a schedule's value at its current step)."""
-    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))

@@ -1,4 +1,4 @@
-"""Learning-rate schedulers (simpsons/schedules.py): what each does to a phase, and the logged lr curve.
+"""Learning-rate schedulers (simpsons/training/schedules.py): what each does to a phase, and the logged lr curve.
 
 The jobs train the tiny MobileNet on the demo images, in a private SQLite store; the lr metric is
 the learning rate each epoch starts with.
@@ -13,9 +13,9 @@ import pytest
 from conftest import TINY_MODEL, folder_data, run_cli, train_settings
 from mlflow.tracking import MlflowClient
 
-from simpsons import schedules
-from simpsons.job import JobContext, train
-from simpsons.training import LR_METRIC
+from simpsons.training import schedules
+from simpsons.training.callbacks import LR_METRIC
+from simpsons.training.recipe import JobContext, train
 
 LR = 1e-3  # TINY_MODEL's
 

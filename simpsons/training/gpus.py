@@ -2,7 +2,7 @@
 
 TensorFlow computes on the first GPU it sees (this project uses no distribution strategy), so
 parallel jobs that all see every GPU would all train on GPU 0. Each job process instead claims
-one GPU here and shows TensorFlow that one only (simpsons/training.py, `configure_gpus`).
+one GPU here and shows TensorFlow that one only (runtime.py, `configure_gpus`).
 
 A claim is an exclusive flock on `<lock_dir>/<gpu>.<slot>.lock`, held for the life of the
 process: the kernel drops it when the process ends in any way, `kill -9` included, so a dead job

@@ -8,7 +8,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from simpsons.config import default_tracking_uri
-from simpsons.tracking import lifecycle, schema, sweeps
+from simpsons.tracking import lifecycle, schema, sweep_outcome
 from simpsons.tracking.store import configure, ensure_experiment
 
 PLAN = "Sweep of dropout: 4 jobs."
@@ -44,8 +44,8 @@ def sweep_with_jobs(uri: str) -> tuple[MlflowClient, str, dict[str, str]]:
 def test_the_parent_logs_its_best_jobs_metric_the_counts_the_best_run_and_a_description(tracking_uri):
     client, parent, ids = sweep_with_jobs(configure(tracking_uri))
 
-    sweeps.record(client, client.get_run(parent), tracking_uri)
-    sweeps.record(client, client.get_run(parent), tracking_uri)  # once more, as a second ending would: no doubling
+    sweep_outcome.record(client, client.get_run(parent), tracking_uri)
+    sweep_outcome.record(client, client.get_run(parent), tracking_uri)  # again, as a second ending would: no doubling
 
     run = client.get_run(parent)
     assert run.data.metrics == {
@@ -64,7 +64,7 @@ def test_the_parent_logs_its_best_jobs_metric_the_counts_the_best_run_and_a_desc
 def test_the_summary_lists_the_jobs_best_first_rounded_with_the_best_run_and_the_next_commands(tracking_uri):
     client, parent, ids = sweep_with_jobs(configure(tracking_uri))
 
-    text = sweeps.summary(sweeps.outcome(client, client.get_run(parent)), tracking_uri)
+    text = sweep_outcome.summary(sweep_outcome.outcome(client, client.get_run(parent)), tracking_uri)
 
     lines = text.splitlines()
     assert lines[0] == f"sweep '2026-11-28 12:40 dropout (4)' (run {parent}): 4 jobs: 3 finished (1 reused), 1 failed"
@@ -90,22 +90,22 @@ def test_killed_jobs_are_counted_apart_from_failed_ones(tracking_uri):
     client, parent, ids = sweep_with_jobs(configure(tracking_uri))
     client.set_terminated(ids["drop=0.2"], "KILLED")
 
-    outcome = sweeps.outcome(client, client.get_run(parent))
+    outcome = sweep_outcome.outcome(client, client.get_run(parent))
     assert (outcome.metrics()["jobs_failed"], outcome.metrics()["jobs_killed"]) == (1, 1)
-    first_line = sweeps.summary(outcome, tracking_uri).splitlines()[0]
+    first_line = sweep_outcome.summary(outcome, tracking_uri).splitlines()[0]
     assert first_line.endswith("4 jobs: 2 finished (1 reused), 1 failed, 1 killed")
-    assert "**Outcome:** 2 finished (1 reused), 1 failed, 1 killed." in sweeps.markdown(outcome, tracking_uri)
+    assert "**Outcome:** 2 finished (1 reused), 1 failed, 1 killed." in sweep_outcome.markdown(outcome, tracking_uri)
 
 
 def test_the_next_commands_name_no_store_for_the_default_one_and_hide_a_password():
-    outcome = sweeps.Outcome("abc", "a sweep", [])
-    assert sweeps.next_commands(outcome, default_tracking_uri())[0] == "python -m simpsons.ensemble sweep=abc"
-    commands = sweeps.next_commands(outcome, "postgresql://me:secret@db/mlflow")
+    outcome = sweep_outcome.Outcome("abc", "a sweep", [])
+    assert sweep_outcome.next_commands(outcome, default_tracking_uri())[0] == "python -m simpsons.ensemble sweep=abc"
+    commands = sweep_outcome.next_commands(outcome, "postgresql://me:secret@db/mlflow")
     assert (
         "secret" not in " ".join(commands)
         and commands[1] == "mlflow ui --backend-store-uri postgresql://me:***@db/mlflow"
     )
-    assert sweeps.next_commands(outcome, "http://tracking:5000")[1] == "open http://tracking:5000 in a browser"
+    assert sweep_outcome.next_commands(outcome, "http://tracking:5000")[1] == "open http://tracking:5000 in a browser"
 
 
 def test_a_sweep_whose_driver_was_killed_gets_its_outcome_when_a_later_command_ends_it(tracking_uri):

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from simpsons import hydra_jobs, naming
 from simpsons.config import SWEEP_ID_VARIABLE
 from simpsons.errors import ServerLost
-from simpsons.tracking import connection, lifecycle, reader, schema, store, sweeps
+from simpsons.tracking import connection, lifecycle, provenance, reader, schema, store, sweep_outcome
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class MlflowSweepCallback(Callback):
     The parent is named by when it started and what it sweeps; its params are the swept keys and
     their values, its description says what ran, and `multirun.yaml` is its artifact from the
     start (so a sweep killed -9 has them too). When it ends it logs its jobs' outcome
-    (simpsons.tracking.sweeps), which the terminal shows too.
+    (simpsons.tracking.sweep_outcome), which the terminal shows too.
     """
 
     def __init__(self) -> None:
@@ -80,7 +80,7 @@ class MlflowSweepCallback(Callback):
                 schema.HYDRA_OVERRIDES: " ".join(overrides),
                 schema.SWEPT_KEYS: json.dumps(list(varying)),
                 schema.NOTE: _plan(grid, overrides, sweep_dir),
-                **store.git_tags(),
+                **provenance.git_tags(),
                 **lifecycle.process_tags(),
                 schema.HEARTBEAT_SECONDS: f"{config.tracking.heartbeat_seconds:g}",
             },
@@ -129,7 +129,7 @@ class MlflowSweepCallback(Callback):
     def _left(self) -> str:
         return f"the next command ends sweep run {self.parent_run_id} KILLED; "
 
-    def _end_parent(self, status: RunStatus) -> sweeps.Outcome | None:
+    def _end_parent(self, status: RunStatus) -> sweep_outcome.Outcome | None:
         """End the parent (once), and any child still RUNNING, e.g. after a worker was killed;
         log the jobs' outcome on it. Returns that outcome, or None if there was nothing to end."""
         if self.client is None or self.parent_run_id is None:
@@ -163,10 +163,10 @@ class MlflowSweepCallback(Callback):
                 self.heartbeat.stop(wait=False)
             raise connection.server_lost(error, self._left(), waited=False) from None
 
-    def _record_outcome(self, parent: Run) -> sweeps.Outcome | None:
+    def _record_outcome(self, parent: Run) -> sweep_outcome.Outcome | None:
         """Best effort: a store error here must not keep the parent from being ended."""
         try:
-            return sweeps.record(self.client, parent, self.uri)
+            return sweep_outcome.record(self.client, parent, self.uri)
         except Exception as error:  # any store error: SQLAlchemy, HTTP, MLflow's own
             log.warning("could not log the outcome of sweep run %s: %s", self.parent_run_id, error)
             return None
@@ -186,14 +186,14 @@ class MlflowSweepCallback(Callback):
             [parent.info.experiment_id], filter_string=f"tags.`{schema.PARENT_RUN}` = '{self.parent_run_id}'"
         )
 
-    def _say_what_ran(self, outcome: sweeps.Outcome | None) -> None:
+    def _say_what_ran(self, outcome: sweep_outcome.Outcome | None) -> None:
         """The configs that reused an earlier run, in one line; then the jobs' table, best first,
         the best run and what to run next."""
         reused = [c.info.run_name for c in self._children() if reader.run_type(c) == schema.REUSED]
         if reused:
             log.info("reused %d finished config(s) (reuse=false trains them again): %s", len(reused), "; ".join(reused))
         if outcome is not None:
-            print(sweeps.summary(outcome, self.uri), flush=True)
+            print(sweep_outcome.summary(outcome, self.uri), flush=True)
 
 
 def _jobs(grid: dict[str, list[str]]) -> int:
