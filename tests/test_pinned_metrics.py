@@ -93,7 +93,9 @@ def logged_metrics(uri: str) -> dict[str, float | list[float]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,overrides", [("cached", []), ("finetune", FINETUNE)])
+@pytest.mark.parametrize(
+    "name,overrides", [pytest.param("cached", [], id="cached"), pytest.param("finetune", FINETUNE, id="finetune")]
+)
 def test_a_fixed_config_logs_the_metrics_it_logged_before_the_redesign(name, overrides, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     places = [f"data.dir={tmp_path / 'demo'}", f"cache_dir={tmp_path / 'cache'}", f"tracking.uri={uri}"]
