@@ -123,7 +123,7 @@ def test_an_unknown_key_names_the_keys_that_are_there():
     [error] = hydra_jobs.command_line_errors(["+optimizer.lrr=1"])
     assert error == (
         "unknown key 'optimizer.lrr' (+optimizer.lrr=1); did you mean optimizer.lr? optimizer takes: keras_class, "
-        "kwargs, lr, name (any key under backbone.kwargs and optimizer.kwargs)"
+        "kwargs, lr, name, weight_decay (any key under backbone.kwargs and optimizer.kwargs)"
     )
 
 

@@ -69,9 +69,13 @@ class OptimizerSettings:
     name: str = MISSING
     keras_class: str = MISSING
     lr: Any = MISSING
+    weight_decay: Any = MISSING  # decoupled: each step, every trainable weight shrinks by lr * weight_decay of itself
     kwargs: dict[str, Any] = field(default_factory=dict)  # constructor arguments, passed on as given
 
-    RULES: ClassVar[tuple[Rule, ...]] = (Rule("lr", is_positive, "a positive number"),)
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule("lr", is_positive, "a positive number"),
+        Rule("weight_decay", lambda v: is_number(v) and v >= 0, "a number >= 0 (0: off)"),
+    )
 
     def errors(self, prefix: str = "optimizer.") -> list[str]:
         errors = [choice_error("optimizer", self.name), *judged(self, prefix, self.RULES)]
@@ -80,6 +84,8 @@ class OptimizerSettings:
             errors.append(
                 f"{prefix}keras_class={self.keras_class!r} is not a keras.optimizers class; use one of: {accepted}"
             )
+        if "weight_decay" in self.kwargs:  # Keras would take it twice and fail only once the job has started
+            errors.append(f"{prefix}kwargs.weight_decay is set; set {prefix}weight_decay instead")
         return errors
 
 
