@@ -31,6 +31,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
+from quick_tier import pytest_runtest_makereport, pytest_runtest_setup, pytest_runtest_teardown  # noqa: F401
 from services.postgres import postgres, postgres_cluster  # noqa: F401 (the session's PostgreSQL, for every module)
 
 from simpsons import settings
