@@ -31,6 +31,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
+from quick_tier import pytest_runtest_makereport, pytest_runtest_setup, pytest_runtest_teardown  # noqa: F401
+from services.postgres import postgres, postgres_cluster  # noqa: F401 (the session's PostgreSQL, for every module)
 
 from simpsons import settings
 from simpsons.config import CONF_DIR, PROJECT_ROOT
@@ -211,6 +213,26 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 600, **kwargs) -> subpr
         text=True,
         timeout=timeout,
         **kwargs,
+    )
+
+
+COMMAND_SECONDS = 900  # a command of a test that talks to a server, on a loaded machine
+
+
+def clean_environment() -> dict[str, str]:
+    """This process's environment without any MLflow setting (as a new shell would have it)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") and k != "PGPASSWORD"}
+
+
+def run_module(module: str, args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`python -m simpsons.MODULE ARGS` in `cwd` with `env`, as a user would type it."""
+    return subprocess.run(
+        [sys.executable, "-m", f"simpsons.{module}", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_SECONDS,
     )
 
 

@@ -74,6 +74,7 @@ def test_the_logged_ensemble_model_takes_images_of_any_size_and_mlflow_asks_for_
     np.testing.assert_allclose(model.predict(larger), expected, atol=1e-5)
 
 
+@pytest.mark.slow  # a service: mlflow models serve
 def test_mlflow_models_serve_answers_with_the_ensemble(store, tmp_path):
     run_id = ensemble(ensemble_config(store, f"sweep={store.sweep}", "top_n=2", "register=false"))
     uri = runs.model_uri(MlflowClient(store.uri).get_run(run_id))

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_MODEL, folder_data, free_port, run_cli, train_settings
+from hydra import initialize_config_dir
 
 from simpsons import preflight
+from simpsons.config import CONF_DIR
 from simpsons.data import load_dataset
 from simpsons.errors import ConfigError, DataError
 from simpsons.tracking import store
@@ -114,7 +116,45 @@ def assert_nothing_created(cwd: Path) -> None:
     assert not (cwd / "multirun").exists() and not (cwd / "outputs").exists()
 
 
+# Through the command, one case of each stage that judges a command line: the password check, the
+# group choices before Hydra composes, a value's rule, a sweep's jobs, the data folder and a folder
+# probe. Every case is judged in-process by the same functions (test_each_bad_value_is_...), at a
+# fraction of a Python start-up each.
+CLI_CASES = [case for case in BAD_INPUTS if case[0] in {"database password", "backbone", "dropout", "sweep", "kaggle"}]
+
+
+def command_line_errors(args: list[str]) -> list[str]:
+    """The lines `python -m simpsons.train ARGS` exits 2 with, from the functions it runs in turn (train.main):
+    the password check, the command line before Hydra composes it, then every job (the sweep callback)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from simpsons import credentials, hydra_jobs
+
+    if password := credentials.arguments_error(args):
+        return [password]
+    if errors := hydra_jobs.command_line_errors(args):
+        return errors
+    mode = RunMode.MULTIRUN if "-m" in args else RunMode.RUN
+    values = [a for a in args if not a.startswith("-")]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        return hydra_jobs.job_errors(loader.load_configuration("train", [f"hydra.mode={mode.name}", *values], mode))
+
+
 @pytest.mark.parametrize("overrides,message", [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS])
+def test_each_bad_value_is_one_line_from_the_checks_the_command_runs(overrides, message, image_folders, tmp_path):
+    port = free_port()  # nothing listens there
+    filled = [o.format(tmp=tmp_path, port=port) for o in overrides]
+    [line] = command_line_errors(cli_args(filled, tmp_path, image_folders))
+    assert line.startswith(message.format(tmp=tmp_path, port=port)), line
+    assert "secret" not in line
+    assert_nothing_created(tmp_path)
+    if "data=simpsons" in overrides:
+        assert "experiment=demo" in line
+
+
+@pytest.mark.parametrize("overrides,message", [case[1:] for case in CLI_CASES], ids=[case[0] for case in CLI_CASES])
 def test_a_bad_value_fails_before_anything_starts_in_one_line(overrides, message, image_folders, tmp_path):
     port = free_port()  # nothing listens there
     filled = [o.format(tmp=tmp_path, port=port) for o in overrides]

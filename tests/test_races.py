@@ -24,7 +24,7 @@ from conftest import folder_data, free_port, mlflow_cli, serving
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST, RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST
 from mlflow.tracking import MlflowClient
-from test_server import DATABASE_PASSWORD, postgres  # noqa: F401 (the session's PostgreSQL)
+from services.postgres import DATABASE_PASSWORD
 
 from simpsons.tracking import races, schema
 
@@ -201,7 +201,7 @@ def environment(**extra: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def fresh_postgres(postgres: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:  # noqa: F811 (the imported fixture)
+def fresh_postgres(postgres: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A new, empty schema of the test PostgreSQL as a store of its own (search_path in the URI)."""
     import sqlalchemy
 

@@ -13,10 +13,8 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,36 +23,28 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-import leftovers
 import mlflow
 import psutil
 import pytest
-from conftest import TINY_MODEL, folder_data, free_port, serving
+from conftest import COMMAND_SECONDS, TINY_MODEL, clean_environment, folder_data, free_port, run_module, serving
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+from services.postgres import DATABASE_PASSWORD, POSTGRES_BINARIES
 
 from simpsons import server as team_server
 from simpsons.tracking import schema
 
-POSTGRES_BINARIES = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
 # Fresh per test session: whatever leaks is found by its value, which nothing else could contain.
 ADMIN_PASSWORD = "admin-" + secrets.token_hex(12)
 PASSWORDS = {"alice": "alice-" + secrets.token_hex(12), "bob": "bob-" + secrets.token_hex(12)}
-DATABASE_PASSWORD = "database-" + secrets.token_hex(12)
 SECRETS = [ADMIN_PASSWORD, DATABASE_PASSWORD, *PASSWORDS.values()]
 API = "/api/2.0/mlflow"
 JOBLIB_2 = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
-COMMAND_SECONDS = 900
 
 
 class Server(NamedTuple):
     url: str
     log: Path
-
-
-def clean_environment() -> dict[str, str]:
-    """This process's environment without any MLflow setting (as a new shell would have it)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") and k != "PGPASSWORD"}
 
 
 def teammate(url: str, user: str | None, password: str | None = None) -> dict[str, str]:
@@ -63,79 +53,6 @@ def teammate(url: str, user: str | None, password: str | None = None) -> dict[st
     if user is not None:
         env |= {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password or PASSWORDS[user]}
     return env
-
-
-def simpsons(module: str, args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """`python -m simpsons.MODULE ARGS` in `cwd`, as a user would type it."""
-    return subprocess.run(
-        [sys.executable, "-m", f"simpsons.{module}", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_SECONDS,
-    )
-
-
-def psql_command(binaries: Path, socket_dir: Path, port: int, sql: str) -> list[str]:
-    return [
-        str(binaries / "psql"),
-        *connection(socket_dir, port),
-        *("-d", "postgres", "-v", "ON_ERROR_STOP=1", "-q", "-c", sql),
-    ]
-
-
-def connection(socket_dir: Path, port: int) -> list[str]:
-    return ["-h", str(socket_dir), "-p", str(port), "-U", "postgres"]
-
-
-def least_privilege_setup(binaries: Path, socket_dir: Path, port: int) -> list[list[str]]:
-    """docs/scaling-out.md's commands for the role and database, as the superuser `postgres`; the
-    password is set by SQL here, where the docs have createuser prompt for it (--pwprompt)."""
-    role = ("--login", "--no-superuser", "--no-createdb", "--no-createrole", "mlflow")
-    return [
-        [str(binaries / "createuser"), *connection(socket_dir, port), *role],
-        psql_command(binaries, socket_dir, port, f"ALTER ROLE mlflow PASSWORD '{DATABASE_PASSWORD}'"),
-        [str(binaries / "createdb"), *connection(socket_dir, port), "--owner=mlflow", "mlflow"],
-        psql_command(binaries, socket_dir, port, "REVOKE ALL ON DATABASE mlflow FROM PUBLIC"),
-    ]
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[str]:
-    """A real PostgreSQL in a temporary folder, on 127.0.0.1 and a free port, with a database
-    `mlflow` owned by a user `mlflow` whose password is DATABASE_PASSWORD, set up as the docs say (a
-    login role with no other privilege, the only one that may connect); yields its URI (no password).
-
-    initdb refuses to run as root: as root, the cluster belongs to Debian's `postgres` user.
-    """
-    if not POSTGRES_BINARIES:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run installs it)")
-    binaries = POSTGRES_BINARIES[-1].parent
-    folder = Path(tempfile.mkdtemp(prefix="simpsons-postgres-"))  # short: the socket path has a length limit
-    as_owner = []
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres", "postgres")
-        as_owner = ["runuser", "-u", "postgres", "--"]
-    data, port = folder / "data", free_port()
-    run = {"check": True, "capture_output": True, "text": True, "timeout": 120}
-    subprocess.run(
-        [*as_owner, str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8", "--auth-local=trust"]
-        + ["--auth-host=scram-sha-256"],
-        **run,
-    )
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
-    pg_ctl = [*as_owner, str(binaries / "pg_ctl"), "-D", str(data)]
-    subprocess.run([*pg_ctl, "-l", str(folder / "postgres.log"), "-w", "-t", "120", "-o", options, "start"], **run)
-    postmaster = int((data / "postmaster.pid").read_text().split()[0])
-    with leftovers.recorded(postmaster, leftovers.POSTMASTER, folder):  # until it is stopped
-        try:
-            for command in least_privilege_setup(binaries, folder, port):
-                subprocess.run([*as_owner, *command], **run)
-            yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
-        finally:
-            subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], capture_output=True, timeout=120)
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -150,7 +67,7 @@ def team(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
     with serving(command, f"{url}/health", folder, env, timeout=180):
         for user, password in PASSWORDS.items():
             admin = {"MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD, "SIMPSONS_NEW_USER_PASSWORD": password}
-            added = simpsons("server", ["add-user", user, "--server", url], folder, clean_environment() | admin)
+            added = run_module("server", ["add-user", user, "--server", url], folder, clean_environment() | admin)
             assert added.returncode == 0, added.stderr
             assert f"added user '{user}'" in added.stdout
         yield Server(url, folder / "server.log")
@@ -201,7 +118,7 @@ def files_holding(folder: Path, text: str) -> list[str]:
 
 def admin_command(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """`python -m simpsons.server ARGS` as the server's admin; it must succeed."""
-    result = simpsons("server", args, cwd, clean_environment() | {"MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD})
+    result = run_module("server", args, cwd, clean_environment() | {"MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD})
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -301,13 +218,13 @@ def test_postgres_server_refuses_anonymous_requests_and_wrong_passwords_in_one_l
             (teammate(team.url, "alice", "not-" + PASSWORDS["alice"]), wrong),
             (teammate(team.url, None), anonymous),
         ):
-            result = simpsons(module, args, tmp_path, env)
+            result = run_module(module, args, tmp_path, env)
             assert result.returncode == 2, (module, result.stderr[-3000:])
             assert error_lines(module, result) == [expected], module
     assert not list(tmp_path.rglob("multirun"))  # nothing started: no sweep folder, no experiment
     assert as_alice.get_experiment_by_name("simpsons") is None
 
-    wrong_admin = simpsons(
+    wrong_admin = run_module(
         "server",
         ["add-user", "carol", "--server", team.url],
         tmp_path,
@@ -320,7 +237,7 @@ def test_postgres_server_refuses_anonymous_requests_and_wrong_passwords_in_one_l
 
 def test_a_password_inside_the_server_url_is_refused_before_anything_starts(image_folders, tmp_path):
     url = f"http://alice:{PASSWORDS['alice']}@127.0.0.1:{free_port()}"
-    result = simpsons("train", [*folder_data(image_folders), *TINY_MODEL], tmp_path, teammate(url, None))
+    result = run_module("train", [*folder_data(image_folders), *TINY_MODEL], tmp_path, teammate(url, None))
     assert result.returncode == 2
     assert leaked_secrets(result.stdout + result.stderr) == []
     assert result.stderr.strip().splitlines() == [
@@ -334,7 +251,7 @@ def test_postgres_sweep_of_four_jobs_two_at_a_time_over_http_then_ensemble_and_r
     env = teammate(team.url, "alice")
     sweep = ["-m", "experiment=demo", f"data.dir={tmp_path / 'demo'}", *TINY_MODEL, "epochs=2", *JOBLIB_2]
     sweep += ["tracking.experiment=team-sweep"]
-    outputs = [simpsons("train", sweep, tmp_path, env)]
+    outputs = [run_module("train", sweep, tmp_path, env)]
     assert outputs[0].returncode == 0, outputs[0].stderr[-3000:]
 
     runs = runs_of(as_alice, "team-sweep")
@@ -353,12 +270,12 @@ def test_postgres_sweep_of_four_jobs_two_at_a_time_over_http_then_ensemble_and_r
     assert names == [f"{o} {d}" for o in ("adam", "rmsprop") for d in ("0.2", "0.5")]
     assert f"open {team.url} in a browser" in outputs[0].stdout
 
-    ensemble = simpsons("ensemble", ["tracking.experiment=team-sweep", "sweep=latest", "top_n=4"], tmp_path, env)
+    ensemble = run_module("ensemble", ["tracking.experiment=team-sweep", "sweep=latest", "top_n=4"], tmp_path, env)
     assert ensemble.returncode == 0, ensemble.stderr[-3000:]
     [ensemble_run] = [r for r in runs_of(as_alice, "team-sweep") if run_type(r) == "ensemble"]
     assert ensemble_run.info.status == "FINISHED"
     assert set(ensemble_run.data.tags[schema.MEMBERS].split(",")) == {c.info.run_id for c in children}
-    report = simpsons("report", ["--experiment", "team-sweep", "--sweep", "latest"], tmp_path, env)
+    report = run_module("report", ["--experiment", "team-sweep", "--sweep", "latest"], tmp_path, env)
     assert report.returncode == 0, report.stderr[-3000:]
     assert all(c.info.run_name in report.stdout for c in children)
     assert ensemble_run.info.run_name in report.stdout
@@ -382,7 +299,7 @@ def test_postgres_four_parallel_writers_of_two_users_lose_no_run(team, as_alice,
     first refused in one line, then granted EDIT with the documented command."""
     as_alice.create_experiment("team-writers")
     args = [*folder_data(image_folders), *TINY_MODEL, "epochs=1", "tracking.experiment=team-writers"]
-    refused = simpsons("train", args, tmp_path, teammate(team.url, "bob"))
+    refused = run_module("train", args, tmp_path, teammate(team.url, "bob"))
     assert refused.returncode == 2, refused.stderr[-3000:]
     [line] = [line for line in (refused.stdout + refused.stderr).splitlines() if "error: " in line]
     assert line.endswith(
@@ -602,7 +519,7 @@ def test_postgres_bob_reads_alices_work_but_every_change_is_refused_until_grante
 
     # An ensemble into her experiment, or registered into her model, stops in one line naming the grant.
     experiment = as_alice.get_experiment(alices_work["experiment"]).name
-    ensemble = simpsons("ensemble", [f"tracking.experiment={experiment}"], tmp_path, teammate(team.url, "bob"))
+    ensemble = run_module("ensemble", [f"tracking.experiment={experiment}"], tmp_path, teammate(team.url, "bob"))
     assert ensemble.returncode == 2
     assert error_lines("ensemble", ensemble) == [
         f"error: tracking.experiment={experiment!r} on {team.url}: user 'bob' has READ on it, not EDIT; use one of "
@@ -612,11 +529,11 @@ def test_postgres_bob_reads_alices_work_but_every_change_is_refused_until_grante
 
     # Granted EDIT, by alice herself (she created them: MANAGE) and by the admin: bob may write.
     alice = clean_environment() | {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": PASSWORDS["alice"]}
-    by_alice = simpsons("server", ["grant", "bob", "--experiment", experiment, "--server", team.url], tmp_path, alice)
+    by_alice = run_module("server", ["grant", "bob", "--experiment", experiment, "--server", team.url], tmp_path, alice)
     assert by_alice.returncode == 0, by_alice.stderr[-3000:]
     assert by_alice.stdout.strip() == f"bob now has EDIT on experiment {experiment!r} at {team.url}"
     args = [f"tracking.experiment={experiment}", f"registered_model={model.name}"]
-    ensemble = simpsons("ensemble", args, tmp_path, teammate(team.url, "bob"))
+    ensemble = run_module("ensemble", args, tmp_path, teammate(team.url, "bob"))
     assert ensemble.returncode == 2
     assert error_lines("ensemble", ensemble) == [
         f"error: registered_model={model.name!r} on {team.url}: user 'bob' has READ on it, not EDIT; use one of "
@@ -631,7 +548,7 @@ def test_postgres_bob_reads_alices_work_but_every_change_is_refused_until_grante
     # bob cannot grant on what he does not MANAGE; a grant is replaced, not added to.
     bob = clean_environment() | {"MLFLOW_TRACKING_USERNAME": "bob", "MLFLOW_TRACKING_PASSWORD": PASSWORDS["bob"]}
     args = ["grant", "alice", "--experiment", experiment, "--permission", "NO_PERMISSIONS", "--server", team.url]
-    refused = simpsons("server", args, tmp_path, bob)
+    refused = run_module("server", args, tmp_path, bob)
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [
         f"error: {team.url} refused user 'bob' a grant on experiment {experiment!r} (HTTP 403): only its owner "
@@ -676,7 +593,7 @@ def test_postgres_adding_an_existing_user_is_one_line_and_changes_nothing(team, 
         "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "SIMPSONS_NEW_USER_PASSWORD": new_password,
     }
-    result = simpsons("server", ["add-user", "alice", "--server", team.url], tmp_path, env)
+    result = run_module("server", ["add-user", "alice", "--server", team.url], tmp_path, env)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: user 'alice' already exists on {team.url}; nothing was changed"
@@ -721,7 +638,7 @@ def test_postgres_no_command_takes_a_password_in_a_uri_and_none_reaches_the_stor
     ]
     outputs = []
     for module, args, environment in attempts:
-        outputs.append(result := simpsons(module, args, tmp_path, environment))
+        outputs.append(result := run_module(module, args, tmp_path, environment))
         assert result.returncode == 2, (module, args, result.stderr[-2000:])
         [line] = error_lines(module, result)
         assert "has a password in it" in line and "***" in line, line
@@ -729,9 +646,9 @@ def test_postgres_no_command_takes_a_password_in_a_uri_and_none_reaches_the_stor
     assert list(tmp_path.iterdir()) == []  # nothing created: no outputs/, multirun/, artifacts
 
     direct = [*train, f"tracking.uri={postgres}", "tracking.experiment=sentinel-direct"]
-    outputs += [simpsons("train", direct, tmp_path, env)]
-    outputs += [simpsons("train", [*train, "tracking.experiment=sentinel-http"], tmp_path, env)]
-    outputs += [simpsons("report", ["--experiment", "sentinel-http"], tmp_path, env)]
+    outputs += [run_module("train", direct, tmp_path, env)]
+    outputs += [run_module("train", [*train, "tracking.experiment=sentinel-http"], tmp_path, env)]
+    outputs += [run_module("report", ["--experiment", "sentinel-http"], tmp_path, env)]
     assert [o.returncode for o in outputs[-3:]] == [0, 0, 0], outputs[-1].stderr[-3000:]
     dump = subprocess.run(
         [str(POSTGRES_BINARIES[-1].parent / "pg_dump"), "-h", "127.0.0.1", "-p", str(urlsplit(postgres).port)]

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from simpsons import tfstartup
 
 ONEDNN = "oneDNN custom operations are on"
@@ -23,6 +25,7 @@ def import_tensorflow(level: str | None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # TensorFlow in a subprocess
 def test_importing_tensorflow_shows_no_start_up_notes_at_the_default_level():
     """TensorFlow 2.21 prints them twice, whatever the level (simpsons sets 3 without a GPU, 2 with one)."""
     result = import_tensorflow(None)
@@ -30,6 +33,7 @@ def test_importing_tensorflow_shows_no_start_up_notes_at_the_default_level():
     assert not [note for note in (ONEDNN, CUDA, NOTICE) if note in result.stderr], result.stderr
 
 
+@pytest.mark.slow  # TensorFlow in a subprocess
 def test_asked_for_its_informational_lines_tensorflow_shows_each_once():
     result = import_tensorflow("0")
     assert result.returncode == 0 and result.stdout == "6\n", result.stderr[-3000:]

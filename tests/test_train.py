@@ -37,6 +37,7 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str
     return paths
 
 
+@pytest.mark.slow  # python -m simpsons.train: TensorFlow in a subprocess
 def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_softmax(
     image_folders, tracking_uri, tmp_path
 ):
@@ -136,6 +137,7 @@ def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_sof
     np.testing.assert_allclose(model.predict(raw), recorded, atol=1e-5)
 
 
+@pytest.mark.slow  # python -m simpsons.train, then mlflow ui
 def test_a_2x2_multirun_gives_one_parent_and_four_finished_children(image_folders, tracking_uri, tmp_path):
     args = ["-m", "backbone=mobilenet,mobilenetv2", "dropout=0.2,0.4", "image_size=32", *TINY]
     args += ["++backbone.kwargs.alpha=0.35"]  # ++: the composed default backbone has no alpha
@@ -224,6 +226,7 @@ def assert_sweep_summary(stdout: str, parent, children: list, uri: str) -> None:
     assert f"mlflow ui --backend-store-uri {uri}" in summary
 
 
+@pytest.mark.slow  # python -m simpsons.train: TensorFlow in a subprocess
 def test_a_failing_job_is_failed_with_its_error_and_the_sweep_goes_on(image_folders, tracking_uri, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(image_folders / "train", broken)
