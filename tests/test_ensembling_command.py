@@ -52,7 +52,8 @@ def test_the_ensemble_averages_the_recorded_outputs_of_the_top_n(store, capsys):
     assert metrics["best_val_accuracy"] == metrics["val_accuracy"]  # ensembles rank with training runs
     assert {"val_macro_f1", "test_macro_f1", "val_loss"} <= metrics.keys()
     assert (run.data.params["num_candidates"], run.data.params["num_members"]) == ("3", "3")
-    assert [run.data.params[f"member_{i}"].split()[0] for i in range(3)] == members
+    member_lines = [run.data.params[f"member_{i}"] for i in range(3)]
+    assert [re.search(r"\(run (\w+)\)", line)[1] for line in member_lines] == members
     artifacts = {a.path for a in MlflowClient(store.uri).list_artifacts(run_id, "evaluation")}
     assert {schema.MEMBERS_CHART, "evaluation/test_confusion_matrix.png"} <= artifacts
     assert run.data.tags["mlflow.note.content"].startswith("Ensemble of 3 member(s), by the mean")
@@ -172,3 +173,75 @@ def test_calibrate_scales_the_average_by_a_temperature_fitted_on_validation(stor
         )
     assert f"Calibrated by the temperature {temperature:.4f}" in run.data.tags["mlflow.note.content"]
     assert f"calibration   temperature {temperature:.4f}, fitted on validation; ECE val " in capsys.readouterr().out
+
+
+def test_an_ensemble_of_a_sweep_is_nested_under_it_with_a_members_table_that_links_existing_runs(store):
+    run_id = ensemble(ensemble_config(store, f"sweep={store.sweep}", "top_n=3", "register=false"))
+    client = MlflowClient(store.uri)
+    run = client.get_run(run_id)
+    assert run.data.tags[schema.PARENT_RUN] == store.sweep
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=schema.MEMBERS_JSON)
+    members = json.loads(Path(path).read_text())
+    assert [row["run_id"] for row in members] == run.data.tags[schema.MEMBERS].split(",")
+    for row in members:
+        member = client.get_run(row["run_id"])  # a run that exists
+        assert row["run_name"] == member.info.run_name and row["link"] == f"runs:/{member.info.run_id}"
+        assert row["ui"] == f"#/experiments/{member.info.experiment_id}/runs/{member.info.run_id}"
+        assert row["best_val_accuracy"] == member.data.metrics["best_val_accuracy"]
+        assert (
+            f"| [{member.info.run_name}]({row['ui']}) | {member.info.run_id} | {row['weight']:.4f} |"
+            in (run.data.tags[schema.NOTE])
+        )
+    assert sum(row["weight"] for row in members) == pytest.approx(1)
+    table = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=schema.MEMBERS_CSV)).read_text()
+    assert table.splitlines()[0].startswith("run_name,run_id,link,ui,backbone,weight,best_val_accuracy")
+    assert len(table.splitlines()) == 1 + len(members)
+    # the sweep's outcome still counts its jobs alone
+    from simpsons.tracking import sweeps
+
+    assert {job.run_id for job in sweeps.outcome(client, client.get_run(store.sweep)).jobs} == set(store.children)
+
+
+def test_an_ensemble_logs_its_members_datasets_and_its_model_carries_its_metrics_scored_on_them(store):
+    run_id = ensemble(ensemble_config(store, f"sweep={store.sweep}", "top_n=2", "register=false"))
+    client = MlflowClient(store.uri)
+    run = client.get_run(run_id)
+    member = client.get_run(run.data.tags[schema.MEMBERS].split(",")[0])
+
+    def datasets(found):
+        return {(i.dataset.name, i.dataset.digest, tuple((t.key, t.value) for t in i.tags)) for i in found}
+
+    assert datasets(run.inputs.dataset_inputs) == datasets(member.inputs.dataset_inputs)
+    contexts = {
+        i.dataset.name: {t.key: t.value for t in i.tags}["mlflow.data.context"] for i in run.inputs.dataset_inputs
+    }
+    by_context = {contexts[i.dataset.name]: i.dataset for i in run.inputs.dataset_inputs}
+    model = mlflow.get_logged_model(reader.model_uri(run).removeprefix("models:/"))
+    linked = {metric.key: metric for metric in model.metrics}
+    assert linked.keys() == run.data.metrics.keys()
+    for key, metric in linked.items():
+        assert metric.value == pytest.approx(run.data.metrics[key]), key
+        scored_on = by_context["test" if key.startswith("test_") else "validation"]
+        assert (metric.dataset_name, metric.dataset_digest) == (scored_on.name, scored_on.digest), key
+    assert len(client.get_metric_history(run_id, "val_accuracy")) == 1  # logged once
+
+
+def test_the_chart_labels_members_by_run_name_and_a_shared_name_gets_the_run_id():
+    from types import SimpleNamespace
+
+    from simpsons.ensembling.writer import chart_labels
+
+    def candidate(name: str, run_id: str):
+        return SimpleNamespace(run=SimpleNamespace(info=SimpleNamespace(run_name=name)), run_id=run_id)
+
+    named = [candidate("opt=adam drop=0.2", "a" * 32), *(candidate("seed=1", c * 32) for c in "bc")]
+    found = SimpleNamespace(candidates=named)
+    assert chart_labels(found) == ["opt=adam drop=0.2", f"seed=1 ({'b' * 8})", f"seed=1 ({'c' * 8})"]
+
+
+@pytest.mark.parametrize(("given", "level"), [(False, "INFO"), (True, "WARNING")])
+def test_fewer_eligible_runs_than_top_n_warn_only_when_the_user_set_top_n(store, caplog, given, level):
+    caplog.set_level("INFO", logger="simpsons.ensemble")
+    ensemble(ensemble_config(store, f"sweep={store.sweep}", "top_n=5", "register=false"), top_n_given=given)
+    [record] = [r for r in caplog.records if "eligible run(s) for top_n=5" in r.getMessage()]
+    assert record.levelname == level

@@ -37,6 +37,7 @@ def test_the_header_names_the_single_run_and_files_folders_and_bad_paths_get_a_l
         "model": reader.model_uri(run),
         "run": f"{run_id} {run.info.run_name}",
         "kind": "single run",
+        "data": "folder",
         "classes": "4",
     }
     lines = printed.split("\n\n", 1)[1].splitlines()
