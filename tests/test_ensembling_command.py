@@ -239,9 +239,9 @@ def test_the_chart_labels_members_by_run_name_and_a_shared_name_gets_the_run_id(
     assert chart_labels(found) == ["opt=adam drop=0.2", f"seed=1 ({'b' * 8})", f"seed=1 ({'c' * 8})"]
 
 
-@pytest.mark.parametrize(("given", "level"), [(False, "INFO"), (True, "WARNING")])
+@pytest.mark.parametrize(("given", "level"), [(False, "DEBUG"), (True, "WARNING")])
 def test_fewer_eligible_runs_than_top_n_warn_only_when_the_user_set_top_n(store, caplog, given, level):
-    caplog.set_level("INFO", logger="simpsons.ensemble")
+    caplog.set_level("DEBUG", logger="simpsons.ensemble")
     ensemble(ensemble_config(store, f"sweep={store.sweep}", "top_n=5", "register=false"), top_n_given=given)
     [record] = [r for r in caplog.records if "eligible run(s) for top_n=5" in r.getMessage()]
     assert record.levelname == level

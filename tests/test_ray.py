@@ -79,7 +79,7 @@ def test_a_2x2_sweep_through_ray_gives_one_parent_and_four_finished_children(tmp
     assert "Started a local Ray instance" in result.stderr
 
     client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("simpsons").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("simpsons-demo").experiment_id])  # the demo's own
     [parent] = [r for r in runs if r.data.tags["simpsons.run_type"] == "sweep"]
     children = [r for r in runs if r.data.tags["simpsons.run_type"] == "train"]
     assert parent.info.status == "FINISHED"

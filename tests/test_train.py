@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from simpsons import model
-from simpsons.config import PROJECT_ROOT, flatten
+from simpsons.config import CONF_DIR, PROJECT_ROOT, flatten
 from simpsons.job import JobContext, train
 from simpsons.tracking.predictions import from_csv
 from simpsons.training import EPOCH_METRICS
@@ -336,12 +336,20 @@ def test_help_explains_the_main_keys_and_sweeps_without_importing_tensorflow(tmp
         ("class_weight=W", "none, or balanced"),
         ("label_smoothing=S", "share of each training target spread over all classes"),
         ("tta=MODE", "none, or flip"),
+        ("variant=NAME", "with experiment=options_mini: one training option of the options study"),
     ]:
         assert re.search(rf"^  {re.escape(key)} +{meaning}", text, re.MULTILINE), key
     # the values this command line would use: experiment=demo's
     assert re.search(r"^  image_size=N +input side in pixels \(64\)$", text, re.MULTILINE)
     assert re.search(r"^  backbone.weights=W .*\(null\)$", text, re.MULTILINE)
     assert "backbone: convnext_tiny, densenet201," in text  # Hydra's list of config groups
+    # every config group Hydra lists is explained among the main keys
+    groups = [line.split(":")[0].strip() for line in text.split("Config groups")[1].split("\n\n")[0].splitlines()[1:]]
+    assert "variant" in groups
+    for group in groups:
+        assert re.search(rf"^  {re.escape(group)}[=.]", text, re.MULTILINE), f"the {group} group is not explained"
+    variants = sorted(p.stem for p in (CONF_DIR / "variant").glob("*.yaml"))
+    assert ", ".join(variants) in " ".join(text.split())  # the variant line names every option
 
 
 @pytest.mark.slow

@@ -46,7 +46,7 @@ def ensemble(cfg: EnsembleSettings, top_n_given: bool = True) -> str:
         log.info("counted each config once (its latest finished run): left out %d older run(s)", len(superseded))
     candidates = select_candidates(runs, cfg)
     if len(candidates) < cfg.top_n:
-        say = log.warning if top_n_given else log.info
+        say = log.warning if top_n_given else log.debug  # the default: every eligible run, said quietly
         say("only %d eligible run(s) for top_n=%d: using %d", len(candidates), cfg.top_n, len(candidates))
     class_names = reader.class_names(candidates[0].run)
     result = scoring.combine(candidates, cfg, class_names)
