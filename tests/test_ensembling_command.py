@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from pathlib import Path
 
 import mlflow
@@ -68,35 +69,43 @@ def test_the_logged_model_is_named_like_its_run_and_carries_the_final_metrics(st
     run_id = ensemble(ensemble_config(store, f"sweep={store.sweep}", "top_n=2", "register=false"))
     run = MlflowClient(store.uri).get_run(run_id)
     model = mlflow.get_logged_model(reader.model_uri(run).removeprefix("models:/"))
-    assert model.name == run.info.run_name == "ensemble-mean-top2-sweep"
+    stamp = f"{datetime.fromtimestamp(MlflowClient(store.uri).get_run(store.sweep).info.start_time / 1000):%m-%d %H:%M}"
+    assert run.info.run_name == f"ens mean top2 {stamp}" and model.name == run.info.run_name.replace(":", "_")
     linked = {metric.key: metric.value for metric in model.metrics}
     for key in ("val_accuracy", "best_val_accuracy", "test_accuracy", "test_macro_f1", "val_loss"):
         assert linked[key] == pytest.approx(run.data.metrics[key]), key
 
 
 def test_ensembles_of_different_sweeps_are_named_apart(store):
-    """A second sweep that reuses two of the first's runs: the same runs, another name."""
+    """A second sweep, started two minutes earlier, that reuses two of the first's runs: the same runs,
+    another name (its sweep's start), nested under its own sweep."""
     client = MlflowClient(store.uri)
     experiment = reader.experiment_id(client, "simpsons")
-    earlier = client.get_run(store.sweep).info.start_time - 1000  # sweep=latest stays the fixture's sweep
+    earlier = client.get_run(store.sweep).info.start_time - 120_000  # sweep=latest stays the fixture's sweep
     tags = {schema.RUN_TYPE: schema.SWEEP}
     other = client.create_run(experiment, start_time=earlier, tags=tags, run_name="sweep b").info.run_id
     for child in store.children[:2]:
         lifecycle.record_reuse(client, experiment, "reused", other, client.get_run(child), {})
     client.set_terminated(other)
-    names = {
-        client.get_run(ensemble(ensemble_config(store, f"sweep={sweep}", "top_n=2", "register=false"))).info.run_name
+    runs = {
+        sweep: client.get_run(ensemble(ensemble_config(store, f"sweep={sweep}", "top_n=2", "register=false")))
         for sweep in (store.sweep, other)
     }
-    assert names == {"ensemble-mean-top2-sweep", "ensemble-mean-top2-sweep-b"}
+    assert len({run.info.run_name for run in runs.values()}) == 2
+    for sweep, run in runs.items():
+        stamp = f"{datetime.fromtimestamp(client.get_run(sweep).info.start_time / 1000):%m-%d %H:%M}"
+        assert run.info.run_name == f"ens mean top2 {stamp}" and run.data.tags[schema.PARENT_RUN] == sweep
 
 
-def test_names_say_the_method_and_use_only_characters_mlflow_accepts_in_a_model_name(store):
-    cfg = ensemble_config(store, "method=mean", "weights=val_accuracy")
-    name = ensemble_name(cfg, 5, "sweep 2026-11-28 12:44:43 lr=0.01,0.001 'a'/\"b\"%")
-    assert name.startswith("ensemble-weighted-mean-top5-sweep-2026-11-28-12-44-43-lr=0_01,0_001")
-    assert not set(name) & set("/:.%\"' ")
-    assert ensemble_name(ensemble_config(store, "method=greedy"), 3, "simpsons") == "ensemble-greedy-top3-simpsons"
+def test_names_say_the_method_and_fit_the_runs_table(store):
+    started = int(datetime(2026, 11, 28, 12, 44).timestamp() * 1000)
+    weighted = ensemble_config(store, "method=mean", "weights=val_accuracy")
+    assert ensemble_name(weighted, 5, started) == "ens wmean top5 11-28 12:44"
+    assert ensemble_name(ensemble_config(store, "method=greedy"), 3) == "ens greedy top3"  # the whole experiment
+    calibrated = ensemble_config(store, "method=greedy", "calibrate=true")
+    assert ensemble_name(calibrated, 12, started) == "ens greedy top12 cal"  # the stamp would not fit
+    for cfg in (weighted, calibrated):
+        assert len(ensemble_name(cfg, 99, started)) <= 30
 
 
 def test_weights_by_validation_accuracy(store):
@@ -142,7 +151,7 @@ def test_without_calibrate_the_calibration_error_is_logged_and_nothing_is_scaled
 def test_calibrate_scales_the_average_by_a_temperature_fitted_on_validation(store, capsys):
     run_id = ensemble(ensemble_config(store, f"sweep={store.sweep}", "top_n=3", "calibrate=true", "register=false"))
     run = MlflowClient(store.uri).get_run(run_id)
-    assert run.info.run_name == "ensemble-mean-top3-calibrated-sweep"
+    assert run.info.run_name.startswith("ens mean top3 cal ")
     metrics = run.data.metrics
     temperature = metrics["temperature"]
     members = run.data.tags[schema.MEMBERS].split(",")

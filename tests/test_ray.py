@@ -91,7 +91,7 @@ def test_a_2x2_sweep_through_ray_gives_one_parent_and_four_finished_children(tmp
     assert parent.data.params == {"optimizer": "adam,rmsprop", "dropout": "0.2,0.5", "num_jobs": "4"}
     assert (parent.data.metrics["jobs_finished"], parent.data.metrics["jobs_failed"]) == (4, 0)
     names = sorted(c.info.run_name for c in children)
-    assert names == [f"{o} {d}" for o in ("adam", "rmsprop") for d in ("0.2", "0.5")]
+    assert names == [f"{o} drop={d}" for o in ("adam", "rmsprop") for d in ("0.2", "0.5")]
     # Each job ran in a Ray worker of its own (max_calls=1), not in the driver.
     pids = {c.data.tags["simpsons.pid"] for c in children}
     assert len(pids) == 4 and parent.data.tags["simpsons.pid"] not in pids

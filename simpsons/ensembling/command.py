@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import re
+from datetime import datetime
 
 import mlflow
 from mlflow.entities import Run
@@ -12,6 +12,7 @@ from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
+from simpsons import naming
 from simpsons.config import default_tracking_uri
 from simpsons.ensembling import console, registry, scoring, writer
 from simpsons.ensembling.registry import Registration
@@ -50,8 +51,9 @@ def ensemble(cfg: EnsembleSettings, top_n_given: bool = True) -> str:
         say("only %d eligible run(s) for top_n=%d: using %d", len(candidates), cfg.top_n, len(candidates))
     class_names = reader.class_names(candidates[0].run)
     result = scoring.combine(candidates, cfg, class_names)
-    source = client.get_run(sweep).info.run_name if sweep else cfg.tracking.experiment
-    name = ensemble_name(cfg, len(candidates), source)
+    sweep_run = client.get_run(sweep) if sweep else None
+    source = f"sweep '{sweep_run.info.run_name}'" if sweep_run else f"experiment '{cfg.tracking.experiment}'"
+    name = ensemble_name(cfg, len(candidates), sweep_run.info.start_time if sweep_run else None)
     provenance = _provenance(result, class_names)
     if cfg.register:  # a model of other classes: one line, before anything is logged
         registry.check_fits(client, cfg.registered_model, provenance)
@@ -60,27 +62,28 @@ def ensemble(cfg: EnsembleSettings, top_n_given: bool = True) -> str:
     with lifecycle.tracked_run(experiment, name, sweep, tags, heartbeat_seconds=cfg.tracking.heartbeat_seconds) as run:
         writer.log_params(cfg, result, sweep)
         datasets = writer.log_dataset_inputs(client, run.info.run_id, result)
-        metrics = writer.log_results(result, class_names, f"{name}: members vs ensemble")
+        metrics = writer.log_results(result, class_names, f"{name} of {source}: members vs ensemble")
         members = writer.member_rows(result, cfg.metric)
         writer.log_members(members)
         mlflow.set_tag(MLFLOW_RUN_NOTE, _description(result, cfg, source, metrics, members))
-        model = writer.log_model(result, class_names, name)
+        model = writer.log_model(result, class_names, naming.MODEL_NAME_FORBIDDEN.sub("_", name))
         writer.log_metrics(client, run.info.run_id, metrics, model.model_id, datasets)
         registration = _register(client, cfg, run, model, metrics, provenance) if cfg.register else None
     _print(cfg, result, client.get_run(run.info.run_id), model, registration)
     return run.info.run_id
 
 
-def ensemble_name(cfg: EnsembleSettings, num_candidates: int, source: str) -> str:
-    """What the ensemble is, for its run and its logged model: `ensemble-mean-top5-<sweep or experiment>`,
-    `ensemble-mean-top5-calibrated-<...>` with calibrate=true.
-
-    Written in the characters MLflow accepts in a logged model's name (no / : . % " ').
-    """
-    method = "weighted-mean" if cfg.weighs_by_accuracy else cfg.method
-    calibrated = "-calibrated" if cfg.calibrate else ""
-    name = f"ensemble-{method}-top{num_candidates}{calibrated}-{source}"
-    return re.sub(r"-{2,}", "-", re.sub(r"[\s/:%\"']", "-", name).replace(".", "_")).strip("-")
+def ensemble_name(cfg: EnsembleSettings, num_candidates: int, sweep_started_ms: int | None = None) -> str:
+    """What the ensemble is, in naming.py's scheme and width: 'ens mean top5', 'ens wmean top5'
+    (weighted by validation accuracy), 'ens greedy top3 cal' (calibrate=true); for an ensemble of a
+    sweep, then its sweep's start ('ens mean top5 11-28 12:40'), which tells apart the ensembles of
+    different sweeps where the sweep is not shown (the Models tab), when it fits."""
+    method = "wmean" if cfg.weighs_by_accuracy else cfg.method
+    name = f"ens {method} top{num_candidates}{' cal' if cfg.calibrate else ''}"
+    if sweep_started_ms is None:
+        return name
+    stamped = f"{name} {datetime.fromtimestamp(sweep_started_ms / 1000):%m-%d %H:%M}"
+    return stamped if len(stamped) <= naming.MAX_NAME else name
 
 
 def _provenance(result: Ensemble, class_names: list[str]) -> registry.Provenance:
