@@ -168,6 +168,7 @@ def demo_sweep(slurm: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Ml
         *TINY_MODEL,
         "epochs=2",
         f"tracking.uri={uri}",
+        "tracking.experiment=simpsons",  # where the_sweep looks (the demo's own experiment is simpsons-demo)
         f"cache_dir={directory / 'cache'}",
     ]
     with driver(args, directory) as process:

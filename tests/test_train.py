@@ -51,8 +51,9 @@ def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_sof
     client = MlflowClient(tracking_uri)
     run_id = run.info.run_id
     assert run.info.status == "FINISHED"
-    # the backbone, then what differs from the defaults; where the data lies and the store are left out
-    assert run.info.run_name == "vgg16 32px weights=null bs=16 lr=1e-3 ep=2"
+    # the backbone, then what differs from the defaults in naming.ORDER, cut to fit 30 characters; where
+    # the data lies and the store are left out
+    assert run.info.run_name == "vgg16 lr=1e-3 32px bs=16 ep=2…"
     assert run.data.tags["mlflow.note.content"] == (
         "vgg16 (random weights) on `folder`: 4 classes; 38 train, 10 validation, 16 test images. "
         "adam, lr 0.001, dropout 0.4, 2 epochs at 32 px."
@@ -154,10 +155,9 @@ def test_a_2x2_multirun_gives_one_parent_and_four_finished_children(image_folder
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
     grid = {(c.data.params["backbone.name"], c.data.params["dropout"]) for c in children}
     assert grid == {(b, d) for b in ("mobilenet", "mobilenetv2") for d in ("0.2", "0.4")}
-    # Named by the swept values alone, in sweep order (the parent's name says the keys): told apart
-    # within 20 characters, though the runs table shows only 13 of mobilenetv2's jobs, under their sweep
+    # Named by the swept values, in naming.ORDER: the backbone's name, then `drop=...`
     for child in children:
-        assert child.info.run_name == f"{child.data.params['backbone.name']} {child.data.params['dropout']}"
+        assert child.info.run_name == f"{child.data.params['backbone.name']} drop={child.data.params['dropout']}"
         assert "alpha" not in child.data.tags["mlflow.runName"] and "epochs=1" in child.data.tags["hydra.overrides"]
         swept = f"`backbone={child.data.params['backbone.name']}`, `dropout={child.data.params['dropout']}`"
         assert child.data.tags["mlflow.note.content"].endswith(f" A sweep's job: {swept}.")
@@ -222,7 +222,7 @@ def assert_sweep_summary(stdout: str, parent, children: list, uri: str) -> None:
         assert re.fullmatch(r"(\d\.\d{4} +)+finished", " ".join(row.split()[2:-1])), row
     best = ranked[0]
     assert f"best: {best.info.run_name}, run {best.info.run_id} (best_val_accuracy " in summary
-    assert f"python -m simpsons.ensemble sweep={parent.info.run_id} tracking.uri={uri}" in summary
+    assert f"{sys.executable} -m simpsons.ensemble sweep={parent.info.run_id} tracking.uri={uri}" in summary
     assert f"mlflow ui --backend-store-uri {uri}" in summary
 
 
