@@ -15,6 +15,7 @@ runs' params and `hydra.overrides` tag. Logged models, listed without their swee
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -42,7 +43,7 @@ WORDS = {
 }
 UNITS = {"image_size": "{}px"}
 # In a sweep's name, config groups in short too: 'opt×drop (2×2)'.
-GROUP_WORDS = {"optimizer": "opt", "scheduler": "sched", "experiment": "exp"}
+GROUP_WORDS = {"backbone": "net", "optimizer": "opt", "scheduler": "sched", "experiment": "exp"}
 # The order keys appear in, in every name: what is trained (presets, data, backbone), how (optimizer,
 # schedule, augmentation), then the numbers; any other key after these, alphabetically.
 ORDER = (
@@ -146,13 +147,22 @@ def model_name(overrides: Iterable[str], swept_keys: list[str] | None, backbone:
 
 
 def sweep_name(grid: Mapping[str, list[str]], started: datetime | None = None) -> str:
-    """E.g. 'opt×drop (2×2) 11-28 12:40': what was swept (short, as in the jobs' names, in ORDER), how
-    many values each, when (month-day and time: the run's start time has the year)."""
+    """E.g. 'opt×drop (2×2) 11-28 12:40': what was swept (short, in ORDER), how many values each (with
+    three keys or more, how many jobs: 'net×opt×lr… (16) ...', the keys cut to fit MAX_NAME), when
+    (month-day and time: the run's start time has the year)."""
     started = started or datetime.now()
     varying = swept(grid)
-    sizes = f" ({'×'.join(str(len(values)) for values in varying.values())})" if varying else ""
-    what = "×".join(GROUP_WORDS.get(key) or WORDS.get(key) or _label(key) for key in varying) + sizes or "1 job"
-    return f"{fit(what, MAX_NAME - 12)} {started:%m-%d %H:%M}"
+    if not varying:
+        return f"1 job {started:%m-%d %H:%M}"
+    counts = [len(values) for values in varying.values()]
+    sizes = f" ({'×'.join(map(str, counts))})" if len(counts) <= 2 else f" ({math.prod(counts)})"  # jobs
+    keys = [GROUP_WORDS.get(key) or WORDS.get(key) or _label(key) for key in varying]
+    width = MAX_NAME - len(" 11-28 12:40") - len(sizes)
+    what = "×".join(keys)
+    while len(what) > width and len(keys) > 1:  # the first keys, then '…'
+        keys.pop()
+        what = "×".join(keys) + "…"
+    return f"{what}{sizes} {started:%m-%d %H:%M}"
 
 
 def _values(overrides: Iterable[str]) -> dict[str, str]:
