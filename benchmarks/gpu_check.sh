@@ -52,7 +52,7 @@ import sys
 from mlflow.tracking import MlflowClient
 
 client = MlflowClient(f"sqlite:///{sys.argv[1]}/mlflow.db")
-experiment = client.get_experiment_by_name("simpsons").experiment_id
+experiment = client.get_experiment_by_name("simpsons-demo").experiment_id  # the demo's own
 for run in client.search_runs([experiment], "tags.`simpsons.run_type` = 'train'"):
     print(f"{run.info.run_name}: {run.info.status}, pid {run.data.tags['simpsons.pid']}, {run.data.tags.get('gpu')}")
 EOF

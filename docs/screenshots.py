@@ -28,6 +28,7 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
+DEMO_EXPERIMENT = "simpsons-demo"  # conf/experiment/demo.yaml: the demo runs in its own experiment
 CHROMIUM_FLAGS = [  # headless in a container: no sandbox, no GPU, nothing fetched from outside
     "--headless",
     "--no-sandbox",
@@ -71,7 +72,7 @@ def run_demo(uri: str, workdir: Path) -> None:
     """The README's first command and an ensemble of its sweep, into the store at `uri`."""
     for module, overrides in (
         ("simpsons.train", ["-m", "experiment=demo"]),
-        ("simpsons.ensemble", ["sweep=latest"]),
+        ("simpsons.ensemble", ["sweep=latest", f"tracking.experiment={DEMO_EXPERIMENT}"]),
     ):
         command = [sys.executable, "-m", module, *overrides, f"tracking.uri={uri}"]
         print("$", " ".join(command[1:]), flush=True)
@@ -94,7 +95,7 @@ def sweep_ids(uri: str) -> tuple[str, str]:
     from simpsons.tracking import schema
 
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("simpsons").experiment_id
+    experiment = client.get_experiment_by_name(DEMO_EXPERIMENT).experiment_id
     [sweep] = client.search_runs([experiment], f"tags.`{schema.RUN_TYPE}` = '{schema.SWEEP}'")
     return experiment, sweep.info.run_id
 

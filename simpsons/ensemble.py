@@ -33,13 +33,20 @@ def hydra_main(cfg: DictConfig) -> None:
         from simpsons.tracking import connection
 
         with connection.lost_server():  # a request given up: one line, exit 1 (connection.py)
-            ensemble(chosen)
+            ensemble(chosen, top_n_given=_given("top_n"))
     except ServerLost as error:
         log.error("error: %s", error)
         sys.exit(1)
     except SimpsonsError as error:
         log.error("error: %s", error)
         sys.exit(2)
+
+
+def _given(key: str) -> bool:
+    """Whether the command line set `key` (else it is conf/ensemble.yaml's default)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return any(override.split("=", 1)[0].lstrip("+~") == key for override in HydraConfig.get().overrides.task)
 
 
 def main() -> None:

@@ -1,17 +1,21 @@
 """Names people read in the MLflow UI and the terminal: runs, sweeps and logged models.
 
-The UI's runs table shows about 13 characters of a sweep's job names (they are indented under
-the parent) and about 17 of a top-level run's, at its default column width. So a sweep's parent
-is named by what it sweeps first, then when ('optimizer×drop (2×2) 2026-11-28 12:40'), and its
-jobs by their swept values alone, in the same order ('rmsprop 0.2'): the parent just above reads
-as their legend. A sweep of one key names its jobs 'drop=0.2'. What all jobs share (the experiment
-preset, the data, constant overrides) is said once, by the parent's description. Every override
-stays in the runs' params and `hydra.overrides` tag. Logged models, listed without their sweep,
-say their keys: 'rmsprop drop=0_2 resnet50v2'. No TensorFlow here.
+One scheme, names of at most about 30 characters (the runs table's default column): the keys in
+one fixed order (ORDER), whatever the command line's; a config group's choice by its name alone
+('rmsprop', 'mobilenet'), any other value as `key=value` with a short key ('drop=0.2', 'lr=1e-3'),
+an image size in px ('150px'). A sweep's parent is named by what it sweeps, how many values each,
+then when ('opt×drop (2×2) 11-28 12:40'); its jobs by their swept values ('rmsprop drop=0.2'),
+which fall back to the values alone ('rmsprop 0.2') when labelled they would not fit: the parent
+just above is their legend. What all jobs share (the experiment preset, the data, constant
+overrides) is said once, by the parent's description. A single run: its backbone and what differs
+from the defaults ('vgg16 lr=1e-3 32px ep=2'), cut at a word to fit. Every override stays in the
+runs' params and `hydra.overrides` tag. Logged models, listed without their sweep, add the backbone:
+'rmsprop drop=0_2 resnet50v2'. No TensorFlow here.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -38,6 +42,32 @@ WORDS = {
     "finetune.epochs": "ft_ep",
 }
 UNITS = {"image_size": "{}px"}
+# In a sweep's name, config groups in short too: 'opt×drop (2×2)'.
+GROUP_WORDS = {"backbone": "net", "optimizer": "opt", "scheduler": "sched", "experiment": "exp"}
+# The order keys appear in, in every name: what is trained (presets, data, backbone), how (optimizer,
+# schedule, augmentation), then the numbers; any other key after these, alphabetically.
+ORDER = (
+    "experiment",
+    "variant",
+    "data",
+    "backbone",
+    "optimizer",
+    "scheduler",
+    "augment",
+    "optimizer.lr",
+    "dropout",
+    "image_size",
+    "batch_size",
+    "epochs",
+    "finetune.layers",
+    "finetune.lr",
+    "finetune.epochs",
+    "class_weight",
+    "label_smoothing",
+    "tta",
+    "seed",
+)
+MAX_NAME = 30  # characters: the runs table's default name column
 # MLflow refuses these characters in a logged model's name.
 MODEL_NAME_FORBIDDEN = re.compile(r"""[/:.%"']""")
 
@@ -63,8 +93,14 @@ def sweep_grid(sweeper_params: Mapping[str, str], overrides: Iterable[str]) -> d
 
 
 def swept(grid: Mapping[str, list[str]]) -> dict[str, list[str]]:
-    """The keys of a grid with more than one value: what tells its jobs apart."""
-    return {_plain(key): values for key, values in grid.items() if len(values) > 1}
+    """The keys of a grid with more than one value, what tells its jobs apart, in ORDER."""
+    found = {_plain(key): values for key, values in grid.items() if len(values) > 1}
+    return {key: found[key] for key in ordered(found)}
+
+
+def ordered(keys: Iterable[str]) -> list[str]:
+    """`keys` in ORDER; keys it does not list after those, alphabetically."""
+    return sorted(keys, key=lambda key: (ORDER.index(key) if key in ORDER else len(ORDER), key))
 
 
 def constant_overrides(overrides: Iterable[str], swept_keys: list[str]) -> list[str]:
@@ -74,36 +110,59 @@ def constant_overrides(overrides: Iterable[str], swept_keys: list[str]) -> list[
 
 def run_name(overrides: Iterable[str], swept_keys: list[str] | None = None, backbone: str | None = None) -> str:
     """A run's name. A sweep's job (`swept_keys` given, not empty): its values of the swept keys,
-    in sweep order, e.g. 'rmsprop 0.2' (optimizer×drop) or 'drop=0.2' (dropout alone). A run
-    alone: the backbone, then the overrides that change what is trained, e.g. 'vgg16 32px lr=1e-3'.
+    in ORDER, e.g. 'rmsprop drop=0.2' (optimizer×drop), or 'rmsprop 0.2' when labelled it would be
+    longer than MAX_NAME. A run alone: the backbone, then the overrides that change what is trained,
+    e.g. 'vgg16 lr=1e-3 32px', cut to MAX_NAME at a word.
     """
     values = _values(overrides)
     if swept_keys:
-        return _join([(key, values[key]) for key in swept_keys if key in values], labelled=len(swept_keys) == 1)
-    return _described(values, backbone)
+        parts = [(key, values[key]) for key in ordered(swept_keys) if key in values]
+        labelled = _join(parts, labelled=True)
+        return labelled if len(labelled) <= MAX_NAME else _join(parts, labelled=False)
+    return fit(_described(values, backbone))
+
+
+def fit(name: str, width: int = MAX_NAME) -> str:
+    """`name`, or its first words and '…' within `width` characters."""
+    if len(name) <= width:
+        return name
+    kept = ""
+    for word in name.split(" "):
+        if len(f"{kept} {word}".strip()) > width - 1:
+            break
+        kept = f"{kept} {word}".strip()
+    return f"{kept or name[: width - 1]}…"
 
 
 def model_name(overrides: Iterable[str], swept_keys: list[str] | None, backbone: str) -> str:
     """A logged model's name, which the Models tab shows without its sweep: the swept keys with their
     values, then the backbone where they do not say it, e.g. 'rmsprop drop=0_2 resnet50v2'; a run
     alone's name. The characters MLflow refuses in model names are replaced."""
-    values = _values(overrides)
     if swept_keys:
-        described = _join([(key, values[key]) for key in swept_keys if key in values], labelled=True)
+        described = run_name(overrides, swept_keys)
         name = described if "backbone" in swept_keys else f"{described} {backbone}"
     else:
-        name = _described(values, backbone)
+        name = run_name(overrides, None, backbone)
     return MODEL_NAME_FORBIDDEN.sub("_", name)
 
 
 def sweep_name(grid: Mapping[str, list[str]], started: datetime | None = None) -> str:
-    """E.g. 'optimizer×drop (2×2) 2026-11-28 12:40': what was swept (short, as in the jobs' labelled
-    names), how many values each, when."""
+    """E.g. 'opt×drop (2×2) 11-28 12:40': what was swept (short, in ORDER), how many values each (with
+    three keys or more, how many jobs: 'net×opt×lr… (16) ...', the keys cut to fit MAX_NAME), when
+    (month-day and time: the run's start time has the year)."""
     started = started or datetime.now()
     varying = swept(grid)
-    sizes = f" ({'×'.join(str(len(values)) for values in varying.values())})" if varying else ""
-    what = "×".join(WORDS.get(key, _label(key)) for key in varying) + sizes or "1 job"
-    return f"{what} {started:%Y-%m-%d %H:%M}"
+    if not varying:
+        return f"1 job {started:%m-%d %H:%M}"
+    counts = [len(values) for values in varying.values()]
+    sizes = f" ({'×'.join(map(str, counts))})" if len(counts) <= 2 else f" ({math.prod(counts)})"  # jobs
+    keys = [GROUP_WORDS.get(key) or WORDS.get(key) or _label(key) for key in varying]
+    width = MAX_NAME - len(" 11-28 12:40") - len(sizes)
+    what = "×".join(keys)
+    while len(what) > width and len(keys) > 1:  # the first keys, then '…'
+        keys.pop()
+        what = "×".join(keys) + "…"
+    return f"{what}{sizes} {started:%m-%d %H:%M}"
 
 
 def _values(overrides: Iterable[str]) -> dict[str, str]:
@@ -112,7 +171,7 @@ def _values(overrides: Iterable[str]) -> dict[str, str]:
 
 def _described(values: dict[str, str], backbone: str | None) -> str:
     """A run alone: its backbone, then what it changes, labelled."""
-    parts = [(key, value) for key, value in values.items() if key != "backbone" and not _not_in_names(key)]
+    parts = [(key, values[key]) for key in ordered(values) if key != "backbone" and not _not_in_names(key)]
     return " ".join(filter(None, [backbone or values.get("backbone"), _join(parts, labelled=True)]))
 
 

@@ -3,9 +3,11 @@
     python -m simpsons.predict --run <training or ensemble run id> photo.jpg folder/ [--top-k 3] [--json]
     python -m simpsons.predict --model models:/simpsons@champion photo.jpg
 
-First a header names the model used (its URI, run, kind and class count), then one line per
+First a header names the model used (its URI, run, kind, data and class count), then one line per
 image. A path that is missing or not an image gets a one-line error; the others are still
-classified. Exit status 1 when any path failed, 2 when the model cannot be found or loaded.
+classified. A folder in the image-folder layout (<folder>/<class>/*) whose class folders are not
+the model's classes gets one warning line: the model was trained on other data. Exit status 1
+when any path failed, 2 when the model cannot be found or loaded.
 
 TensorFlow and MLflow are imported only once the arguments are parsed, so that --help answers at
 once.
@@ -54,6 +56,7 @@ class ModelHeader:
     members: int | None  # an ensemble's training runs
     class_count: int
     registered: list[str] = field(default_factory=list)  # e.g. "simpsons version 3 @champion"
+    data: str | None = None  # the data.name its run was trained on, e.g. demo, simpsons
 
     def rows(self) -> list[tuple[str, str]]:
         uri = (
@@ -61,7 +64,8 @@ class ModelHeader:
         )
         run = " ".join(filter(None, [self.run_id, self.run_name])) or "none (not logged by a run)"
         kind = f"ensemble of {self.members} runs" if self.kind == "ensemble" and self.members else self.kind
-        found = [("model", uri), ("run", run), ("kind", kind), ("classes", str(self.class_count))]
+        found = [("model", uri), ("run", run), ("kind", kind)] + [("data", self.data)] * bool(self.data)
+        found += [("classes", str(self.class_count))]
         return found + [("registered", ", ".join(self.registered))] * bool(self.registered)
 
 
@@ -75,6 +79,30 @@ def expand(paths: list[str]) -> list[tuple[Path, str | None]]:
         found = sorted(p for p in path.rglob("*") if p.is_file())
         files += [(p, None) for p in found] or [(path, "a folder with no files")]
     return files
+
+
+def folder_classes(paths: list[str]) -> list[str]:
+    """The class names that folders in the image-folder layout stand for: the names of their
+    subfolders that hold files (a folder of images alone says no class)."""
+    names: set[str] = set()
+    for path in map(Path, paths):
+        if path.is_dir():
+            names |= {sub.name for sub in path.iterdir() if sub.is_dir() and any(p.is_file() for p in sub.iterdir())}
+    return sorted(names)
+
+
+def classes_warning(model: ModelHeader, class_names: list[str], folders: list[str]) -> str | None:
+    """One line when class folders are not among the model's classes: it was trained on other data."""
+    unknown = [name for name in folders if name not in class_names]
+    if not unknown:
+        return None
+    shown = ", ".join(unknown[:5]) + (f", ... {len(unknown) - 5} more" if len(unknown) > 5 else "")
+    data = f" (trained on data '{model.data}')" if model.data else ""
+    return (
+        f"warning: {len(unknown)} of the {len(folders)} class folders ({shown}) are not classes of this model"
+        f"{data}, whose {len(class_names)} classes are {', '.join(class_names[:5])}"
+        f"{', ...' if len(class_names) > 5 else ''}: use a model trained on this data"
+    )
 
 
 def classify(model: PyFuncModel, class_names: list[str], path: Path, top_k: int) -> Prediction:
@@ -154,6 +182,7 @@ def header(client: MlflowClient, model: PyFuncModel, model_uri: str) -> ModelHea
         members=len(members.split(",")) if members else None,
         class_count=len(model.metadata.metadata["class_names"]),
         registered=registrations(client, run_id),
+        data=(run.data.params.get("data.name") or tags.get(schema.DATA_NAME)) if run else None,
     )
 
 
@@ -254,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     class_names = model.metadata.metadata["class_names"]
+    warning = classes_warning(model_header, class_names, folder_classes(args.paths))
+    if warning:  # on stderr: --json's output stays JSON
+        print(warning, file=sys.stderr)
     predictions = [
         Prediction(str(path), [], error) if error else classify(model, class_names, path, args.top_k)
         for path, error in expand(args.paths)

@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client = MlflowClient(store.configure(args.tracking_uri))
         experiment = reader.experiment_id(client, args.experiment)
-        sweep = reader.resolve_sweep(client, experiment, args.sweep)
+        sweep = reader.resolve_sweep(client, experiment, args.sweep, "--experiment ")
     except SimpsonsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -424,9 +424,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(render(training, ensembles, args.format, scope, sorted_by))
     if args.output:
-        write(args.output, training, ensembles, scope, sorted_by)
+        written = write(args.output, training, ensembles, scope, sorted_by)
         if args.group_by:
-            write_groups(args.output, found, args.group_by, scope, sorted_by)
+            written += write_groups(args.output, found, args.group_by, scope, sorted_by)
+        # On stderr, as the notes: stdout stays the table, which --format csv may pipe elsewhere.
+        print(f"wrote {', '.join(map(str, written))}", file=sys.stderr)
     return 0
 
 
@@ -443,20 +445,26 @@ def group_key_error(training: list[Run], key: str) -> str | None:
     )
 
 
-def write(directory: Path, training: list[Run], ensembles: list[Run], scope: Scope, sorted_by: str) -> None:
+def write(directory: Path, training: list[Run], ensembles: list[Run], scope: Scope, sorted_by: str) -> list[Path]:
+    """results.md, results.csv, ensembles.csv (with ensembles) and results.png; returns their paths."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "results.md").write_text(render(training, ensembles, "markdown", scope, sorted_by) + "\n")
-    (directory / "results.csv").write_text(comma_separated(list(TRAINING_COLUMNS), rows(training, TRAINING_COLUMNS)))
+    written = [directory / "results.md", directory / "results.csv"]
+    written[0].write_text(render(training, ensembles, "markdown", scope, sorted_by) + "\n")
+    written[1].write_text(comma_separated(list(TRAINING_COLUMNS), rows(training, TRAINING_COLUMNS)))
     if ensembles:
-        (directory / "ensembles.csv").write_text(
-            comma_separated(list(ENSEMBLE_COLUMNS), rows(ensembles, ENSEMBLE_COLUMNS))
-        )
-    chart(training, ensembles, scope).savefig(directory / "results.png", dpi=120)
+        written.append(directory / "ensembles.csv")
+        written[-1].write_text(comma_separated(list(ENSEMBLE_COLUMNS), rows(ensembles, ENSEMBLE_COLUMNS)))
+    written.append(directory / "results.png")
+    chart(training, ensembles, scope).savefig(written[-1], dpi=120)
+    return written
 
 
-def write_groups(directory: Path, found: list[Group], key: str, scope: Scope, sorted_by: str) -> None:
-    (directory / f"by-{key}.md").write_text(render_groups(found, key, "markdown", scope, sorted_by) + "\n")
-    (directory / f"by-{key}.csv").write_text(render_groups(found, key, "csv", scope, sorted_by))
+def write_groups(directory: Path, found: list[Group], key: str, scope: Scope, sorted_by: str) -> list[Path]:
+    """by-KEY.md and by-KEY.csv; returns their paths."""
+    written = [directory / f"by-{key}.md", directory / f"by-{key}.csv"]
+    written[0].write_text(render_groups(found, key, "markdown", scope, sorted_by) + "\n")
+    written[1].write_text(render_groups(found, key, "csv", scope, sorted_by))
+    return written
 
 
 if __name__ == "__main__":

@@ -181,10 +181,12 @@ class MlflowSweepCallback(Callback):
         self.client.set_terminated(run_id, "KILLED")
 
     def _children(self) -> list:
+        """The sweep's jobs' runs (an ensemble nested under it is no job)."""
         parent = self.client.get_run(self.parent_run_id)
-        return self.client.search_runs(
+        found = self.client.search_runs(
             [parent.info.experiment_id], filter_string=f"tags.`{schema.PARENT_RUN}` = '{self.parent_run_id}'"
         )
+        return [run for run in found if reader.run_type(run) != schema.ENSEMBLE]
 
     def _say_what_ran(self, outcome: sweep_outcome.Outcome | None) -> None:
         """The configs that reused an earlier run, in one line; then the jobs' table, best first,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from PIL import Image
 
 from simpsons.ensembling import registry
 from simpsons.ensembling.command import ensemble
-from simpsons.tracking import reader, schema, sqlite
+from simpsons.errors import ConfigError
+from simpsons.tracking import reader, schema, sqlite, store
 
 NAME = "champions"  # this module's registered model: other tests register theirs under `simpsons`
 
@@ -153,3 +155,60 @@ def test_the_validation_files_digest_names_the_files_their_labels_and_the_data()
     assert digest != registry.validation_files_digest("data", ["a.jpg", "b.jpg"], ["dog", "cat"])
     assert digest != registry.validation_files_digest("other data", ["a.jpg", "b.jpg"], ["cat", "dog"])
     assert digest != registry.validation_files_digest("data", ["a.jpg"], ["cat"])
+
+
+@pytest.mark.slow
+def test_every_version_says_its_data_classes_and_validation_files(history, store):
+    client = MlflowClient(store.uri)
+    version = client.get_model_version(NAME, history.versions["best"])
+    run = client.get_run(history.runs["best"])
+    classes = reader.class_names(run)
+    assert version.tags[schema.DATA_NAME] == "folder"
+    assert version.tags[schema.DATA_FINGERPRINT] == run.data.tags[schema.DATA_FINGERPRINT]
+    assert json.loads(version.tags[schema.CLASS_NAMES]) == classes
+    assert version.tags[schema.VAL_FILES] == run.data.tags[schema.VAL_FILES]
+    assert int(version.tags[schema.VAL_FILES_COUNT]) == len(reader.outputs(run.info.run_id, "val").names)
+    assert f"Trained on data 'folder' (fingerprint {run.data.tags[schema.DATA_FINGERPRINT][:12]})" in (
+        version.description
+    )
+    assert ", ".join(classes) in version.description and "validation files" in version.description
+
+
+@pytest.mark.slow
+def test_an_ensemble_of_other_classes_is_refused_in_one_line_naming_the_model_that_fits(history, store):
+    """A registered model whose versions hold other classes (here: made by hand) refuses the ensemble
+    before it logs anything, and the line names the model whose versions have its classes."""
+    client = MlflowClient(store.uri)
+    best = client.get_run(history.runs["best"])
+    client.create_registered_model("letters")
+    client.create_model_version(
+        "letters",
+        reader.model_uri(best),
+        run_id=best.info.run_id,
+        tags={schema.CLASS_NAMES: json.dumps(["a", "b", "c"])},
+    )
+    before = len(client.search_runs([best.info.experiment_id]))
+    with pytest.raises(ConfigError) as refused:
+        alone(store, store.children[0], "registered_model=letters")
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("registered_model='letters' holds models of 3 other classes (a, b, c);")
+    fitting = re.search(r"data 'folder'\) go to registered_model=(\S+)$", message)[1]  # one that exists
+    assert registry.model_classes(client, fitting) == tuple(reader.class_names(best)) != ("a", "b", "c")
+    assert len(client.search_runs([best.info.experiment_id])) == before  # nothing logged
+    assert len(client.search_model_versions("name = 'letters'")) == 1
+
+
+def test_a_model_of_new_classes_is_pointed_to_a_new_name_of_its_data(tracking_uri):
+    client = MlflowClient(store.configure(tracking_uri))
+    client.create_registered_model("simpsons")
+    experiment = client.create_experiment("x")
+    run = client.create_run(experiment).info.run_id
+    client.create_model_version(
+        "simpsons", f"runs:/{run}/m", run_id=run, tags={schema.CLASS_NAMES: json.dumps(["bart", "homer"])}
+    )
+    shapes = registry.Provenance("demo", "f" * 64, ("red_circle", "blue_square"), "v" * 64, 8)
+    with pytest.raises(ConfigError, match=r"go to registered_model=simpsons-demo \(a new registered model\)$"):
+        registry.check_fits(client, "simpsons", shapes)
+    registry.check_fits(client, "simpsons-demo", shapes)  # a model that does not exist yet fits
+    registry.check_fits(client, "simpsons", registry.Provenance("simpsons", "f", ("bart", "homer"), "v", 2))

@@ -9,10 +9,10 @@ import pytest
 from hydra import initialize_config_dir
 
 from simpsons.config import CONF_DIR, group_options
-from simpsons.naming import constant_overrides, model_name, run_name, sweep_grid, sweep_name, swept
+from simpsons.naming import MAX_NAME, constant_overrides, model_name, run_name, sweep_grid, sweep_name, swept
 
 DEMO_PARAMS = {"optimizer": "adam,rmsprop", "dropout": "0.2,0.5"}  # conf/experiment/demo.yaml
-NESTED = 13  # characters of a job's name the runs table shows under its sweep, at its default width
+NESTED = MAX_NAME  # characters of a name the runs table shows at its default width (issue 18: about 30)
 
 
 def jobs(grid: dict[str, list[str]]) -> list[list[str]]:
@@ -23,15 +23,17 @@ def jobs(grid: dict[str, list[str]]) -> list[list[str]]:
 @pytest.mark.parametrize(
     ("params", "command_line", "expected", "shown"),
     [
-        (DEMO_PARAMS, ["experiment=demo", "tracking.uri=sqlite:////tmp/x.db"], ["adam 0.2", "rmsprop 0.5"], NESTED),
+        (DEMO_PARAMS, ["experiment=demo", "tracking.uri=sqlite:////tmp/x.db"], ["adam drop=0.2", "rmsprop drop=0.5"],
+         NESTED),
         ({}, ["data=simpsons", "image_size=128,160", "optimizer=adam,rmsprop", "optimizer.lr=3e-3"],
-         ["128px adam", "160px rmsprop"], NESTED),
-        ({}, ["optimizer.lr=1e-3,3e-3", "finetune.layers=0,20"], ["0.001 0", "0.003 20"], NESTED),
-        ({}, ["dropout=0.1,0.2,0.3,0.4"], ["drop=0.1", "drop=0.4"], NESTED),  # one key: labelled
-        ({}, ["data.root=/data/a/train,/data/b/train2", "seed=1,2"], ["train 1", "train2 2"], NESTED),
-        # a backbone's own name may take 11 characters: told apart within 20
+         ["adam 128px", "rmsprop 160px"], NESTED),  # in ORDER: the optimizer before the size
+        ({}, ["optimizer.lr=1e-3,3e-3", "finetune.layers=0,20"], ["lr=0.001 ft_layers=0", "lr=0.003 ft_layers=20"],
+         NESTED),
+        ({}, ["dropout=0.1,0.2,0.3,0.4"], ["drop=0.1", "drop=0.4"], NESTED),
+        ({}, ["data.root=/data/a/train,/data/b/train2", "seed=1,2"], ["seed=1 root=train", "seed=2 root=train2"],
+         NESTED),
         ({}, ["backbone=mobilenet,mobilenetv2", "dropout=0.2,0.4", "++backbone.kwargs.alpha=0.35", "epochs=1"],
-         ["mobilenet 0.2", "mobilenetv2 0.4"], 20),
+         ["mobilenet drop=0.2", "mobilenetv2 drop=0.4"], NESTED),
     ],
 )  # fmt: skip
 def test_a_sweeps_jobs_are_named_by_their_swept_values_and_differ_within_what_the_table_shows(
@@ -57,7 +59,7 @@ def test_each_job_of_a_sweep_has_a_model_named_by_its_swept_keys_and_backbone():
         "mobilenetv2 drop=0_4"
     )
     assert model_name(["data.root=/a/b:c", "seed=2"], ["data.root", "seed"], "mobilenet") == (
-        "root=b_c seed=2 mobilenet"
+        "seed=2 root=b_c mobilenet"
     )
 
 
@@ -69,9 +71,10 @@ def test_a_glob_over_experiments_is_expanded_as_hydra_does_and_names_each_job_by
 
 
 def test_two_keys_with_the_same_last_part_are_labelled_by_their_full_keys():
+    assert run_name(["b.x=2", "a.x=1"], None, "vgg16") == "vgg16 a.x=1 b.x=2"
     overrides = ["optimizer.kwargs.momentum=0.9", "backbone.kwargs.momentum=0.1"]
-    assert run_name(overrides, None, "vgg16") == "vgg16 optimizer.kwargs.momentum=0.9 backbone.kwargs.momentum=0.1"
-    assert run_name(overrides, ["optimizer.kwargs.momentum", "backbone.kwargs.momentum"]) == "0.9 0.1"
+    # labelled, the two would not fit: the values alone, in ORDER (here alphabetical)
+    assert run_name(overrides, ["optimizer.kwargs.momentum", "backbone.kwargs.momentum"]) == "0.1 0.9"
 
 
 def test_the_command_line_replaces_an_experiments_sweep_of_a_key_but_keeps_its_place():
@@ -87,20 +90,40 @@ def test_a_single_run_is_named_by_its_backbone_and_what_differs_from_the_default
     overrides = ["backbone=vgg16", "image_size=32", "backbone.weights=null", "batch_size=16", "optimizer.lr=1e-3"]
     overrides += ["data=folder", "data.root=/x/train", "data.test_root=/x/test", "epochs=2", "tracking.uri=sqlite:///a"]
     overrides += ["tracking.experiment=e2e", "reuse=false", "gpu.one_per_job=false", "cache_dir=/c"]
-    assert run_name(overrides, None, "vgg16") == "vgg16 32px weights=null bs=16 lr=1e-3 ep=2"
+    assert run_name(overrides, None, "vgg16") == "vgg16 lr=1e-3 32px bs=16 ep=2…"  # cut to fit, at a word
     assert run_name(["experiment=demo"], None, "resnet50v2") == "resnet50v2"  # the preset is no difference
-    assert run_name(["optimizer=rmsprop", "augment=light"], [], "densenet201") == "densenet201 rmsprop aug=light"
-    assert run_name(["finetune.layers=20", "finetune.lr=1e-5"], None, "xception") == "xception ft_layers=20 ft_lr=1e-5"
+    assert run_name(["augment=light", "optimizer=rmsprop"], [], "densenet201") == "densenet201 rmsprop aug=light"
+    assert run_name(["image_size=72", "backbone=resnet50v2", "epochs=3"], None, "resnet50v2") == "resnet50v2 72px ep=3"
 
 
 def test_sweep_names_say_what_was_swept_then_when():
     started = datetime(2026, 11, 28, 12, 40)
-    assert sweep_name(sweep_grid(DEMO_PARAMS, []), started) == "optimizer×drop (2×2) 2026-11-28 12:40"
+    assert sweep_name(sweep_grid(DEMO_PARAMS, []), started) == "opt×drop (2×2) 11-28 12:40"
     sizes = sweep_grid({}, ["image_size=96,128,160", "epochs=2"])
-    assert sweep_name(sizes, started) == "image_size (3) 2026-11-28 12:40"
-    assert sweep_name(sweep_grid({}, ["epochs=2"]), started) == "1 job 2026-11-28 12:40"
+    assert sweep_name(sizes, started) == "image_size (3) 11-28 12:40"
+    assert sweep_name(sweep_grid({}, ["epochs=2"]), started) == "1 job 11-28 12:40"
 
 
 def test_a_single_runs_model_is_named_as_the_run_without_the_characters_mlflow_refuses():
     overrides = ["backbone=vgg16", "image_size=32", "optimizer.lr=1e-3", "dropout=0.25"]
-    assert model_name(overrides, None, "vgg16") == "vgg16 32px lr=1e-3 drop=0_25"
+    assert model_name(overrides, None, "vgg16") == "vgg16 lr=1e-3 drop=0_25 32px"
+
+
+@pytest.mark.parametrize(
+    "command_line",
+    [
+        ["backbone=mobilenet,vgg16", "optimizer=adam,rmsprop", "dropout=0.2,0.5", "optimizer.lr=1e-3,1e-2"],
+        ["dropout=0.2,0.5", "optimizer.lr=1e-3,1e-2", "optimizer=adam,rmsprop", "backbone=mobilenet,vgg16"],
+        ["optimizer.lr=1e-3,1e-2", "backbone=mobilenet,vgg16", "dropout=0.2,0.5", "optimizer=adam,rmsprop"],
+    ],
+)
+def test_names_are_the_same_whatever_the_order_of_the_overrides_and_fit_the_table(command_line):
+    started = datetime(2026, 11, 28, 12, 40)
+    grid = sweep_grid({}, command_line)
+    keys = list(swept(grid))
+    assert sweep_name(grid, started) == sweep_name(sweep_grid({}, sorted(command_line)), started)
+    names = {" ".join(sorted(job)): run_name(job, keys, "x") for job in jobs(grid)}
+    assert names["backbone=vgg16 dropout=0.5 optimizer.lr=0.01 optimizer=rmsprop"] == "vgg16 rmsprop lr=0.01 drop=0.5"
+    models = {model_name(job, keys, "x") for job in jobs(grid)}
+    assert len(set(names.values())) == len(models) == 16
+    assert all(len(name) <= MAX_NAME for name in [*names.values(), *models, sweep_name(grid, started)])

@@ -7,6 +7,7 @@ ensemble of them.
 from __future__ import annotations
 
 import json
+import shutil
 
 import mlflow
 import pytest
@@ -37,6 +38,7 @@ def test_the_header_names_the_single_run_and_files_folders_and_bad_paths_get_a_l
         "model": reader.model_uri(run),
         "run": f"{run_id} {run.info.run_name}",
         "kind": "single run",
+        "data": "folder",
         "classes": "4",
     }
     lines = printed.split("\n\n", 1)[1].splitlines()
@@ -105,3 +107,21 @@ def test_a_flip_tta_run_predicts_what_it_logged(flips, capsys):
     assert result["top"][0]["probability"] == pytest.approx(float(row.max()), abs=1e-5)
     plain = reader.outputs(flips.plain, "test").probabilities[recorded.names.index("red_circle/img_0000.jpg")]
     assert abs(float(plain.max()) - float(row.max())) > 1e-5, "the plain run's answer would pass as well"
+
+
+def test_class_folders_that_are_not_the_models_classes_get_one_warning_line(store, tmp_path, capsys):
+    image = next((store.images / "test" / "red_circle").glob("*.jpg"))
+    for name in ("bart_simpson", "homer_simpson"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        shutil.copy(image, tmp_path / "photos" / name / "a.jpg")
+    args = ["--run", store.children[0], "--tracking-uri", store.uri]
+    assert predict.main([*args, "--json", str(tmp_path / "photos")]) == 0
+    printed = capsys.readouterr()
+    assert len(json.loads(printed.out)["predictions"]) == 2  # classified all the same; stdout stays JSON
+    [line] = [line for line in printed.err.splitlines() if line.startswith("warning:")]
+    assert line.startswith(
+        "warning: 2 of the 2 class folders (bart_simpson, homer_simpson) are not classes of this model "
+        "(trained on data 'folder'), whose 4 classes are "
+    )
+    assert predict.main([*args, str(store.images / "test")]) == 0  # the model's own classes: no warning
+    assert "warning:" not in capsys.readouterr().err

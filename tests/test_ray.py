@@ -79,7 +79,7 @@ def test_a_2x2_sweep_through_ray_gives_one_parent_and_four_finished_children(tmp
     assert "Started a local Ray instance" in result.stderr
 
     client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("simpsons").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("simpsons-demo").experiment_id])  # the demo's own
     [parent] = [r for r in runs if r.data.tags["simpsons.run_type"] == "sweep"]
     children = [r for r in runs if r.data.tags["simpsons.run_type"] == "train"]
     assert parent.info.status == "FINISHED"
@@ -91,7 +91,7 @@ def test_a_2x2_sweep_through_ray_gives_one_parent_and_four_finished_children(tmp
     assert parent.data.params == {"optimizer": "adam,rmsprop", "dropout": "0.2,0.5", "num_jobs": "4"}
     assert (parent.data.metrics["jobs_finished"], parent.data.metrics["jobs_failed"]) == (4, 0)
     names = sorted(c.info.run_name for c in children)
-    assert names == [f"{o} {d}" for o in ("adam", "rmsprop") for d in ("0.2", "0.5")]
+    assert names == [f"{o} drop={d}" for o in ("adam", "rmsprop") for d in ("0.2", "0.5")]
     # Each job ran in a Ray worker of its own (max_calls=1), not in the driver.
     pids = {c.data.tags["simpsons.pid"] for c in children}
     assert len(pids) == 4 and parent.data.tags["simpsons.pid"] not in pids

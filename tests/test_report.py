@@ -120,7 +120,8 @@ def test_a_loss_sorts_lowest_first_and_the_experiment_is_named_without_a_sweep(l
 
 def test_output_writes_markdown_csvs_with_short_ids_and_a_chart(logged, tmp_path, capsys):
     assert report.main(["--sweep", logged.sweep, "--output", str(tmp_path), "--tracking-uri", logged.uri]) == 0
-    capsys.readouterr()
+    written = ["results.md", "results.csv", "ensembles.csv", "results.png"]
+    assert capsys.readouterr().err.splitlines()[-1] == "wrote " + ", ".join(str(tmp_path / name) for name in written)
     markdown = (tmp_path / "results.md").read_text()
     assert markdown.startswith(f'# Results: experiment simpsons, sweep "{logged.sweep_name}" ({logged.sweep[:8]})\n')
     for headers in [line for line in markdown.splitlines() if line.startswith("| id |")]:

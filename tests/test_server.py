@@ -267,7 +267,7 @@ def test_postgres_sweep_of_four_jobs_two_at_a_time_over_http_then_ensemble_and_r
     # The parent's outcome, from the runs two joblib workers wrote, and where to see it
     assert (parent.data.metrics["jobs_finished"], parent.data.metrics["jobs_failed"]) == (4, 0)
     names = sorted(c.info.run_name for c in children)
-    assert names == [f"{o} {d}" for o in ("adam", "rmsprop") for d in ("0.2", "0.5")]
+    assert names == [f"{o} drop={d}" for o in ("adam", "rmsprop") for d in ("0.2", "0.5")]
     assert f"open {team.url} in a browser" in outputs[0].stdout
 
     ensemble = run_module("ensemble", ["tracking.experiment=team-sweep", "sweep=latest", "top_n=4"], tmp_path, env)

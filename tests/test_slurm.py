@@ -168,6 +168,7 @@ def demo_sweep(slurm: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Ml
         *TINY_MODEL,
         "epochs=2",
         f"tracking.uri={uri}",
+        "tracking.experiment=simpsons",  # where the_sweep looks (the demo's own experiment is simpsons-demo)
         f"cache_dir={directory / 'cache'}",
     ]
     with driver(args, directory) as process:
@@ -189,7 +190,7 @@ def test_slurm_runs_a_2x2_sweep_as_4_array_jobs_under_one_parent(demo_sweep):
     assert parent.data.params == {"optimizer": "adam,rmsprop", "dropout": "0.2,0.5", "num_jobs": "4"}
     assert (parent.data.metrics["jobs_finished"], parent.data.metrics["jobs_failed"]) == (4, 0)
     names = sorted(run.info.run_name for run in runs)
-    assert names == [f"{o} {d}" for o in ("adam", "rmsprop") for d in ("0.2", "0.5")]
+    assert names == [f"{o} drop={d}" for o in ("adam", "rmsprop") for d in ("0.2", "0.5")]
     tasks = {run.data.tags[schema.SLURM_JOB_ID] for run in runs}
     array = array_job(runs)
     assert tasks == {f"{array}_{task}" for task in range(4)}

@@ -7,6 +7,7 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from simpsons.commands import command, mlflow_command
 from simpsons.config import default_tracking_uri
 from simpsons.tracking import lifecycle, schema, sweep_outcome
 from simpsons.tracking.store import configure, ensure_experiment
@@ -58,7 +59,7 @@ def test_the_parent_logs_its_best_jobs_metric_the_counts_the_best_run_and_a_desc
     assert run.data.tags[schema.BEST_RUN] == ids["earlier"]  # the run that holds the reused job's model
     note = run.data.tags[schema.NOTE]
     assert note.startswith(PLAN) and note.count("**Outcome:**") == 1
-    assert "| drop=0.3 | 0.9123 | - | - | reused |" in note and f"`python -m simpsons.ensemble sweep={parent}" in note
+    assert "| drop=0.3 | 0.9123 | - | - | reused |" in note and f"`{command('ensemble')} sweep={parent}" in note
 
 
 def test_the_summary_lists_the_jobs_best_first_rounded_with_the_best_run_and_the_next_commands(tracking_uri):
@@ -80,8 +81,9 @@ def test_the_summary_lists_the_jobs_best_first_rounded_with_the_best_run_and_the
     )
     assert lines[7:] == [
         "next:",
-        f"  python -m simpsons.ensemble sweep={parent} tracking.uri={tracking_uri}",
-        f"  mlflow ui --backend-store-uri {tracking_uri}",
+        f"  {command('ensemble')} sweep={parent} tracking.uri={tracking_uri} tracking.experiment=sweeps",
+        f"  {command('report')} --sweep {parent} --experiment sweeps --tracking-uri {tracking_uri}",
+        f"  {mlflow_command()} ui --backend-store-uri {tracking_uri}",
     ]
 
 
@@ -99,13 +101,22 @@ def test_killed_jobs_are_counted_apart_from_failed_ones(tracking_uri):
 
 def test_the_next_commands_name_no_store_for_the_default_one_and_hide_a_password():
     outcome = sweep_outcome.Outcome("abc", "a sweep", [])
-    assert sweep_outcome.next_commands(outcome, default_tracking_uri())[0] == "python -m simpsons.ensemble sweep=abc"
-    commands = sweep_outcome.next_commands(outcome, "postgresql://me:secret@db/mlflow")
-    assert (
-        "secret" not in " ".join(commands)
-        and commands[1] == "mlflow ui --backend-store-uri postgresql://me:***@db/mlflow"
-    )
-    assert sweep_outcome.next_commands(outcome, "http://tracking:5000")[1] == "open http://tracking:5000 in a browser"
+    assert sweep_outcome.next_commands(outcome, default_tracking_uri())[:2] == [
+        f"{command('ensemble')} sweep=abc",
+        f"{command('report')} --sweep abc",
+    ]
+    found = sweep_outcome.next_commands(outcome, "postgresql://me:secret@db/mlflow")
+    assert "secret" not in " ".join(found)
+    assert found[2] == f"{mlflow_command()} ui --backend-store-uri postgresql://me:***@db/mlflow"
+    assert sweep_outcome.next_commands(outcome, "http://tracking:5000")[2] == "open http://tracking:5000 in a browser"
+
+
+def test_the_next_commands_name_an_experiment_other_than_the_default():
+    demo = sweep_outcome.Outcome("abc", "a sweep", [], "simpsons-demo")
+    assert sweep_outcome.next_commands(demo, default_tracking_uri())[:2] == [
+        f"{command('ensemble')} sweep=abc tracking.experiment=simpsons-demo",
+        f"{command('report')} --sweep abc --experiment simpsons-demo",
+    ]
 
 
 def test_a_sweep_whose_driver_was_killed_gets_its_outcome_when_a_later_command_ends_it(tracking_uri):

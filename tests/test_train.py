@@ -18,7 +18,7 @@ from conftest import IMAGE_SENSITIVE_MODEL, TINY, TINY_MODEL, folder_data, get_j
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from simpsons.config import PROJECT_ROOT, flatten
+from simpsons.config import CONF_DIR, PROJECT_ROOT, flatten
 from simpsons.tracking.predictions import from_csv
 from simpsons.training.callbacks import EPOCH_METRICS
 
@@ -50,8 +50,9 @@ def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_sof
     client = MlflowClient(tracking_uri)
     run_id = run.info.run_id
     assert run.info.status == "FINISHED"
-    # the backbone, then what differs from the defaults; where the data lies and the store are left out
-    assert run.info.run_name == "vgg16 32px weights=null bs=16 lr=1e-3 ep=2"
+    # the backbone, then what differs from the defaults in naming.ORDER, cut to fit 30 characters; where
+    # the data lies and the store are left out
+    assert run.info.run_name == "vgg16 lr=1e-3 32px bs=16 ep=2…"
     assert run.data.tags["mlflow.note.content"] == (
         "vgg16 (random weights) on `folder`: 4 classes; 38 train, 10 validation, 16 test images. "
         "adam, lr 0.001, dropout 0.4, 2 epochs at 32 px."
@@ -120,7 +121,7 @@ def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_sof
 
     [logged_model] = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
     assert logged_model.source_run_id == run_id
-    assert logged_model.name == "vgg16 32px weights=null bs=16 lr=1e-3 ep=2"
+    assert logged_model.name == "vgg16 lr=1e-3 32px bs=16 ep=2…"  # as the run
     # The Models tab's metrics: the run's final ones, and the epochs' at the epoch the model is from
     linked = mlflow.get_logged_model(logged_model.model_id).metrics
     final = ["best_val_accuracy", "best_epoch", "val_macro_f1", "test_loss", "test_accuracy", "test_macro_f1"]
@@ -154,10 +155,9 @@ def test_a_2x2_multirun_gives_one_parent_and_four_finished_children(image_folder
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
     grid = {(c.data.params["backbone.name"], c.data.params["dropout"]) for c in children}
     assert grid == {(b, d) for b in ("mobilenet", "mobilenetv2") for d in ("0.2", "0.4")}
-    # Named by the swept values alone, in sweep order (the parent's name says the keys): told apart
-    # within 20 characters, though the runs table shows only 13 of mobilenetv2's jobs, under their sweep
+    # Named by the swept values, in naming.ORDER: the backbone's name, then `drop=...`
     for child in children:
-        assert child.info.run_name == f"{child.data.params['backbone.name']} {child.data.params['dropout']}"
+        assert child.info.run_name == f"{child.data.params['backbone.name']} drop={child.data.params['dropout']}"
         assert "alpha" not in child.data.tags["mlflow.runName"] and "epochs=1" in child.data.tags["hydra.overrides"]
         swept = f"`backbone={child.data.params['backbone.name']}`, `dropout={child.data.params['dropout']}`"
         assert child.data.tags["mlflow.note.content"].endswith(f" A sweep's job: {swept}.")
@@ -188,7 +188,7 @@ def test_a_2x2_multirun_gives_one_parent_and_four_finished_children(image_folder
 def assert_sweep_parent(parent, children: list, cwd: Path, uri: str) -> None:
     """Named by when and what it swept; its params, the swept values; its metrics, the outcome;
     multirun.yaml and a description that names the jobs."""
-    assert re.fullmatch(r"backbone×drop \(2×2\) \d{4}-\d\d-\d\d \d\d:\d\d", parent.info.run_name)
+    assert re.fullmatch(r"net×drop \(2×2\) \d\d-\d\d \d\d:\d\d", parent.info.run_name)
     assert parent.data.params == {"backbone": "mobilenet,mobilenetv2", "dropout": "0.2,0.4", "num_jobs": "4"}
     best = max(children, key=lambda c: c.data.metrics["best_val_accuracy"])
     assert parent.data.metrics == {
@@ -222,7 +222,7 @@ def assert_sweep_summary(stdout: str, parent, children: list, uri: str) -> None:
         assert re.fullmatch(r"(\d\.\d{4} +)+finished", " ".join(row.split()[2:-1])), row
     best = ranked[0]
     assert f"best: {best.info.run_name}, run {best.info.run_id} (best_val_accuracy " in summary
-    assert f"python -m simpsons.ensemble sweep={parent.info.run_id} tracking.uri={uri}" in summary
+    assert f"{sys.executable} -m simpsons.ensemble sweep={parent.info.run_id} tracking.uri={uri}" in summary
     assert f"mlflow ui --backend-store-uri {uri}" in summary
 
 
@@ -282,12 +282,20 @@ def test_help_explains_the_main_keys_and_sweeps_without_importing_tensorflow(tmp
         ("class_weight=W", "none, or balanced"),
         ("label_smoothing=S", "share of each training target spread over all classes"),
         ("tta=MODE", "none, or flip"),
+        ("variant=NAME", "with experiment=options_mini: one training option of the options study"),
     ]:
         assert re.search(rf"^  {re.escape(key)} +{meaning}", text, re.MULTILINE), key
     # the values this command line would use: experiment=demo's
     assert re.search(r"^  image_size=N +input side in pixels \(64\)$", text, re.MULTILINE)
     assert re.search(r"^  backbone.weights=W .*\(null\)$", text, re.MULTILINE)
     assert "backbone: convnext_tiny, densenet201," in text  # Hydra's list of config groups
+    # every config group Hydra lists is explained among the main keys
+    groups = [line.split(":")[0].strip() for line in text.split("Config groups")[1].split("\n\n")[0].splitlines()[1:]]
+    assert "variant" in groups
+    for group in groups:
+        assert re.search(rf"^  {re.escape(group)}[=.]", text, re.MULTILINE), f"the {group} group is not explained"
+    variants = sorted(p.stem for p in (CONF_DIR / "variant").glob("*.yaml"))
+    assert ", ".join(variants) in " ".join(text.split())  # the variant line names every option
 
 
 @pytest.mark.slow

@@ -13,7 +13,8 @@ TITLE_CHARACTERS = 80  # per line, within the figure's 7 inches
 def members_vs_ensemble(labels: list[str], accuracies: list[float], ensemble: float, split: str, title: str) -> Figure:
     """Members' accuracies in the order given (blue), then the ensemble's (orange), values at the bars.
 
-    `labels` should be short (`backbone (run id)`): the axes keep most of the figure's width.
+    `labels` should be short (the members' run names, which naming.py keeps short): the axes keep most
+    of the figure's width.
     """
     names = [*labels, "ensemble"]
     values = [*accuracies, ensemble]
@@ -27,6 +28,6 @@ def members_vs_ensemble(labels: list[str], accuracies: list[float], ensemble: fl
     axes.set_xlim(0, 1.18)  # room for "1.0000" right of a full bar, inside the axes
     axes.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])  # none past 1: accuracies end there
     axes.set_xlabel(f"{split} accuracy")
-    axes.set_ylabel("member: backbone (run id)")
+    axes.set_ylabel("member (run name)")
     figure.suptitle("\n".join(textwrap.wrap(title, TITLE_CHARACTERS)), fontsize="medium")  # centred on the figure
     return figure

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import re
+from datetime import datetime
 
 import mlflow
 from mlflow.entities import Run
@@ -12,6 +12,7 @@ from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
+from simpsons import naming
 from simpsons.config import default_tracking_uri
 from simpsons.ensembling import console, registry, scoring, writer
 from simpsons.ensembling.registry import Registration
@@ -20,12 +21,17 @@ from simpsons.ensembling.selection import select_candidates
 from simpsons.errors import SimpsonsError
 from simpsons.settings import EnsembleSettings
 from simpsons.tracking import lifecycle, provenance, reader, schema, store
+from simpsons.tracking.sweep_outcome import DEFAULT_EXPERIMENT
 
 log = logging.getLogger("simpsons.ensemble")
 
 
-def ensemble(cfg: EnsembleSettings) -> str:
-    """Select, combine, score, log and register one ensemble; prints what it did; returns its run id."""
+def ensemble(cfg: EnsembleSettings, top_n_given: bool = True) -> str:
+    """Select, combine, score, log and register one ensemble; prints what it did; returns its run id.
+
+    `top_n_given`: whether the user set top_n. The default top_n is a ceiling: fewer eligible runs are
+    no surprise then, and only a number the user asked for is worth a warning.
+    """
     cfg.check()
     client = MlflowClient(store.configure(cfg.tracking.uri, cfg.tracking.retry_seconds))
     experiment = reader.experiment_id(client, cfg.tracking.experiment)
@@ -41,39 +47,57 @@ def ensemble(cfg: EnsembleSettings) -> str:
         log.info("counted each config once (its latest finished run): left out %d older run(s)", len(superseded))
     candidates = select_candidates(runs, cfg)
     if len(candidates) < cfg.top_n:
-        log.warning("only %d eligible run(s) for top_n=%d: using %d", len(candidates), cfg.top_n, len(candidates))
+        say = log.warning if top_n_given else log.debug  # the default: every eligible run, said quietly
+        say("only %d eligible run(s) for top_n=%d: using %d", len(candidates), cfg.top_n, len(candidates))
     class_names = reader.class_names(candidates[0].run)
     result = scoring.combine(candidates, cfg, class_names)
-    source = client.get_run(sweep).info.run_name if sweep else cfg.tracking.experiment
-    name = ensemble_name(cfg, len(candidates), source)
-    val_files = _validation_files(result)
-    tags = _tags(result, sweep, val_files)
-    with lifecycle.tracked_run(experiment, name, None, tags, heartbeat_seconds=cfg.tracking.heartbeat_seconds) as run:
+    sweep_run = client.get_run(sweep) if sweep else None
+    source = f"sweep '{sweep_run.info.run_name}'" if sweep_run else f"experiment '{cfg.tracking.experiment}'"
+    name = ensemble_name(cfg, len(candidates), sweep_run.info.start_time if sweep_run else None)
+    provenance = _provenance(result, class_names)
+    if cfg.register:  # a model of other classes: one line, before anything is logged
+        registry.check_fits(client, cfg.registered_model, provenance)
+    tags = _tags(result, sweep, provenance.val_files)
+    # An ensemble of a sweep is nested under the sweep's parent run, beside its members.
+    with lifecycle.tracked_run(experiment, name, sweep, tags, heartbeat_seconds=cfg.tracking.heartbeat_seconds) as run:
         writer.log_params(cfg, result, sweep)
-        metrics = writer.log_results(result, class_names, f"{name}: members vs ensemble")
-        mlflow.set_tag(MLFLOW_RUN_NOTE, _description(result, cfg, source, metrics))
-        model = writer.log_model(result, class_names, name)
-        registration = _register(client, cfg, run, model, metrics, val_files) if cfg.register else None
+        datasets = writer.log_dataset_inputs(client, run.info.run_id, result)
+        metrics = writer.log_results(result, class_names, f"{name} of {source}: members vs ensemble")
+        members = writer.member_rows(result, cfg.metric)
+        writer.log_members(members)
+        mlflow.set_tag(MLFLOW_RUN_NOTE, _description(result, cfg, source, metrics, members))
+        model = writer.log_model(result, class_names, naming.MODEL_NAME_FORBIDDEN.sub("_", name))
+        writer.log_metrics(client, run.info.run_id, metrics, model.model_id, datasets)
+        registration = _register(client, cfg, run, model, metrics, provenance) if cfg.register else None
     _print(cfg, result, client.get_run(run.info.run_id), model, registration)
     return run.info.run_id
 
 
-def ensemble_name(cfg: EnsembleSettings, num_candidates: int, source: str) -> str:
-    """What the ensemble is, for its run and its logged model: `ensemble-mean-top5-<sweep or experiment>`,
-    `ensemble-mean-top5-calibrated-<...>` with calibrate=true.
+def ensemble_name(cfg: EnsembleSettings, num_candidates: int, sweep_started_ms: int | None = None) -> str:
+    """What the ensemble is, in naming.py's scheme and width: 'ens mean top5', 'ens wmean top5'
+    (weighted by validation accuracy), 'ens greedy top3 cal' (calibrate=true); for an ensemble of a
+    sweep, then its sweep's start ('ens mean top5 11-28 12:40'), which tells apart the ensembles of
+    different sweeps where the sweep is not shown (the Models tab), when it fits."""
+    method = "wmean" if cfg.weighs_by_accuracy else cfg.method
+    name = f"ens {method} top{num_candidates}{' cal' if cfg.calibrate else ''}"
+    if sweep_started_ms is None:
+        return name
+    stamped = f"{name} {datetime.fromtimestamp(sweep_started_ms / 1000):%m-%d %H:%M}"
+    return stamped if len(stamped) <= naming.MAX_NAME else name
 
-    Written in the characters MLflow accepts in a logged model's name (no / : . % " ').
-    """
-    method = "weighted-mean" if cfg.weighs_by_accuracy else cfg.method
-    calibrated = "-calibrated" if cfg.calibrate else ""
-    name = f"ensemble-{method}-top{num_candidates}{calibrated}-{source}"
-    return re.sub(r"-{2,}", "-", re.sub(r"[\s/:%\"']", "-", name).replace(".", "_")).strip("-")
 
-
-def _validation_files(result: Ensemble) -> str:
+def _provenance(result: Ensemble, class_names: list[str]) -> registry.Provenance:
+    """What the candidates were trained and scored on (they share it: selection.py)."""
+    first = result.candidates[0].run
     validation = result.candidates[0].outputs["val"]
-    fingerprint = result.candidates[0].run.data.tags.get(schema.DATA_FINGERPRINT, "")
-    return registry.validation_files_digest(fingerprint, validation.names, validation.labels)
+    fingerprint = first.data.tags.get(schema.DATA_FINGERPRINT, "")
+    return registry.Provenance(
+        data_name=first.data.params.get("data.name", "?"),
+        fingerprint=fingerprint,
+        class_names=tuple(class_names),
+        val_files=registry.validation_files_digest(fingerprint, validation.names, validation.labels),
+        val_count=len(validation.names),
+    )
 
 
 def _tags(result: Ensemble, sweep: str | None, val_files: str) -> dict[str, str]:
@@ -83,6 +107,7 @@ def _tags(result: Ensemble, sweep: str | None, val_files: str) -> dict[str, str]
         schema.ENSEMBLE_SWEEP: sweep or "",
         schema.CLASS_NAMES: first.data.tags.get(schema.CLASS_NAMES, "[]"),
         schema.DATA_FINGERPRINT: first.data.tags.get(schema.DATA_FINGERPRINT, ""),
+        schema.DATA_NAME: first.data.params.get("data.name", "?"),
         schema.CANDIDATES: ",".join(c.run_id for c in result.candidates),
         schema.MEMBERS: ",".join(member.run_id for member, _ in result.members),
         schema.VAL_FILES: val_files,
@@ -90,7 +115,11 @@ def _tags(result: Ensemble, sweep: str | None, val_files: str) -> dict[str, str]
     }
 
 
-def _description(result: Ensemble, cfg: EnsembleSettings, source: str, metrics: dict[str, float]) -> str:
+def _description(
+    result: Ensemble, cfg: EnsembleSettings, source: str, metrics: dict[str, float], members: list[dict]
+) -> str:
+    """Markdown (the UI renders it): what the ensemble is, its scores and calibration, and a table of its
+    members, each linked to its run."""
     scores = ", ".join(f"{key} {metrics[key]:.4f}" for key in ("val_accuracy", "test_accuracy") if key in metrics)
     how = {"mean": "the mean", "greedy": "greedy forward selection (on validation)"}[cfg.method]
     weighted = " weighted by validation accuracy" if cfg.weighs_by_accuracy else ""
@@ -99,26 +128,42 @@ def _description(result: Ensemble, cfg: EnsembleSettings, source: str, metrics: 
         f"{len(result.candidates)} training run(s) by {cfg.metric} ({cfg.direction}) of {source}: {scores}."
     )
     calibration = result.calibration
-    if calibration.temperature is None:
-        return described
-    errors = ", ".join(
-        f"{split} {calibration.ece[split]:.4f} to {calibration.ece_calibrated[split]:.4f}" for split in result.splits
-    )
-    return (
-        f"{described} Calibrated by the temperature {calibration.temperature:.4f}, fitted on validation: "
-        f"expected calibration error {errors}."
-    )
+    if calibration.temperature is not None:
+        errors = ", ".join(
+            f"{split} {calibration.ece[split]:.4f} to {calibration.ece_calibrated[split]:.4f}"
+            for split in result.splits
+        )
+        described += (
+            f" Calibrated by the temperature {calibration.temperature:.4f}, fitted on validation: "
+            f"expected calibration error {errors}."
+        )
+    return f"{described}\n\n{_members_markdown(members, cfg.metric, result.splits)}"
+
+
+def _members_markdown(members: list[dict], metric: str, splits: list[str]) -> str:
+    """The members table (also logged as members.csv and members.json)."""
+    columns = [metric, *(f"{split}_accuracy" for split in splits if f"{split}_accuracy" != metric)]
+    lines = [f"| member | run id | weight | {' | '.join(columns)} |", "|---|---|---|" + "---|" * len(columns)]
+    for row in members:
+        values = " | ".join("-" if row.get(key) is None else f"{row[key]:.4f}" for key in columns)
+        lines.append(f"| [{row['run_name']}]({row['ui']}) | {row['run_id']} | {row['weight']:.4f} | {values} |")
+    return "\n".join(lines)
 
 
 def _register(
-    client: MlflowClient, cfg: EnsembleSettings, run: Run, model: ModelInfo, metrics: dict[str, float], val_files: str
+    client: MlflowClient,
+    cfg: EnsembleSettings,
+    run: Run,
+    model: ModelInfo,
+    metrics: dict[str, float],
+    provenance: registry.Provenance,
 ) -> Registration:
     metric, direction = registry.comparison_metric(cfg.metric, cfg.direction, metrics)
-    score = registry.Score(metric, direction, metrics[metric], val_files)
+    score = registry.Score(metric, direction, metrics[metric], provenance.val_files)
     description = f"{run.info.run_name} (run {run.info.run_id})"
     try:
         registration = registry.register(
-            client, cfg.registered_model, model.model_id, run.info.run_id, score, description
+            client, cfg.registered_model, model.model_id, run.info.run_id, score, description, provenance
         )
     except MlflowException as error:  # e.g. a team server that lets this user log runs, not register models
         raise SimpsonsError(
@@ -156,10 +201,14 @@ def _print(
     named_uri = None if uri == store.absolute_sqlite_uri(default_tracking_uri()) else store.redact_uri(uri)
     calibration = result.calibration
     calibrated = console.calibration(calibration.temperature, calibration.ece, calibration.ece_calibrated)
+    sweep = run.data.tags.get(schema.ENSEMBLE_SWEEP)
+    report = f"--sweep {sweep}" if sweep else ""
+    if cfg.tracking.experiment != DEFAULT_EXPERIMENT:
+        report = f"--experiment {cfg.tracking.experiment} {report}".strip()
     print(console.table(rows))
     print()
     print(
         console.next_steps(
-            run.info.run_id, run.info.run_name, model.model_uri, serve_uri, registered, named_uri, calibrated
+            run.info.run_id, run.info.run_name, model.model_uri, serve_uri, registered, named_uri, calibrated, report
         )
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from simpsons.commands import command
+
 DECIMALS = 4
 NAME_WIDTH = 48  # run names can be long (the swept keys); the id tells them apart anyway
 
@@ -61,12 +63,14 @@ def next_steps(
     registered: str | None,
     tracking_uri: str | None,
     calibrated: str | None = None,
+    report: str = "",
 ) -> str:
     """The run id and model URI, its calibration, what happened in the registry, and the commands that
-    use the model.
+    use the model and report it, with the interpreter (or console script) this command ran with.
 
     `tracking_uri`: the store to name in the commands, or None for the one they find by default.
-    `calibrated`: the calibration() line, if any.
+    `calibrated`: the calibration() line, if any. `report`: report's flags for the ensemble's
+    sweep or experiment (the store's is added).
     """
     store_flag = f" --tracking-uri {tracking_uri}" if tracking_uri else ""
     store_variable = f"MLFLOW_TRACKING_URI={tracking_uri} " if tracking_uri else ""
@@ -75,7 +79,8 @@ def next_steps(
         ("model", model_uri),
         *([("calibration", calibrated)] if calibrated else []),
         ("registry", registered or "not registered (register=false)"),
-        ("predict", f"python -m simpsons.predict --run {run_id}{store_flag} photo.jpg folder/"),
+        ("predict", f"{command('predict')} --run {run_id}{store_flag} photo.jpg folder/"),
+        ("report", f"{command('report')}{report and ' ' + report}{store_flag}"),
         ("serve", f"{store_variable}mlflow models serve -m {serve_uri} --env-manager local -h 127.0.0.1 -p 5001"),
     ]
     width = max(len(key) for key, _ in lines)

@@ -264,7 +264,8 @@ def _jobs_alive(client: MlflowClient, sweep: Run, stale_after: float) -> bool:
         f"tags.`{schema.PARENT_RUN}` = '{sweep.info.run_id}' AND attributes.status = 'RUNNING'",
         max_results=SEARCH_LIMIT,
     )
-    return any(why_dead(job, stale_after) is None for job in running)
+    jobs = [run for run in running if run.data.tags.get(schema.RUN_TYPE) != schema.ENSEMBLE]  # nested, no job
+    return any(why_dead(job, stale_after) is None for job in jobs)
 
 
 def _slurm_tasks_left(sweep: Run, ending_job: bool) -> bool:

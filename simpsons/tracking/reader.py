@@ -27,8 +27,14 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     return experiment.experiment_id
 
 
-def resolve_sweep(client: MlflowClient, experiment: str, sweep: str | None) -> str | None:
-    """A sweep's parent run id: as given, the newest sweep for 'latest', or None for no sweep."""
+def resolve_sweep(
+    client: MlflowClient, experiment: str, sweep: str | None, experiment_key: str = "tracking.experiment="
+) -> str | None:
+    """A sweep's parent run id: as given, the newest sweep for 'latest', or None for no sweep.
+
+    A sweep of another experiment is refused, naming it (`experiment_key`: how the command sets the
+    experiment): an ensemble of it would be logged, and registered, beside another data set's runs.
+    """
     if sweep is None:
         return None
     if sweep == "latest":
@@ -47,6 +53,9 @@ def resolve_sweep(client: MlflowClient, experiment: str, sweep: str | None) -> s
         raise ConfigError(f"sweep={sweep!r} is not a run id; use a sweep's parent run id, latest or null") from error
     if run.data.tags.get(schema.RUN_TYPE) != schema.SWEEP:
         raise ConfigError(f"sweep={sweep!r} is not a sweep's parent run; use one, latest or null")
+    if run.info.experiment_id != experiment:
+        name = client.get_experiment(run.info.experiment_id).name
+        raise ConfigError(f"sweep={sweep!r} is a sweep of experiment {name!r}; add {experiment_key}{name}")
     return sweep
 
 

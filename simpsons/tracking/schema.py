@@ -22,6 +22,10 @@ VAL_FILES = "simpsons.val_files"  # digest of the validation files (and data) an
 REGISTERED_VERSION = "simpsons.registered_version"  # "<registered model>/<version>" of an ensemble's model
 CHAMPION_DECISION = "simpsons.champion"  # what the ensemble did to the champion alias, and why
 SCORE = "simpsons.score"  # on a registered version: what it is judged by, e.g. best_val_accuracy=0.9375
+# On a registered version: what its model was trained and scored on (with DATA_FINGERPRINT, CLASS_NAMES and
+# VAL_FILES): a registered model holds models of one class list (simpsons/ensembling/registry.py).
+DATA_NAME = "data.name"
+VAL_FILES_COUNT = "simpsons.val_files_count"
 CONFIG_HASH = "simpsons.config_hash"  # resolved training config + data fingerprint + code version
 CODE_VERSION = "simpsons.code_version"
 REUSED_RUN = "simpsons.reused_run_id"
@@ -69,6 +73,8 @@ SKIPPED_FILES = "data/skipped_files.tsv"
 DROPPED_CLASSES = "data/dropped_classes.json"
 UNKNOWN_TEST_CLASSES = "data/unknown_test_classes.json"
 CANDIDATES_JSON = "candidates.json"  # each candidate's run, weight (0: not a member) and accuracies
+MEMBERS_JSON = "members.json"  # each member's run name, link, weight and metrics
+MEMBERS_CSV = "members.csv"  # the same, as a table
 MEMBERS_CHART = "evaluation/members_vs_ensemble.png"
 MODEL = "model"
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from mlflow.entities import Metric, Run, RunTag
 from mlflow.tracking import MlflowClient
 
+from simpsons.commands import command, mlflow_command
 from simpsons.config import default_tracking_uri
 from simpsons.tracking import reader, schema
 from simpsons.tracking.store import redact_uri
@@ -23,6 +24,7 @@ COLUMNS = (METRIC, "val_macro_f1", "test_accuracy", "test_macro_f1")  # the desc
 TERMINAL_COLUMNS = COLUMNS[:3]  # the terminal's, narrower
 DECIMALS = 4
 OUTCOME_HEADING = "**Outcome:**"  # where the outcome starts in the parent's description
+DEFAULT_EXPERIMENT = "simpsons"  # conf/tracking/default.yaml's: the next commands name any other
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Outcome:
     parent_run_id: str
     parent_name: str
     jobs: list[Job]  # best first; jobs without the metric (failed, killed) last
+    experiment: str = DEFAULT_EXPERIMENT  # the sweep's experiment's name
 
     @property
     def finished(self) -> list[Job]:
@@ -63,12 +66,17 @@ class Outcome:
 
 
 def outcome(client: MlflowClient, parent: Run) -> Outcome:
-    """The jobs of the sweep whose parent run is `parent`, best first."""
-    children = client.search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.`{schema.PARENT_RUN}` = '{parent.info.run_id}'",
-        max_results=reader.SEARCH_LIMIT,
-    )
+    """The jobs of the sweep whose parent run is `parent`, best first (its ensembles, nested under it
+    too, are no jobs)."""
+    children = [
+        run
+        for run in client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`{schema.PARENT_RUN}` = '{parent.info.run_id}'",
+            max_results=reader.SEARCH_LIMIT,
+        )
+        if reader.run_type(run) != schema.ENSEMBLE
+    ]
     jobs = [
         Job(
             run.info.run_id,
@@ -80,7 +88,8 @@ def outcome(client: MlflowClient, parent: Run) -> Outcome:
         for run in children
     ]
     jobs.sort(key=lambda job: (job.status != "FINISHED", -job.metrics.get(METRIC, float("-inf")), job.name))
-    return Outcome(parent.info.run_id, parent.info.run_name, jobs)
+    experiment = client.get_experiment(parent.info.experiment_id).name
+    return Outcome(parent.info.run_id, parent.info.run_name, jobs, experiment)
 
 
 def record(client: MlflowClient, parent: Run, uri: str) -> Outcome:
@@ -132,14 +141,25 @@ def table(result: Outcome) -> str:
 
 
 def next_commands(result: Outcome, uri: str) -> list[str]:
-    """What to run next: an ensemble of this sweep, and the UI on this store."""
-    tracking = "" if uri == default_tracking_uri() else f" tracking.uri={redact_uri(uri)}"
+    """What to run next, with the interpreter (or console script) this command ran with: an ensemble
+    of this sweep, its report, and the UI on this store. The store and experiment are named unless
+    they are the defaults."""
+    default_store = uri == default_tracking_uri()
+    other_experiment = result.experiment != DEFAULT_EXPERIMENT
+    tracking = "" if default_store else f" tracking.uri={redact_uri(uri)}"
+    tracking += f" tracking.experiment={result.experiment}" if other_experiment else ""
+    flags = f" --experiment {result.experiment}" if other_experiment else ""
+    flags += "" if default_store else f" --tracking-uri {redact_uri(uri)}"
     ui = (
         f"open {redact_uri(uri)} in a browser"
         if uri.startswith(("http://", "https://"))
-        else f"mlflow ui --backend-store-uri {redact_uri(uri)}"
+        else f"{mlflow_command()} ui --backend-store-uri {redact_uri(uri)}"
     )
-    return [f"python -m simpsons.ensemble sweep={result.parent_run_id}{tracking}", ui]
+    return [
+        f"{command('ensemble')} sweep={result.parent_run_id}{tracking}",
+        f"{command('report')} --sweep {result.parent_run_id}{flags}",
+        ui,
+    ]
 
 
 def summary(result: Outcome, uri: str) -> str:
