@@ -31,7 +31,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
-from quick_tier import pytest_runtest_makereport, pytest_runtest_setup, pytest_runtest_teardown  # noqa: F401
+from quick_tier import (  # noqa: F401
+    pytest_collection_modifyitems,
+    pytest_runtest_makereport,
+    pytest_runtest_setup,
+    pytest_runtest_teardown,
+)
 from services.postgres import postgres, postgres_cluster  # noqa: F401 (the session's PostgreSQL, for every module)
 
 from simpsons import settings

@@ -1,6 +1,10 @@
 """The quick tier's rule, kept by a check: a test that starts TensorFlow in a subprocess, or a
 service, is marked `@pytest.mark.slow` (pyproject.toml's marker). Registered in conftest.py.
 
+A test that trains through the run recipe (a model fitted, evaluated and logged to MLflow) is slow
+too: marked where it calls the recipe, and here for the session fixtures that train runs for the
+tests that read them back (ensembles, predict, report), about a minute per test process.
+
 During each test not marked slow:
 - a Python process it starts reports a TensorFlow import or a port it binds (a server) through
   quick_guard/sitecustomize.py, put on PYTHONPATH, into a folder of the test's own;
@@ -69,6 +73,16 @@ class _Guard:
 
 
 _guard = _Guard()
+
+
+TRAINING_FIXTURES = {"trained_store", "flip_pair"}  # conftest.py's: each trains runs through the recipe
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own hook deselects by -m
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if TRAINING_FIXTURES & set(item.fixturenames):  # fixturenames: what it uses, through other fixtures too
+            item.add_marker(pytest.mark.slow)
 
 
 def _quick(item: pytest.Item) -> bool:

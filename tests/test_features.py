@@ -38,6 +38,7 @@ def run_with(overrides: list[str], image_folders, tracking_uri, cache_dir) -> di
     return run.data.tags | {f"metric:{k}": v for k, v in run.data.metrics.items()} | {"run_id": run.info.run_id}
 
 
+@pytest.mark.slow  # trains through the recipe: a run logged to MLflow
 def test_a_second_run_reuses_the_cache_and_a_changed_file_or_size_invalidates_it(tmp_path, tracking_uri):
     images = tmp_path / "images"
     write_demo_data(images, train_per_class=6, test_per_class=2, size=40, seed=3)
@@ -82,6 +83,7 @@ def test_concurrent_lookups_compute_an_entry_once_and_a_failed_one_leaves_nothin
     assert not list(tmp_path.glob("other*.npy"))
 
 
+@pytest.mark.slow  # trains through the recipe: a run logged to MLflow
 def test_finetuning_trains_its_head_on_cached_features_and_continues_the_curves(image_folders, tracking_uri, tmp_path):
     tags = run_with(["finetune.layers=4", "finetune.epochs=2"], image_folders, tracking_uri, tmp_path)
     assert tags["feature_cache"] == "miss"  # a new cache folder: the head phase's features were extracted
@@ -99,6 +101,7 @@ def test_finetuning_trains_its_head_on_cached_features_and_continues_the_curves(
     assert tags["feature_cache"] == "off" and tags["phases"].startswith("head: epochs 0-1; kept epoch ")
 
 
+@pytest.mark.slow  # trains through the recipe: a run logged to MLflow
 def test_mixed_precision_and_xla_train_a_float16_model_with_its_own_cache_entry(image_folders, tracking_uri, tmp_path):
     float32 = run_with([], image_folders, tracking_uri, tmp_path)
     assert float32["xla"] == str(gpu_visible()).lower()  # auto: XLA with a GPU (and no op determinism)

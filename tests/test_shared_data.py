@@ -13,6 +13,8 @@ from mlflow.tracking import MlflowClient
 from simpsons.tracking.predictions import from_csv
 from simpsons.training.recipe import JobContext, train
 
+pytestmark = pytest.mark.slow  # every test trains through the recipe on real images
+
 KAGGLE_MINI = ["data=simpsons", f"data.dir={SIMPSONS_MINI}"]
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pytest
 from conftest import IMAGE_SENSITIVE_MODEL, TINY_MODEL, folder_data, train_settings
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -17,6 +18,8 @@ from simpsons import model
 from simpsons.tracking.predictions import from_csv
 from simpsons.training.callbacks import EPOCH_METRICS
 from simpsons.training.recipe import JobContext, train
+
+pytestmark = pytest.mark.slow  # every test trains through the recipe, some twice
 
 
 def test_the_same_config_twice_gives_identical_metrics(image_folders, tracking_uri):

@@ -94,12 +94,14 @@ def job(image_folders, uri: str, *overrides: str) -> str:
     return train(train_settings([*base, *overrides]), JobContext(overrides=[]))
 
 
+@pytest.mark.slow  # trains through the recipe: a run logged to MLflow
 def test_the_default_lr_curve_is_flat(image_folders, tracking_uri):
     run_id = job(image_folders, tracking_uri, "epochs=2")
     assert lr_curve(tracking_uri, run_id) == pytest.approx([LR, LR])
     assert MlflowClient(tracking_uri).get_run(run_id).data.params["scheduler.name"] == "constant"
 
 
+@pytest.mark.slow  # trains through the recipe: a run logged to MLflow
 def test_the_cosine_lr_curve_falls_as_keras_cosine_decay_over_the_runs_steps(image_folders, tracking_uri):
     run_id = job(image_folders, tracking_uri, "epochs=3", "scheduler=cosine")
     steps = steps_per_epoch(tracking_uri, run_id)
@@ -109,6 +111,7 @@ def test_the_cosine_lr_curve_falls_as_keras_cosine_decay_over_the_runs_steps(ima
     assert curve[0] > curve[1] > curve[2] > 0
 
 
+@pytest.mark.slow  # trains through the recipe: a run logged to MLflow
 def test_plateau_lowers_the_lr_once_val_loss_stalls(image_folders, tracking_uri):
     """No epoch improves val_loss by 10: after the first (the first value is the best so far),
     val_loss has stalled, and after `patience` such epochs the next epoch starts at lr * factor."""
