@@ -11,24 +11,21 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from conftest import TINY_MODEL, ensemble_config, folder_data, train_settings
 from mlflow.tracking import MlflowClient
 
+from simpsons import reproduce
 from simpsons.config import PROJECT_ROOT
+from simpsons.ensembling.command import ensemble
 from simpsons.tracking import schema
+from simpsons.training.recipe import JobContext, train
 
 DETERMINISTIC = ["deterministic=true", "jit_compile=false"]
-TINY_DEMO = [
-    "experiment=demo",
-    "backbone=mobilenet",
-    "backbone.kwargs.alpha=0.25",
-    "image_size=32",
-    "epochs=2",
-    "batch_size=16",
-    *DETERMINISTIC,
-]
+# The demo (a random ResNet50V2, whose features do tell the shapes apart) small and deterministic.
+DEMO = ["experiment=demo", "image_size=32", "epochs=2", *DETERMINISTIC]
 
 
 def command(module: str, args: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
@@ -42,6 +39,13 @@ def command(module: str, args: list[str], timeout: float = 900) -> subprocess.Co
         text=True,
         timeout=timeout,
     )
+
+
+def metric_rows(stdout: str) -> dict[str, str]:
+    """The comparison table's rows (Keras's epoch lines come before it), by metric name: equal or different."""
+    lines = stdout.splitlines()
+    table = lines[next(i for i, line in enumerate(lines) if line.startswith("metric ")) + 1 : -1]
+    return {row.split()[0]: row.split()[-1] for row in table}
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -62,7 +66,7 @@ def test_a_demo_run_reproduces_every_metric_and_changed_code_or_data_are_refused
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     data = tmp_path / "demo"
     places = [f"data.dir={data}", f"cache_dir={tmp_path / 'cache'}", f"tracking.uri={uri}"]
-    trained = command("train", [*TINY_DEMO, *places])
+    trained = command("train", [*DEMO, *places])
     assert trained.returncode == 0, trained.stderr[-3000:]
     client = MlflowClient(uri)
     [experiment] = [e.experiment_id for e in client.search_experiments() if e.name == "simpsons-demo"]
@@ -72,9 +76,9 @@ def test_a_demo_run_reproduces_every_metric_and_changed_code_or_data_are_refused
     # The same code and data: a new run, trained (not reused), with every metric equal.
     same = command("reproduce", [run_id[:8], "--tracking-uri", uri])
     assert same.returncode == 0, same.stderr[-3000:]
-    rows = same.stdout.splitlines()[1:-1]
-    assert rows and all(row.endswith("equal") for row in rows), same.stdout
-    assert {"best_val_accuracy", "test_accuracy"} <= {row.split()[0] for row in rows}
+    rows = metric_rows(same.stdout)
+    assert {"best_val_accuracy", "test_accuracy", "val_loss", "val_macro_f1"} <= rows.keys()
+    assert set(rows.values()) == {"equal"}, same.stdout
     assert "loss (2 steps, last)" in same.stdout  # a curve, compared at every epoch
     assert f"reproduces run {run_id}: every metric equal" in same.stdout
     runs = client.search_runs([experiment], order_by=["attributes.start_time DESC"])
@@ -103,13 +107,26 @@ def test_a_demo_run_reproduces_every_metric_and_changed_code_or_data_are_refused
     anyway = command("reproduce", [run_id, "--anyway", "--tracking-uri", uri])
     assert anyway.returncode == 1, anyway.stderr[-3000:]
     assert "the data differs" in anyway.stderr and "--anyway: reproducing it all the same" in anyway.stderr
-    different = [row.split()[0] for row in anyway.stdout.splitlines() if row.endswith("different")]
+    different = [metric for metric, result in metric_rows(anyway.stdout).items() if result == "different"]
     assert "loss" in different, anyway.stdout
-    assert f"metrics differ (at 1e-06): {', '.join(sorted(different))}" in anyway.stdout.replace(
-        ", ".join(different), ", ".join(sorted(different))
-    )
+    assert f"metrics differ (at 1e-06): {', '.join(different)}" in anyway.stdout
 
 
-def write(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
+@pytest.mark.slow
+def test_an_ensemble_is_combined_again_from_the_same_candidates(image_folders, tracking_uri, capsys):
+    base = [*TINY_MODEL, *folder_data(image_folders), "epochs=1", f"tracking.uri={tracking_uri}"]
+    members = [train(train_settings([*base, f"dropout={p}"]), JobContext([])) for p in (0.1, 0.3, 0.5)]
+    original = ensemble(ensemble_config(SimpleNamespace(uri=tracking_uri), "top_n=2", "register=false"))
+    capsys.readouterr()
+
+    assert reproduce.reproduce(MlflowClient(tracking_uri), tracking_uri, original, anyway=False) == 0
+    out = capsys.readouterr().out
+    rows = metric_rows(out)
+    assert {"val_accuracy", "test_accuracy", "val_ece"} <= rows.keys() and set(rows.values()) == {"equal"}, out
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_run(original).info.experiment_id
+    [again] = [run for run in client.search_runs([experiment]) if schema.REPRODUCES in run.data.tags]
+    assert again.data.tags[schema.REPRODUCES] == original
+    assert again.data.tags[schema.CANDIDATES] == client.get_run(original).data.tags[schema.CANDIDATES]
+    assert set(again.data.tags[schema.CANDIDATES].split(",")) < set(members)
+    assert schema.REGISTERED_VERSION not in again.data.tags  # a check does not register
