@@ -128,12 +128,13 @@ def total_size(verdicts: list[Verdict]) -> int | None:
     return None if any(size is None for size in sizes) else sum(sizes)
 
 
-def human_size(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
+def human_size(size: float) -> str:
+    """Bytes in binary units, as `du -h` counts them (a ResNet50V2's model: 90.9 MiB)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} GB"
+        size /= 1024
+    return f"{size:.1f} GiB"
 
 
 def _common_monitor(runs: list[Run]) -> str:
@@ -202,7 +203,11 @@ def _delete(client: MlflowClient, verdict: Verdict) -> None:
             shutil.rmtree(folder.parent if folder.name == "artifacts" else folder, ignore_errors=True)
         else:
             _delete_remote(model.artifact_location)
-        client.delete_logged_model(model.model_id)
+        try:
+            client.delete_logged_model(model.model_id)
+        except mlflow.exceptions.MlflowException:
+            if _still_there(client, model.model_id):
+                raise  # not another process's deletion meanwhile
 
 
 def _still_there(client: MlflowClient, model_id: str) -> bool:
