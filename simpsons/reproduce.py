@@ -1,7 +1,7 @@
 """`python -m simpsons.reproduce RUN_ID`: train a logged run again from what it logged, and compare.
 
     python -m simpsons.reproduce 3f2a9c1b            # a training run (its first 8 characters do)
-    python -m simpsons.reproduce <ensemble run id>   # an ensemble: the same members, combined again
+    python -m simpsons.reproduce <ensemble run id>   # an ensemble: the same candidates, combined again
     python -m simpsons.reproduce 3f2a9c1b --anyway   # though the code or the data differ
 
 A training run is rebuilt from its logged config.yaml (every resolved value, the seed and where

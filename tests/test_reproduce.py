@@ -14,7 +14,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-from conftest import TINY_MODEL, ensemble_config, folder_data, train_settings
+from conftest import TINY_MODEL, ensemble_config, folder_data, help_imports, train_settings
 from mlflow.tracking import MlflowClient
 
 from simpsons import reproduce
@@ -59,6 +59,11 @@ def test_a_run_id_that_is_no_run_is_refused_in_one_line(tmp_path):
     result = command("reproduce", ["0123456789abcdef", "--tracking-uri", uri], timeout=120)
     assert one_error_line(result).startswith("error: RUN_ID '0123456789abcdef' is not a run in")
     assert result.stdout == ""
+
+
+def test_help_answers_without_mlflow_or_tensorflow():
+    imported, printed = help_imports("simpsons.reproduce")
+    assert "--anyway" in printed and not {"mlflow", "tensorflow", "keras"} & imported
 
 
 @pytest.mark.slow
