@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from simpsons import gc
 from simpsons.ensembling.selection import select_candidates
+from simpsons.errors import ConfigError
 from simpsons.tracking import reader, schema
 
 SWEEP = ["-m", "optimizer=adam,rmsprop", "dropout=0.2,0.5"]
@@ -90,6 +91,8 @@ def test_keep_models_2_keeps_the_two_best_models_and_everything_else_then_gc_lis
     }
     for run in deleted:
         assert "keep_models=2: rank" in run.data.tags[schema.MODEL_DELETED]
+        with pytest.raises(ConfigError, match="model files were deleted"):  # predict --run says so, in one line
+            reader.model_uri(run)
         assert set(KEPT_ARTIFACTS) <= artifacts(client, run.info.run_id)  # outputs, figures, config stay
         assert {"best_val_accuracy", "test_accuracy", "val_loss"} <= run.data.metrics.keys()
         assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 2  # the curves stay

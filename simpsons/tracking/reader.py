@@ -113,6 +113,9 @@ def outputs(run_id: str, split: str) -> Outputs | None:
 
 def model_uri(run: Run) -> str:
     """The URI of the model a run logged (an MLflow 3 logged model)."""
+    deleted = run.data.tags.get(schema.MODEL_DELETED)
+    if deleted:  # keep_models or simpsons-gc (tracking/retention.py)
+        raise ConfigError(f"run {run.info.run_id}'s model files were deleted ({deleted}); train it again to have one")
     models = mlflow.search_logged_models(
         experiment_ids=[run.info.experiment_id],
         filter_string=f"source_run_id = '{run.info.run_id}'",
