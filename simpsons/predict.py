@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -124,22 +123,9 @@ def classify(model: PyFuncModel, class_names: list[str], path: Path, top_k: int)
 
 def find_run(client: MlflowClient, run_id: str) -> Run:
     """A run by its id, or by the first characters of it (at least SHORT_ID), as report prints them."""
-    import mlflow
-    from mlflow.entities import ViewType
+    from simpsons.tracking import reader
 
-    try:
-        return client.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        pass
-    hint = f"give a run id (its first {SHORT_ID} characters are enough)"
-    if len(run_id) >= SHORT_ID and re.fullmatch("[0-9a-f]+", run_id):  # a hex prefix: safe in a filter
-        experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
-        found = client.search_runs(experiments, f"attributes.run_id LIKE '{run_id}%'", max_results=2)
-        if len(found) == 1:
-            return found[0]
-        if found:
-            raise SimpsonsError(f"--run {run_id!r} starts more than one run id; {hint}, or more of it")
-    raise SimpsonsError(f"--run {run_id!r} is not a run in {client.tracking_uri}; {hint}")
+    return reader.find_run(client, run_id, "--run")
 
 
 def load(run_id: str | None, model_uri: str | None) -> tuple[PyFuncModel, ModelHeader]:

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from simpsons import hydra_jobs, naming
 from simpsons.config import SWEEP_ID_VARIABLE
 from simpsons.errors import ServerLost
-from simpsons.tracking import connection, lifecycle, provenance, reader, schema, store, sweep_outcome
+from simpsons.tracking import connection, lifecycle, provenance, reader, retention, schema, store, sweep_outcome
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class MlflowSweepCallback(Callback):
                 schema.SWEEP_DIR: str(sweep_dir),
                 schema.HYDRA_OVERRIDES: " ".join(overrides),
                 schema.SWEPT_KEYS: json.dumps(list(varying)),
+                schema.KEEP_MODELS: str(config.keep_models),  # applied when the sweep ends, whoever ends it
                 schema.NOTE: _plan(grid, overrides, sweep_dir),
                 **provenance.git_tags(),
                 **lifecycle.process_tags(),
@@ -151,6 +152,8 @@ class MlflowSweepCallback(Callback):
             status = RunStatus.FAILED
         outcome = self._record_outcome(parent)
         self.client.set_terminated(self.parent_run_id, RunStatus.to_string(status))
+        if status != RunStatus.KILLED:  # an interrupted sweep is run again: its runs' models may be reused
+            retention.delete_sweep_models(self.client, self.parent_run_id)
         return outcome
 
     def _check_server(self) -> None:

@@ -111,6 +111,7 @@ def _tags(result: Ensemble, sweep: str | None, val_files: str) -> dict[str, str]
         schema.CANDIDATES: ",".join(c.run_id for c in result.candidates),
         schema.MEMBERS: ",".join(member.run_id for member, _ in result.members),
         schema.VAL_FILES: val_files,
+        schema.CODE_VERSION: provenance.code_version(),  # what simpsons-reproduce checks
         **provenance.git_tags(),
     }
 

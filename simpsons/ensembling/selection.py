@@ -74,6 +74,8 @@ def _ineligible(run: Run, cfg: EnsembleSettings) -> str | None:
         return "not a training run"
     if run.info.status != "FINISHED":
         return f"status {run.info.status}"
+    if run.data.tags.get(schema.MODEL_DELETED):  # keep_models or simpsons-gc: nothing to bundle
+        return "its model was deleted (keep_models / simpsons-gc)"
     value = run.data.metrics.get(cfg.metric)
     if value is None or not math.isfinite(value):
         return f"no finite {cfg.metric}"

@@ -42,7 +42,8 @@ from simpsons.settings.rules import (
 # Where data and results lie, and whether to reuse: not what the results are (the data
 # fingerprint stands for the data's content wherever it lies).
 # Nor which GPU computes them, nor how its memory is mapped (gpu.*).
-NOT_IDENTITY = ("tracking", "cache_dir", "reuse", "data.dir", "data.root", "data.test_root", "gpu.")
+# Nor how many of a sweep's models are kept once it ends (keep_models).
+NOT_IDENTITY = ("tracking", "cache_dir", "reuse", "keep_models", "data.dir", "data.root", "data.test_root", "gpu.")
 
 
 @dataclass(frozen=True)
@@ -356,6 +357,7 @@ class TrainSettings:
     tta: str = MISSING
     gpu: GpuSettings = field(default_factory=GpuSettings)
     reuse: bool = MISSING
+    keep_models: Any = MISSING  # all | N >= 1: a sweep's best N runs by monitor keep their model files
     # A label that conf/variant/ presets set (report --group-by variant). Without one it is null,
     # and left out of the params and the config hash, where it never was.
     variant: str | None = None
@@ -374,6 +376,7 @@ class TrainSettings:
         Rule("cache", is_boolean, TRUE_OR_FALSE),
         Rule("monitor", lambda v: v in MONITORS, f"one of {listed(list(MONITORS))}"),
         Rule("reuse", is_boolean, TRUE_OR_FALSE),
+        Rule("keep_models", lambda v: v == "all" or (is_whole(v) and v >= 1), "all or an integer >= 1"),
     )
     GROUPS: ClassVar[tuple[str, ...]] = (
         "backbone",
@@ -444,6 +447,11 @@ class TrainSettings:
     def shares_backbone(self) -> bool:
         """Whether the backbone stays frozen for good, so that the jobs of a sweep in one process share it."""
         return not self.resumable
+
+    @property
+    def models_kept(self) -> int | None:
+        """How many of a sweep's runs keep their model files when it ends, best first; None: all."""
+        return None if self.keep_models == "all" else self.keep_models
 
     @property
     def checkpoints(self) -> Path:

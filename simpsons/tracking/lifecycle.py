@@ -34,7 +34,7 @@ import psutil
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from simpsons.tracking import connection, races, schema, sweep_outcome
+from simpsons.tracking import connection, races, retention, schema, sweep_outcome
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +218,8 @@ def end_dead_runs(
                     "ended sweep run %s FINISHED: its driver is gone, and every job had finished", run.info.run_id
                 )
             _record_sweep_outcome(client, run.info.run_id)
+            if status == "FINISHED":  # as its driver would have at its end; a KILLED sweep is run again
+                retention.delete_sweep_models(client, run.info.run_id)
     return [run for run, _ in ended.values()]
 
 
@@ -230,6 +232,8 @@ def end_orphaned_sweep(client: MlflowClient, sweep_run_id: str, stale_after: flo
         if status is not None:
             _record_sweep_outcome(client, sweep_run_id)
             log.warning("ended sweep run %s %s: its driver is gone, and this was its last job", sweep_run_id, status)
+            if status == "FINISHED":  # its keep_models, as its driver would have applied it
+                retention.delete_sweep_models(client, sweep_run_id)
     except Exception as error:  # any store error: SQLAlchemy, HTTP, MLflow's own
         log.warning("could not check whether sweep run %s is left without its driver: %s", sweep_run_id, error)
 

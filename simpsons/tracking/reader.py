@@ -6,11 +6,12 @@ The read side: no TensorFlow, so `report` and `--help` answer fast.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Run
+from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
 from simpsons.errors import ConfigError
@@ -18,6 +19,7 @@ from simpsons.tracking import predictions, schema
 from simpsons.tracking.predictions import Outputs
 
 SEARCH_LIMIT = 50_000  # the most runs one MLflow search returns
+SHORT_ID = 8  # the run ids report and the ensemble print; enough to find a run
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -25,6 +27,24 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     if experiment is None or experiment.lifecycle_stage == "deleted":
         raise ConfigError(f"tracking.experiment={name!r} does not exist in {client.tracking_uri}; train first")
     return experiment.experiment_id
+
+
+def find_run(client: MlflowClient, run_id: str, label: str) -> Run:
+    """A run by its id, or by the first characters of it (at least SHORT_ID), as report prints them;
+    `label` names the argument in the error (`--run`, `RUN_ID`)."""
+    try:
+        return client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        pass
+    hint = f"give a run id (its first {SHORT_ID} characters are enough)"
+    if len(run_id) >= SHORT_ID and re.fullmatch("[0-9a-f]+", run_id):  # a hex prefix: safe in a filter
+        experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+        found = client.search_runs(experiments, f"attributes.run_id LIKE '{run_id}%'", max_results=2)
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise ConfigError(f"{label} {run_id!r} starts more than one run id; {hint}, or more of it")
+    raise ConfigError(f"{label} {run_id!r} is not a run in {client.tracking_uri}; {hint}")
 
 
 def resolve_sweep(
@@ -93,6 +113,9 @@ def outputs(run_id: str, split: str) -> Outputs | None:
 
 def model_uri(run: Run) -> str:
     """The URI of the model a run logged (an MLflow 3 logged model)."""
+    deleted = run.data.tags.get(schema.MODEL_DELETED)
+    if deleted:  # keep_models or simpsons-gc (tracking/retention.py)
+        raise ConfigError(f"run {run.info.run_id}'s model files were deleted ({deleted}); train it again to have one")
     models = mlflow.search_logged_models(
         experiment_ids=[run.info.experiment_id],
         filter_string=f"source_run_id = '{run.info.run_id}'",

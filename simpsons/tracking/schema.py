@@ -32,6 +32,10 @@ REUSED_RUN = "simpsons.reused_run_id"
 RESUMED_AT_EPOCH = "simpsons.resumed_at_epoch"
 SWEPT_KEYS = "simpsons.swept_keys"  # on a sweep's parent: JSON list of the keys with several values, in sweep order
 BEST_RUN = "simpsons.best_run_id"  # on a sweep's parent: the run holding its best job's model
+KEEP_MODELS = "simpsons.keep_models"  # on a sweep's parent: its keep_models, which its end applies
+# On a training run (and its logged model) whose model files were deleted (keep_models, simpsons-gc): why.
+MODEL_DELETED = "simpsons.model_deleted"
+REPRODUCES = "simpsons.reproduces"  # on a run of simpsons-reproduce: the run it trained again
 NOTE = "mlflow.note.content"  # a run's description in the MLflow UI (Markdown)
 
 # Tags: provenance

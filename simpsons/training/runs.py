@@ -8,7 +8,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -36,6 +36,7 @@ class JobContext:
     hydra_dir: Path | None = None
     sweep_dir: Path | None = None
     sweep_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)  # more tags for its run, e.g. simpsons-reproduce's
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ def plan(uri: str, settings: TrainSettings, job: JobContext, data: DataSet | Non
     tags = {schema.RUN_TYPE: schema.TRAIN, schema.HYDRA_OVERRIDES: " ".join(job.overrides), **provenance.git_tags()}
     if job.sweep_id:
         tags[schema.SWEEP_ID] = job.sweep_id
+    tags |= job.tags
     if data is None:
         data = _load_sweep_job_data(settings, job, experiment_id, name, parent, tags)
     identity = lifecycle.config_hash(training_config(settings), data.fingerprint, provenance.code_version())
