@@ -66,15 +66,17 @@ def _study(plan: trials.SearchPlan, sweeper: DictConfig) -> Any:
 
     with store_lock(plan.storage):  # SQLite: one process creates the tables and the study
         storage = trials.open_storage(plan.storage, create=True)
-        seed = sweeper.get("seed")
-        sampler = (
-            optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(1, sweeper.n_startup_trials))
-            if sweeper.sampler == "tpe"
-            else optuna.samplers.RandomSampler(seed=seed)
-        )
         study = optuna.create_study(
-            study_name=plan.study, storage=storage, direction=plan.direction, sampler=sampler, load_if_exists=True
+            study_name=plan.study, storage=storage, direction=plan.direction, load_if_exists=True
         )
+    # Seeded by the seed and the trials so far: a continued study draws new values, where the same
+    # seed again would draw the first command's values again (and reuse their runs).
+    seed = None if sweeper.get("seed") is None else sweeper.seed + len(study.trials)
+    study.sampler = (
+        optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(1, sweeper.n_startup_trials))
+        if sweeper.sampler == "tpe"
+        else optuna.samplers.RandomSampler(seed=seed)
+    )
     pruner = {"kind": sweeper.pruner, "n_startup_trials": sweeper.n_startup_trials}
     study.set_user_attr(trials.PRUNER_ATTR, pruner | {"n_warmup_steps": sweeper.n_warmup_steps})
     return study

@@ -80,7 +80,8 @@ def override_value(value: Any) -> str:
     """A sampled value as a job's override: floats to 3 significant digits (a run's name and its
     config hash read them; the trial keeps the value it was given in its `overrides` attribute)."""
     if isinstance(value, float):
-        return f"{value:.3g}"
+        text = f"{value:.3g}"
+        return text if any(c in text for c in ".en") else f"{text}.0"  # 10.0 stays a float, not 10
     return str(value)
 
 
@@ -117,7 +118,7 @@ def search_space(params: Mapping[str, Any], arguments: list[str]) -> tuple[list[
 
 def _dimension(override: Override) -> tuple[Dimension | None, str | None]:
     key, value = override.get_key_element(), override.value()
-    where = f"{key}={override.get_value_element_as_str()}"
+    where = override.input_line.lstrip("+~")
     if isinstance(value, IntervalSweep):
         low, high, log = value.start, value.end, "log" in value.tags
         integer = isinstance(low, int) and isinstance(high, int)
@@ -175,8 +176,8 @@ def storage_errors(storage: str | None, tracking_uri: str) -> list[str]:
             "set hydra.sweeper.storage=postgresql://user@host/db (password from PGPASSWORD) or sqlite:///path/optuna.db"
         ]
     if credentials.has_password(storage):
-        where = credentials.redact_uri(storage)
-        return [f"hydra.sweeper.storage={where} has a password in it; leave it out and {credentials.password_source(storage)}"]
+        where, instead = credentials.redact_uri(storage), credentials.password_source(storage)
+        return [f"hydra.sweeper.storage={where} has a password in it; leave it out and {instead}"]
     if not (storage.startswith(SQLITE_PREFIX) or _scheme(storage) in ("postgresql", "mysql")):
         return [f"hydra.sweeper.storage={storage!r} is not a database; use sqlite:///path or postgresql://user@host/db"]
     return []
@@ -278,7 +279,9 @@ class SearchPlan:
         tracking_uri = str(hydra_config.tracking.uri)
         storage = storage_uri(tracking_uri, sweeper.get("storage"))
         errors += storage_errors(storage, tracking_uri)
-        name = sweeper.get("study_name") or study_name(str(hydra_config.tracking.experiment), dimensions, fixed, monitor)
+        name = sweeper.get("study_name") or study_name(
+            str(hydra_config.tracking.experiment), dimensions, fixed, monitor
+        )
         n_trials = sweeper.get("n_trials")
         return cls(dimensions, fixed, str(name), storage, direction(monitor), monitor, n_trials, errors)
 

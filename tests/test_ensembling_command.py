@@ -208,7 +208,9 @@ def test_an_ensemble_of_a_sweep_is_nested_under_it_with_a_members_table_that_lin
     # the sweep's outcome still counts its jobs alone
     from simpsons.tracking import sweep_outcome
 
-    assert {job.run_id for job in sweep_outcome.outcome(client, client.get_run(store.sweep)).jobs} == set(store.children)
+    assert {job.run_id for job in sweep_outcome.outcome(client, client.get_run(store.sweep)).jobs} == set(
+        store.children
+    )
 
 
 def test_an_ensemble_logs_its_members_datasets_and_its_model_carries_its_metrics_scored_on_them(store):

@@ -92,7 +92,9 @@ def test_maximises_val_accuracy_and_minimises_val_loss():
 
 def test_a_trial_job_names_its_values_and_its_trial():
     plan = trials.SearchPlan.of(hydra_config(task=["epochs=2"]))
-    job = plan.trial_overrides(3, {"optimizer.lr": 0.000123456, "dropout": 0.31234, "optimizer": "sgd", "image_size": 160})
+    job = plan.trial_overrides(
+        3, {"optimizer.lr": 0.000123456, "dropout": 0.31234, "optimizer": "sgd", "image_size": 160}
+    )
     assert job[:5] == ["epochs=2", "optimizer.lr=0.000123", "dropout=0.312", "optimizer=sgd", "image_size=160"]
     assert job[5:7] == ["trial.number=3", f"trial.study={plan.study}"]
 
@@ -231,10 +233,19 @@ def _ended_and_running(tmp_path: Path) -> bool:
     "override,message",
     [
         ("hydra.sweeper.n_trials=0", "error: hydra.sweeper.n_trials=0 is invalid; expected an integer >= 1"),
-        ("hydra.sweeper.pruner=best", "error: hydra.sweeper.pruner='best' is unknown; use one of: median, halving, none"),
-        ("dropout=interval(0.5, 0.1)", "error: dropout=interval(0.5, 0.1): an interval's low end must be below its high"),
-        ("hydra.sweeper.params.dropout='interval(0, 1.5)'", "error: dropout=1.5 is invalid; expected a number in [0, 1)"),
-        ("optimizer=choice(adam, nadam)", "error: optimizer=nadam is unknown"),
+        (
+            "hydra.sweeper.pruner=best",
+            "error: hydra.sweeper.pruner='best' is unknown; use one of: median, halving, none",
+        ),
+        (
+            "dropout=interval(0.5, 0.1)",
+            "error: dropout=interval(0.5, 0.1): an interval's low end must be below its high",
+        ),
+        (
+            "hydra.sweeper.params.dropout='interval(0, 1.5)'",
+            "error: dropout=1.5 is invalid; expected a number in [0, 1)",
+        ),
+        ("optimizer=choice(adam, nadam)", "error: unknown optimizer 'nadam'; choose one of: adam, adamw"),
     ],
 )
 def test_a_bad_sweeper_value_is_one_line_exit_2_and_creates_nothing(override, message, image_folders, tmp_path):

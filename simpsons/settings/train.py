@@ -342,7 +342,8 @@ class TrialSettings:
         if self.number is None:
             return []
         if self.study is None or self.storage is None:
-            return [f"{prefix}number={self.number} needs {prefix}study and {prefix}storage (hydra/sweeper=optuna sets all three)"]
+            needs = f"{prefix}study and {prefix}storage"
+            return [f"{prefix}number={self.number} needs {needs} (hydra/sweeper=optuna sets all three)"]
         return []
 
 

@@ -17,8 +17,8 @@ import numpy as np
 
 from simpsons.settings import MONITORS
 from simpsons.tracking import writer
-from simpsons.trials import JobTrial
 from simpsons.training.backup import Backup
+from simpsons.trials import JobTrial
 
 LR_METRIC = "lr"  # the learning rate an epoch starts with
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", LR_METRIC)
