@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import TINY_MODEL, folder_data, poll, run_cli, start_cli
+from conftest import TINY_MODEL, folder_data, poll, run_cli, start_cli, train_settings
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
@@ -97,6 +97,14 @@ def test_a_trial_job_names_its_values_and_its_trial():
     )
     assert job[:5] == ["epochs=2", "optimizer.lr=0.000123", "dropout=0.312", "optimizer=sgd", "image_size=160"]
     assert job[5:7] == ["trial.number=3", f"trial.study={plan.study}"]
+
+
+def test_a_trial_has_the_config_hash_of_the_same_config_outside_a_search():
+    """So that a trial whose config already finished reuses that run, as a grid's job does."""
+    plain = train_settings([*TINY_MODEL, "dropout=0.2"])
+    trial = train_settings([*TINY_MODEL, "dropout=0.2", "trial.number=3", "trial.study=s", "trial.storage=sqlite:///x"])
+    assert trial.identity() == plain.identity() and trial.in_search and not plain.in_search
+    assert trial.container()["trial"]["number"] == 3 and "trial" not in plain.container()  # a param in a search only
 
 
 def hydra_config(params=None, n_trials=4, task=(), uri="sqlite:////tmp/s/mlflow.db", monitor="val_accuracy"):
@@ -227,6 +235,26 @@ def _ended_and_running(tmp_path: Path) -> bool:
         return False
     ended = [t for t in found if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     return len(ended) >= 2 and any(t.state == TrialState.RUNNING and trials.RUN_ATTR in t.user_attrs for t in found)
+
+
+@pytest.mark.slow
+def test_loky_workers_report_to_the_study_and_are_pruned(image_folders, tmp_path):
+    """hydra/launcher=parallel: two trials at a time, each in a job process of its own, which
+    reports each epoch to the study and is pruned there (seed 2: lr 1e-3, 1e-3, then 10 and 10)."""
+    args = search_args(tmp_path, image_folders, 4, "hydra/launcher=parallel", "hydra.launcher.n_jobs=2")
+    args[args.index("hydra.sweeper.seed=6")] = "hydra.sweeper.seed=2"
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-5000:]
+
+    found = study(tmp_path)
+    states = [t.state for t in found.trials]
+    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED], states
+    assert all(t.intermediate_values for t in found.trials)  # every job process reported its epochs
+    runs = {int(run.data.tags[schema.TRIAL]): run for run in trial_runs(tmp_path)}
+    assert {number for number, run in runs.items() if schema.PRUNED in run.data.tags} == {2, 3}
+    assert {run.info.status for run in runs.values()} == {"FINISHED"}
+    parent = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(runs[0].data.tags[schema.PARENT_RUN])
+    assert parent.data.tags[schema.PID] not in {run.data.tags[schema.PID] for run in runs.values()}  # job processes
 
 
 @pytest.mark.parametrize(
