@@ -32,7 +32,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from simpsons import config, settings
+from simpsons import config, settings, trials
 from simpsons.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,11 @@ def job_errors(hydra_config: DictConfig) -> list[str]:
             jobs = basic_sweeper_jobs(hydra_config, loader)
         except (HydraException, OmegaConfBaseException) as error:
             return [settings.one_line(error)]
+    elif hydra_config.hydra.sweeper.get("_target_") == trials.SWEEPER:
+        search = trials.SearchPlan.of(hydra_config)
+        if search.errors:
+            return search.errors
+        jobs = search.corner_jobs()  # each category and range end: every trial's values lie within them
     else:
         log.info("sweeper %s: each job is checked when it starts", hydra_config.hydra.sweeper.get("_target_"))
         return []

@@ -30,7 +30,7 @@ from simpsons.config import CONF_DIR
 # experiment preset (its sweep's parent names it): left out of a single run's name. A sweep's jobs
 # still show them when they are what was swept.
 NOT_IN_NAMES = ("data", "experiment", "tracking", "cache_dir", "reuse", "data.dir", "data.root", "data.test_root")
-NOT_IN_NAMES_UNDER = ("tracking.", "hydra.", "gpu.")
+NOT_IN_NAMES_UNDER = ("tracking.", "hydra.", "gpu.", "trial.")
 # Keys often swept, in short: 'drop=0.2' rather than 'dropout=0.2'; values keep their units.
 WORDS = {
     "dropout": "drop",
@@ -162,6 +162,20 @@ def sweep_name(grid: Mapping[str, list[str]], started: datetime | None = None) -
     while len(what) > width and len(keys) > 1:  # the first keys, then '…'
         keys.pop()
         what = "×".join(keys) + "…"
+    return f"{what}{sizes} {started:%m-%d %H:%M}"
+
+
+def search_name(keys: Iterable[str], n_trials: object, started: datetime | None = None) -> str:
+    """An Optuna search's parent, e.g. 'opt×lr×drop… (16) 12-03 06:40': what it searches (short, in
+    ORDER, cut to fit MAX_NAME), how many trials, when."""
+    started = started or datetime.now()
+    labels = [GROUP_WORDS.get(key) or WORDS.get(key) or _label(key) for key in ordered(keys)]
+    sizes = f" ({n_trials})"
+    width = MAX_NAME - len(" 11-28 12:40") - len(sizes)
+    what = "×".join(labels)
+    while len(what) > width and len(labels) > 1:
+        labels.pop()
+        what = "×".join(labels) + "…"
     return f"{what}{sizes} {started:%m-%d %H:%M}"
 
 

@@ -17,7 +17,7 @@ from mlflow.entities import Param, Run, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from simpsons import hydra_jobs, naming
+from simpsons import hydra_jobs, naming, trials
 from simpsons.config import SWEEP_ID_VARIABLE
 from simpsons.errors import ServerLost
 from simpsons.tracking import connection, lifecycle, provenance, reader, retention, schema, store, sweep_outcome
@@ -68,11 +68,19 @@ class MlflowSweepCallback(Callback):
         sweep_id = config.hydra.job.env_set[SWEEP_ID_VARIABLE]
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         overrides = list(config.hydra.overrides.task)
-        grid = naming.sweep_grid(config.hydra.sweeper.get("params") or {}, overrides)
-        varying = naming.swept(grid)
+        if config.hydra.sweeper.get("_target_") == trials.SWEEPER:  # an Optuna search: its trials are the jobs
+            search = trials.SearchPlan.of(config)
+            name, note = naming.search_name(search.keys, search.n_trials), search.describe()
+            varying = {key: ["searched"] for key in naming.ordered(search.keys)}
+            params = {"searched": ",".join(search.keys), "n_trials": search.n_trials, "study": search.study}
+        else:
+            grid = naming.sweep_grid(config.hydra.sweeper.get("params") or {}, overrides)
+            varying = naming.swept(grid)
+            name, note = naming.sweep_name(grid), _plan(grid, overrides, sweep_dir)
+            params = {key: ",".join(values) for key, values in varying.items()} | {"num_jobs": _jobs(grid)}
         run = self.client.create_run(
             experiment_id,
-            run_name=naming.sweep_name(grid),
+            run_name=name,
             tags={
                 schema.RUN_TYPE: schema.SWEEP,
                 schema.SWEEP_ID: sweep_id,
@@ -80,7 +88,7 @@ class MlflowSweepCallback(Callback):
                 schema.HYDRA_OVERRIDES: " ".join(overrides),
                 schema.SWEPT_KEYS: json.dumps(list(varying)),
                 schema.KEEP_MODELS: str(config.keep_models),  # applied when the sweep ends, whoever ends it
-                schema.NOTE: _plan(grid, overrides, sweep_dir),
+                schema.NOTE: note,
                 **provenance.git_tags(),
                 **lifecycle.process_tags(),
                 schema.HEARTBEAT_SECONDS: f"{config.tracking.heartbeat_seconds:g}",
@@ -91,7 +99,6 @@ class MlflowSweepCallback(Callback):
         atexit.register(self._end_at_exit)  # from here on, the parent is ended whatever happens
         self.heartbeat = lifecycle.Heartbeat(self.client, self.parent_run_id, config.tracking.heartbeat_seconds)
         self.heartbeat.start()
-        params = {key: ",".join(values) for key, values in varying.items()} | {"num_jobs": _jobs(grid)}
         self.client.log_batch(self.parent_run_id, params=[Param(key, str(value)) for key, value in params.items()])
         self.client.log_text(self.parent_run_id, OmegaConf.to_yaml(config), schema.MULTIRUN_YAML)  # what Hydra saves
         log.info(
@@ -236,6 +243,11 @@ _interrupted: str | None = None  # the signal that interrupted it, e.g. "SIGTERM
 def _drive(sweep: MlflowSweepCallback) -> None:
     global _current
     _current = sweep
+
+
+def parent_run_id() -> str | None:
+    """The parent run of the sweep this process drives (None: none has started), e.g. for a search's best trial."""
+    return _current.parent_run_id if _current is not None else None
 
 
 def tag_sweep(key: str, value: str) -> None:

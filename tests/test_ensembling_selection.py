@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from simpsons.ensembling.selection import Candidate, select_candidates
 from simpsons.errors import ConfigError
-from simpsons.tracking import reader
+from simpsons.tracking import reader, schema
 
 
 def candidates(store: Store, *overrides: str) -> list[Candidate]:
@@ -71,3 +71,16 @@ def test_one_run_per_backbone_direction_and_filter(store, caplog):
 def test_no_eligible_run_is_a_clear_error(store):
     with pytest.raises(ConfigError, match="no finished training run with best_val_accuracy to ensemble"):
         candidates(store, "filter=params.dropout = '0.99'")
+
+
+def test_a_run_its_search_pruned_is_left_out_unless_asked(store, caplog):
+    client = MlflowClient(store.uri)
+    best = ranked(store)[0]
+    client.set_tag(best, schema.PRUNED, "0")  # as a run of hydra/sweeper=optuna stopped after epoch 0
+    try:
+        with caplog.at_level(logging.INFO, logger="simpsons.ensemble"):
+            assert best not in ids(candidates(store, f"sweep={store.sweep}", "top_n=4"))
+        assert "pruned after epoch 0 by its search (include_pruned=true takes it)" in caplog.text
+        assert ids(candidates(store, f"sweep={store.sweep}", "top_n=4", "include_pruned=true"))[0] == best
+    finally:
+        client.delete_tag(best, schema.PRUNED)

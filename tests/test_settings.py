@@ -69,15 +69,24 @@ def test_every_option_of_every_group_converts(group):
 
 
 @pytest.mark.parametrize(
-    "overrides", [[], ["experiment=demo"], ["experiment=options_mini", "variant=plateau"], ["optimizer.lr=1"]]
+    "overrides",
+    [
+        [],
+        ["experiment=demo"],
+        ["experiment=options_mini", "variant=plateau"],
+        ["optimizer.lr=1"],
+        ["trial.number=3", "trial.study=s", "trial.storage=sqlite:////tmp/optuna.db"],
+    ],
 )
 def test_the_container_is_the_resolved_config_as_omegaconf_gives_it(overrides):
     """What a run logs (params, config.yaml) and hashes: the same keys, order, values and types as
-    before the settings had a schema; `variant` only where a preset set it."""
+    before the settings had a schema; `variant` only where a preset set it, `trial` only in a search."""
     cfg = compose_train(overrides)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if resolved["variant"] is None:
         del resolved["variant"]
+    if resolved["trial"]["number"] is None:
+        del resolved["trial"]
     container = TrainSettings.from_config(cfg).container()
     assert OmegaConf.to_yaml(container) == OmegaConf.to_yaml(resolved)
     assert [type(value) for value in flatten(container).values()] == [type(v) for v in flatten(resolved).values()]

@@ -76,6 +76,8 @@ def _ineligible(run: Run, cfg: EnsembleSettings) -> str | None:
         return f"status {run.info.status}"
     if run.data.tags.get(schema.MODEL_DELETED):  # keep_models or simpsons-gc: nothing to bundle
         return "its model was deleted (keep_models / simpsons-gc)"
+    if schema.PRUNED in run.data.tags and not cfg.include_pruned:
+        return f"pruned after epoch {run.data.tags[schema.PRUNED]} by its search (include_pruned=true takes it)"
     value = run.data.metrics.get(cfg.metric)
     if value is None or not math.isfinite(value):
         return f"no finite {cfg.metric}"

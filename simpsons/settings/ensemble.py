@@ -28,6 +28,7 @@ class EnsembleSettings:
     sweep: str | None = MISSING  # a sweep's parent run id, latest, or null (the whole experiment)
     filter: str | None = MISSING  # an MLflow search filter
     one_per_backbone: bool = MISSING
+    include_pruned: bool = MISSING  # runs a search's pruner stopped (tag simpsons.pruned): left out unless true
     method: str = MISSING  # mean | greedy
     weights: str = MISSING  # with method=mean: equal | val_accuracy
     calibrate: bool = MISSING
@@ -37,6 +38,7 @@ class EnsembleSettings:
     RULES: ClassVar[tuple[Rule, ...]] = (
         Rule("top_n", lambda v: is_whole(v) and v >= 1, "an integer >= 1"),
         Rule("one_per_backbone", is_boolean, TRUE_OR_FALSE),
+        Rule("include_pruned", is_boolean, TRUE_OR_FALSE),
         Rule("register", is_boolean, TRUE_OR_FALSE),
         Rule("calibrate", is_boolean, TRUE_OR_FALSE),
         Rule(

@@ -43,7 +43,10 @@ from simpsons.settings.rules import (
 # fingerprint stands for the data's content wherever it lies).
 # Nor which GPU computes them, nor how its memory is mapped (gpu.*).
 # Nor how many of a sweep's models are kept once it ends (keep_models).
-NOT_IDENTITY = ("tracking", "cache_dir", "reuse", "keep_models", "data.dir", "data.root", "data.test_root", "gpu.")
+# Nor which search trial a run is (trial.*): a trial whose config already finished reuses that run.
+NOT_IDENTITY = (
+    "tracking", "cache_dir", "reuse", "keep_models", "data.dir", "data.root", "data.test_root", "gpu.", "trial.",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -330,6 +333,24 @@ class GpuSettings:
 
 
 @dataclass(frozen=True)
+class TrialSettings:
+    """Which trial of which Optuna study a job trains: set by hydra/sweeper=optuna (simpsons/search.py)
+    for each of its jobs; null otherwise, and then left out of the params and the config hash."""
+
+    number: int | None = None
+    study: str | None = None
+    storage: str | None = None  # the study's database (no password: checked before the search starts)
+
+    def errors(self, prefix: str = "trial.") -> list[str]:
+        if self.number is None:
+            return []
+        if self.study is None or self.storage is None:
+            needs = f"{prefix}study and {prefix}storage"
+            return [f"{prefix}number={self.number} needs {needs} (hydra/sweeper=optuna sets all three)"]
+        return []
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     """conf/train.yaml: one training job's settings (`python -m simpsons.train`)."""
 
@@ -358,6 +379,7 @@ class TrainSettings:
     gpu: GpuSettings = field(default_factory=GpuSettings)
     reuse: bool = MISSING
     keep_models: Any = MISSING  # all | N >= 1: a sweep's best N runs by monitor keep their model files
+    trial: TrialSettings = field(default_factory=TrialSettings)
     # A label that conf/variant/ presets set (report --group-by variant). Without one it is null,
     # and left out of the params and the config hash, where it never was.
     variant: str | None = None
@@ -388,6 +410,7 @@ class TrainSettings:
         "finetune",
         "early_stopping",
         "gpu",
+        "trial",
     )
 
     @classmethod
@@ -472,6 +495,11 @@ class TrainSettings:
         return self.early_stopping.monitor or self.monitor
 
     @property
+    def in_search(self) -> bool:
+        """Whether this job is a trial of an Optuna study (hydra/sweeper=optuna)."""
+        return self.trial.number is not None
+
+    @property
     def class_weighted(self) -> bool:
         return self.class_weight == "balanced"
 
@@ -481,6 +509,8 @@ class TrainSettings:
         resolved = convert.container(self)
         if self.variant is None:
             del resolved["variant"]
+        if self.trial.number is None:
+            del resolved["trial"]
         return resolved
 
     def identity(self) -> dict[str, Any]:

@@ -337,15 +337,16 @@ def config_hash(config: dict[str, Any], data_fingerprint: str, code_version: str
 
 
 def finished_run(client: MlflowClient, experiment_id: str, identity: str) -> Run | None:
-    """The newest FINISHED training run with this config hash."""
+    """The newest FINISHED training run with this config hash that trained all its epochs: a run its
+    search trial's pruner stopped (tag simpsons.pruned) stands for no other job."""
     found = client.search_runs(
         [experiment_id],
         f"tags.`{schema.CONFIG_HASH}` = '{identity}' AND tags.`{schema.RUN_TYPE}` = '{schema.TRAIN}' "
         "AND attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
-        max_results=1,
+        max_results=100,  # of one config: a few pruned ones at most
     )
-    return found[0] if found else None
+    return next((run for run in found if schema.PRUNED not in run.data.tags), None)
 
 
 def resumable_runs(client: MlflowClient, experiment_id: str, identity: str) -> list[Run]:

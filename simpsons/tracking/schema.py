@@ -31,6 +31,12 @@ CODE_VERSION = "simpsons.code_version"
 REUSED_RUN = "simpsons.reused_run_id"
 RESUMED_AT_EPOCH = "simpsons.resumed_at_epoch"
 SWEPT_KEYS = "simpsons.swept_keys"  # on a sweep's parent: JSON list of the keys with several values, in sweep order
+# A search (hydra/sweeper=optuna, simpsons/trials.py): each trial's run, and its sweep's parent.
+TRIAL = "simpsons.trial"  # the trial's number in its study
+STUDY = "simpsons.study"  # the study's name (on trial runs and the parent)
+STUDY_STORAGE = "simpsons.study_storage"  # on the parent: the study's database (no password)
+PRUNED = "simpsons.pruned"  # a run its trial's pruner stopped: the last epoch it trained
+BEST_TRIAL = "simpsons.best_trial"  # on the parent: the study's best trial: its number, value, run and params
 BEST_RUN = "simpsons.best_run_id"  # on a sweep's parent: the run holding its best job's model
 KEEP_MODELS = "simpsons.keep_models"  # on a sweep's parent: its keep_models, which its end applies
 # On a training run (and its logged model) whose model files were deleted (keep_models, simpsons-gc): why.

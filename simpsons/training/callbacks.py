@@ -18,6 +18,7 @@ import numpy as np
 from simpsons.settings import MONITORS
 from simpsons.tracking import writer
 from simpsons.training.backup import Backup
+from simpsons.trials import JobTrial
 
 LR_METRIC = "lr"  # the learning rate an epoch starts with
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", LR_METRIC)
@@ -148,6 +149,21 @@ class BestEpoch(keras.callbacks.Callback):
         for older in self.directory.glob(Backup.best_weights(Path(), "*").name):
             if older != Backup.best_weights(self.directory, self.epoch):
                 older.unlink()
+
+
+class PruneTrial(keras.callbacks.Callback):
+    """Reports each epoch's `monitor` to the job's Optuna trial (simpsons/trials.py), and stops the
+    fit when the study's pruner says the trial is weak: the run then ends FINISHED at that epoch,
+    tagged pruned, with its best epoch kept as any run's."""
+
+    def __init__(self, trial: JobTrial, monitor: str) -> None:
+        super().__init__()
+        self.trial = trial
+        self.monitor = monitor
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.trial.report(epoch, float((logs or {})[self.monitor])):
+            self.model.stop_training = True
 
 
 class Replay:

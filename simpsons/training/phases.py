@@ -35,9 +35,11 @@ from simpsons.training.callbacks import (
     BackupThenLog,
     BestEpoch,
     MlflowEpochMetrics,
+    PruneTrial,
     ResumedEarlyStopping,
     early_stopping,
 )
+from simpsons.trials import JobTrial
 
 log = logging.getLogger("simpsons.train")
 
@@ -117,8 +119,17 @@ class Phases:
     stopping's and plateau's counts carried over from the curves it logged.
     """
 
-    def __init__(self, classifier: keras.Model, settings: TrainSettings, data: DataSet, xla: bool, backup: Backup):
+    def __init__(
+        self,
+        classifier: keras.Model,
+        settings: TrainSettings,
+        data: DataSet,
+        xla: bool,
+        backup: Backup,
+        trial: JobTrial | None = None,
+    ):
         self.settings, self.xla = settings, xla
+        self.pruning = [PruneTrial(trial, settings.monitor)] if trial is not None else []
         self.backup = backup if settings.resumable else None
         resumed_at = self.backup.resume_epoch() if self.backup is not None else 0
         if resumed_at:
@@ -138,7 +149,7 @@ class Phases:
         optimizer = schedules.scheduled(phase.optimizer, settings.scheduler, steps)
         plateau = schedules.callbacks(settings.scheduler, self._replay(settings.scheduler.watches, phase))
         backup = self.backup.phase(phase.name) if self.backup is not None else None
-        callbacks = [self.best, *stop, *plateau]
+        callbacks = [self.best, *stop, *plateau, *self.pruning]
         fitted = (phase.model, optimizer, phase.train, phase.val, phase.epochs, phase.first, self.xla, backup)
         return fit(*fitted, callbacks=callbacks, **self.knobs)
 
@@ -156,13 +167,15 @@ def train(
     xla: bool,
     backup: Backup,
     stopwatch: Stopwatch,
+    trial: JobTrial | None = None,
 ) -> tuple[Scored, BestEpoch]:
     """The head phase, then with finetune.layers a fine-tuning phase; the model is left at its best epoch.
+    A search's `trial` is reported every epoch, and its pruner may stop the run (no fine-tuning then).
 
     Returns what scores each evaluated split: the head on features when no backbone layer was
     trained, else the model on images.
     """
-    phases = Phases(model, settings, data, xla, backup)
+    phases = Phases(model, settings, data, xla, backup, trial)
     train, val = batches(data.train, settings, shuffle_seed=settings.seed), batches(data.val, settings)  # images
     features = _features(model, backbone, data, settings, xla, stopwatch) if settings.cached_head else None
     with stopwatch.phase("fit"):
@@ -171,7 +184,10 @@ def train(
         first = HeadPhase.of(model, optimizer, settings, (train, val), features)
         end = phases.fit(first)
         described = [first.describe(end)]
-        if settings.finetunes:
+        pruned = trial is not None and trial.pruned_at is not None
+        if pruned:
+            described.append(f"pruned after epoch {trial.pruned_at}")
+        if settings.finetunes and not pruned:
             finetune = FinetunePhase.after(end, model, settings, (train, val))
             end = phases.fit(finetune)
             described.append(finetune.describe(end))

@@ -21,9 +21,10 @@ from simpsons.optimizers import build_optimizer
 from simpsons.pipeline import load_image
 from simpsons.settings import TrainSettings
 from simpsons.stopwatch import Stopwatch
-from simpsons.tracking import writer
+from simpsons.tracking import schema, writer
 from simpsons.training import phases, runs, runtime
 from simpsons.training.runs import JobContext
+from simpsons.trials import JobTrial
 
 log = logging.getLogger("simpsons.train")
 
@@ -45,12 +46,17 @@ def train(settings: TrainSettings, job: JobContext) -> str:
     single_run_data = load_dataset(settings.data) if job.sweep_id is None else None
     with runs.connected(settings.tracking, in_sweep=job.sweep_id is not None) as uri:
         plan = runs.plan(uri, settings, job, single_run_data)
+        trial = runs.trial_of(settings)  # a search's job: the study hears of every epoch and of the end
         if plan.finished is not None:  # the same config, data and code already FINISHED
-            return runs.reuse(plan)
+            run_id = runs.reuse(plan)
+            runs.tell_trial(trial, plan, run_id, settings.monitor)
+            return run_id
         with runs.started(plan, settings) as run:
-            _fit_and_log(settings, job, plan, backbone, optimizer, run)
+            runs.attach_trial(trial, run.id)
+            _fit_and_log(settings, job, plan, backbone, optimizer, run, trial)
             run.backup.delete()  # logged: nothing is left to resume
-            return run.id
+        runs.tell_trial(trial, plan, run.id, settings.monitor)  # once the run is FINISHED: a kill before is retried
+        return run.id
 
 
 def _fit_and_log(
@@ -60,6 +66,7 @@ def _fit_and_log(
     backbone: BackboneSpec,
     optimizer: keras.optimizers.Optimizer,
     run: runs.TrainingRun,
+    trial: JobTrial | None = None,
 ) -> None:
     """Inside the active run: config and data, then model -> fit -> evaluate -> log.
 
@@ -86,7 +93,9 @@ def _fit_and_log(
             seed=settings.seed,
             share_backbone=settings.shares_backbone,
         )
-    scored, best = phases.train(model, backbone, optimizer, data, settings, process.xla, run.backup, stopwatch)
+    scored, best = phases.train(model, backbone, optimizer, data, settings, process.xla, run.backup, stopwatch, trial)
+    if trial is not None and trial.pruned_at is not None:
+        mlflow.set_tag(schema.PRUNED, str(trial.pruned_at))  # its last epoch; it still logs as any run
     with stopwatch.phase("evaluate"):
         scores, figures = _evaluate_and_log(scored, plan)
         # What the run keeps, hence what ranks it: the kept epoch's logged validation outputs.

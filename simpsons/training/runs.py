@@ -15,7 +15,7 @@ import mlflow
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from simpsons import naming
+from simpsons import naming, trials
 from simpsons.data import DataSet, load_dataset
 from simpsons.errors import DataError, ServerLost
 from simpsons.settings import TrackingSettings, TrainSettings
@@ -23,6 +23,7 @@ from simpsons.tracking import connection, lifecycle, provenance, schema, store, 
 from simpsons.training import runtime
 from simpsons.training.backup import Backup
 from simpsons.training.phases import class_weights
+from simpsons.trials import JobTrial
 
 log = logging.getLogger("simpsons.train")
 
@@ -88,6 +89,8 @@ def plan(uri: str, settings: TrainSettings, job: JobContext, data: DataSet | Non
     if job.sweep_id:
         tags[schema.SWEEP_ID] = job.sweep_id
     tags |= job.tags
+    if settings.in_search:
+        tags |= {schema.TRIAL: str(settings.trial.number), schema.STUDY: str(settings.trial.study)}
     if data is None:
         data = _load_sweep_job_data(settings, job, experiment_id, name, parent, tags)
     identity = lifecycle.config_hash(training_config(settings), data.fingerprint, provenance.code_version())
@@ -122,6 +125,31 @@ def started(plan: Plan, settings: TrainSettings) -> Iterator[TrainingRun]:
             stack.enter_context(backup.held())  # no two processes train (or resume) one run
         _say_started(run, plan, backup if resumed else None)
         yield TrainingRun(run.info.run_id, backup)
+
+
+def trial_of(settings: TrainSettings) -> JobTrial | None:
+    """The search trial this job trains (settings.trial), opened in the study's storage; None outside a search."""
+    if not settings.in_search:
+        return None
+    trial = settings.trial
+    return JobTrial(trial.study, trial.number, trial.storage)
+
+
+def attach_trial(trial: JobTrial | None, run_id: str) -> None:
+    if trial is not None:
+        trial.attach(run_id)
+
+
+def tell_trial(trial: JobTrial | None, plan: Plan, run_id: str, monitor: str) -> None:
+    """Tell the study how its trial ended: the run's best monitor value, or pruned. A reused run
+    (the same config already finished) gives its own; a trial is told once."""
+    if trial is None:
+        return
+    trial.attach(run_id)
+    value, pruned = trials.run_outcome(plan.client, run_id, monitor)
+    trial.tell(value, pruned or trial.pruned_at is not None)
+    outcome = "pruned" if pruned or trial.pruned_at is not None else f"{monitor} {value}"
+    log.info("trial #%d of study %s: %s (run %s)", trial.number, trial.study.study_name, outcome, run_id)
 
 
 def describe(plan: Plan, settings: TrainSettings, job: JobContext) -> None:
