@@ -119,7 +119,8 @@ def extraction_rate(tracking_uri: str) -> float:
     runs = client.search_runs([experiment], "tags.feature_cache = 'miss'")
     import mlflow
 
-    return mlflow.artifacts.load_dict(f"{runs[0].info.artifact_uri}/timings.json")["feature_extraction_images_per_second"]
+    timings = mlflow.artifacts.load_dict(f"{runs[0].info.artifact_uri}/timings.json")
+    return timings["feature_extraction_images_per_second"]
 
 
 def main() -> None:

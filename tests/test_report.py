@@ -153,8 +153,9 @@ def test_the_chart_is_titled_sorted_by_what_it_plots_and_has_a_legend_for_the_en
     assert [text.get_text() for text in figure.legends[0].get_texts()] == ["training run", "ensemble"]
 
     figure = report.chart([training[0], client.get_run(logged.outside)], [], report.Scope("simpsons"))
-    assert figure.axes[0].get_xlabel() == "val accuracy"  # one metric for every bar, never a mix
-    assert [round(bar.get_width(), 4) for bar in figure.axes[0].patches] == [0.6, 0.25]
+    assert figure.axes[0].get_xlabel() == "best val accuracy"  # one metric for every bar, never a mix
+    # the kept epoch's (best_val_accuracy), not the last epoch's val_accuracy (0.6, 0.25)
+    assert [round(bar.get_width(), 4) for bar in figure.axes[0].patches] == [0.99, 0.9]
     assert [text.get_text() for text in figure.legends[0].get_texts()] == ["training run"]
 
 
@@ -194,7 +195,9 @@ def test_report_lists_the_sweep_sorted_by_the_metric_with_its_ensembles(store, t
     assert "greedy" in ensembles
     assert Image.open(tmp_path / "results.png").format == "PNG"
     csv_rows = (tmp_path / "results.csv").read_text().splitlines()
-    assert csv_rows[0].startswith("id,run,backbone,image_size,dropout,batch_size,epochs,optimizer,lr,best_epoch,best_val_accuracy,best_val_loss")
+    header = "id,run,backbone,image_size,dropout,batch_size,epochs,optimizer,lr,best_epoch,best_val_accuracy,"
+    header += "best_val_loss"  # the kept epoch's
+    assert csv_rows[0].startswith(header)
 
 
 def terminal_rows(printed: str) -> list[list[str]]:

@@ -69,15 +69,18 @@ def test_every_option_of_every_group_converts(group):
 
 
 @pytest.mark.parametrize(
-    "overrides", [[], ["experiment=demo"], ["experiment=options_mini", "variant=plateau"], ["optimizer.lr=1"]]
+    "overrides",
+    [[], ["experiment=demo"], ["experiment=options_mini", "variant=plateau"], ["optimizer.lr=1"], ["+tags.a=b"]],
 )
 def test_the_container_is_the_resolved_config_as_omegaconf_gives_it(overrides):
     """What a run logs (params, config.yaml) and hashes: the same keys, order, values and types as
-    before the settings had a schema; `variant` only where a preset set it."""
+    before the settings had a schema; `variant` only where a preset set it, `tags` where the user did."""
     cfg = compose_train(overrides)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if resolved["variant"] is None:
         del resolved["variant"]
+    if not resolved["tags"]:
+        del resolved["tags"]
     container = TrainSettings.from_config(cfg).container()
     assert OmegaConf.to_yaml(container) == OmegaConf.to_yaml(resolved)
     assert [type(value) for value in flatten(container).values()] == [type(v) for v in flatten(resolved).values()]

@@ -22,7 +22,7 @@ from simpsons.optimizers import build_optimizer
 from simpsons.pipeline import load_image
 from simpsons.settings import TrainSettings
 from simpsons.stopwatch import Stopwatch
-from simpsons.tracking import writer
+from simpsons.tracking import schema, writer
 from simpsons.training import phases, runs, runtime
 from simpsons.training.runs import JobContext
 
@@ -32,7 +32,7 @@ log = logging.getLogger("simpsons.train")
 # and MLflow writes the example as JSON twice: at 150 px that was 2 x 67,500 numbers a run.
 EXAMPLE_SIZE = 32
 # The kept epoch's curve values logged as best_<name> (its val_accuracy is best_val_accuracy, of its logged outputs).
-KEPT_CURVES = ("val_loss", "loss", "accuracy")
+KEPT_CURVES = ("val_loss", "loss", "accuracy")  # schema.kept(name): best_val_loss, ...
 
 
 def train(settings: TrainSettings, job: JobContext) -> str:
@@ -116,9 +116,10 @@ def kept_epoch_metrics(epoch: int) -> dict[str, float]:
     kept: dict[str, float] = {"best_epoch": step}
     for name in KEPT_CURVES:
         # An epoch logged twice (by a version that logged before its backup) counts with its last value.
-        values = sorted((m for m in client.get_metric_history(run_id, name) if m.step == step), key=lambda m: m.timestamp)
+        history = client.get_metric_history(run_id, name)
+        values = sorted((m for m in history if m.step == step), key=lambda m: m.timestamp)
         if values:
-            kept[f"best_{name}"] = values[-1].value
+            kept[schema.kept(name)] = values[-1].value
     return kept
 
 
