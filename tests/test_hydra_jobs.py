@@ -127,7 +127,6 @@ def test_an_unknown_key_names_the_keys_that_are_there():
     )
 
 
-
 def test_a_run_tag_is_accepted_with_plus_and_a_plain_one_says_so():
     assert hydra_jobs.command_line_errors(["+tags.purpose=baseline"]) == []
     [error] = hydra_jobs.command_line_errors(["tags.purpose=baseline"])
