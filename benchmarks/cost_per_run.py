@@ -4,7 +4,7 @@
 
 For MobileNetV2 at 128 px and ResNet50V2 at 150 px (random weights: no download), prints the
 wall seconds of both sweeps, their ratio, the cost of each extra run ((2x2 - 1x1) / 3), and every
-run's breakdown from the `seconds/*` metrics it logged. Each sweep gets its own temporary MLflow
+run's breakdown from the seconds per step in its `timings.json` artifact. Each sweep gets its own temporary MLflow
 store and feature cache, so both start cold: the 2x2 sweep extracts the features once, like the
 1-config one, and its other three runs train heads on them. The sweeps alternate --repeat times
 and the figures are each sweep's fastest, the usual guard against a machine's passing load.
@@ -23,8 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simpsons.stopwatch import METRIC_PREFIX  # noqa: E402  (after the path: runs from a checkout)
-from simpsons.tracking import schema  # noqa: E402
+from simpsons.tracking import schema  # noqa: E402  (after the path: runs from a checkout)
 
 CASES = [("mobilenetv2", 128), ("resnet50v2", 150)]
 GRIDS = {"1x1": ["optimizer=adam", "dropout=0.2"], "2x2": ["optimizer=adam,rmsprop", "dropout=0.2,0.5"]}
@@ -56,6 +55,7 @@ def sweep(overrides: list[str], workdir: Path) -> tuple[float, str]:
 
 def print_breakdown(uri: str) -> None:
     """One line per training run: cache use, seconds from start to end, then each phase's seconds."""
+    import mlflow
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -63,7 +63,7 @@ def print_breakdown(uri: str) -> None:
     query = f"tags.`{schema.RUN_TYPE}` = '{schema.TRAIN}'"
     runs = client.search_runs([experiment], query, order_by=["attributes.start_time"])
     for run in runs:
-        phases = {k.removeprefix(METRIC_PREFIX): v for k, v in run.data.metrics.items() if k.startswith(METRIC_PREFIX)}
+        phases = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/{schema.TIMINGS_JSON}")["seconds"]
         wall = (run.info.end_time - run.info.start_time) / 1000
         listed = " ".join(f"{name} {seconds:.2f}" for name, seconds in phases.items())
         print(f"    {run.info.run_id[:8]} cache {run.data.tags[schema.FEATURE_CACHE]:4} run {wall:5.2f} s: {listed}")

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,6 +30,50 @@ from simpsons.backbones import BackboneSpec
 from simpsons.data import Split
 from simpsons.pipeline import JPEG_DCT_METHOD, image_dataset, without_autotuner
 from simpsons.settings import TrainSettings
+
+log = logging.getLogger(__name__)
+
+PROGRESS_SECONDS = 10.0  # without a terminal, a progress line this often
+
+
+class Progress:
+    """Images done out of `total`: in a terminal, a tqdm bar that is cleared once done (the log's
+    `feature cache miss; extraction N s` line follows it); elsewhere (a log file, Slurm's output, a
+    pipe), where a bar's carriage returns would be one line written at the end, a log line every
+    PROGRESS_SECONDS: extraction runs for many seconds before the first epoch says anything."""
+
+    def __init__(
+        self,
+        total: int,
+        what: str,
+        interval: float = PROGRESS_SECONDS,
+        terminal: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.total, self.what, self.interval, self.clock = total, what, interval, clock
+        self.done = 0
+        self.started = self.said = clock()
+        terminal = sys.stderr.isatty() if terminal is None else terminal
+        # leave=False: a finished bar is erased, not left behind as a stale or blank line
+        self.bar = tqdm(total=total, desc=what, unit="img", leave=False) if terminal else None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def update(self, images: int) -> None:
+        self.done += images
+        if self.bar is not None:
+            self.bar.update(images)
+            return
+        now = self.clock()
+        if now - self.said >= self.interval and self.done < self.total:
+            self.said = now
+            rate = self.done / (now - self.started) if now > self.started else 0.0
+            log.info("%s: %d/%d images (%.0f img/s)", self.what, self.done, self.total, rate)
 
 
 @dataclass(frozen=True)
@@ -92,8 +138,11 @@ def mirrored(batches: tf.data.Dataset) -> tf.data.Dataset:
     return batches.map(lambda images, labels: (tf.reverse(images, axis=[2]), labels))
 
 
-def extract(extractor: keras.Model, batches: Iterable[tuple[tf.Tensor, Any]], count: int) -> np.ndarray:
-    """Pooled features of every (images, labels) batch, with a progress bar in images/s.
+def extract(
+    extractor: keras.Model, batches: Iterable[tuple[tf.Tensor, Any]], count: int, what: str = "extracting features"
+) -> np.ndarray:
+    """Pooled features of every (images, labels) batch, with its Progress (a bar in a terminal, else
+    a line every PROGRESS_SECONDS).
 
     A smaller last batch is padded to the size of the first: a new input shape would make Keras
     trace the predict function again (and XLA compile it again), and oneDNN build new kernels.
@@ -101,7 +150,7 @@ def extract(extractor: keras.Model, batches: Iterable[tuple[tf.Tensor, Any]], co
     """
     outputs = []
     batch_size = None
-    with tqdm(total=count, desc="extracting features", unit="img", disable=None) as progress:
+    with Progress(count, what) as progress:
         for images, _ in batches:
             size = len(images)
             batch_size = batch_size or size
@@ -155,15 +204,15 @@ def cache_splits(
     if mirrored_views:
         views |= {f"{name}_mirrored": (split, True) for name, split in splits.items() if name != "train"}
 
-    def extracted(split: Split, mirror: bool) -> np.ndarray:
+    def extracted(name: str, split: Split, mirror: bool) -> np.ndarray:
         batches = image_dataset(split.paths, split.labels, settings.image_size, settings.batch_size)
-        return extract(extractor, mirrored(batches) if mirror else batches, len(split))
+        return extract(extractor, mirrored(batches) if mirror else batches, len(split), f"{name} features")
 
     lookups = {
         name: cached_features(
             Path(settings.cache_dir),
             cache_key(backbone, settings.image_size, split, compute, settings.seed, mirror),
-            lambda split=split, mirror=mirror: extracted(split, mirror),
+            lambda name=name, split=split, mirror=mirror: extracted(name, split, mirror),
         )
         for name, (split, mirror) in views.items()
     }

@@ -38,8 +38,8 @@ from simpsons.errors import ConfigError
 log = logging.getLogger(__name__)
 
 CHECKED_GROUPS = ("backbone", "optimizer", "data", "augment", "scheduler", "experiment", "variant")
-# Constructor arguments, passed on as given: any key is accepted under them.
-OPEN_KEYS = ("backbone.kwargs", "optimizer.kwargs")
+# Constructor arguments, passed on as given, and the user's run tags: any key is accepted under them.
+OPEN_KEYS = ("backbone.kwargs", "optimizer.kwargs", "tags")
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 _ABSENT = object()
 # What a value of each type a setting may have is, when its key has no rule to say it.
@@ -307,6 +307,8 @@ def _booleans_not_as_written(cfg: DictConfig, overrides: list[Override]) -> list
 def _unknown_key(base: DictConfig, override: Override) -> str:
     """E.g. "unknown key 'optimizer.lrr' (+optimizer.lrr=1); did you mean optimizer.lr? optimizer takes: ..."."""
     key, line = override.key_or_group, override.input_line
+    if key.startswith("tags."):  # only a plain `tags.key=value` gets here: a new tag needs its `+`
+        return f"unknown key {key!r} ({line}); add a run tag with +{line.lstrip('+')}"
     if _open(key):  # only a plain `key=value` gets here: this backbone (or optimizer) has no such argument
         return f"unknown key {key!r} ({line}); add a constructor argument with ++{line.lstrip('+')}"
     parts = key.split(".")
@@ -319,7 +321,8 @@ def _unknown_key(base: DictConfig, override: Override) -> str:
     close = difflib.get_close_matches(parts[depth], keys, n=1)
     guess = f"did you mean {'.'.join([*parts[:depth], close[0]])}? " if close else ""
     open_keys = [k for k in OPEN_KEYS if OmegaConf.select(base, k, default=_ABSENT) is not _ABSENT]
-    anywhere = f" (any key under {' and '.join(open_keys)})" if open_keys else ""
+    listed = " and ".join(filter(None, [", ".join(open_keys[:-1]), open_keys[-1]])) if open_keys else ""
+    anywhere = f" (any key under {listed})" if open_keys else ""
     return f"unknown key {key!r} ({line}); {guess}{parent or 'the top level'} takes: {', '.join(keys)}{anywhere}"
 
 

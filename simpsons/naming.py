@@ -30,7 +30,7 @@ from simpsons.config import CONF_DIR
 # experiment preset (its sweep's parent names it): left out of a single run's name. A sweep's jobs
 # still show them when they are what was swept.
 NOT_IN_NAMES = ("data", "experiment", "tracking", "cache_dir", "reuse", "data.dir", "data.root", "data.test_root")
-NOT_IN_NAMES_UNDER = ("tracking.", "hydra.", "gpu.", "trial.")
+NOT_IN_NAMES_UNDER = ("tracking.", "hydra.", "gpu.", "trial.", "tags.")  # tags.*: the user's run tags, shown as tags
 # Keys often swept, in short: 'drop=0.2' rather than 'dropout=0.2'; values keep their units.
 WORDS = {
     "dropout": "drop",

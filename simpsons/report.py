@@ -49,9 +49,11 @@ TRAINING_COLUMNS = {  # header: (source, key)
     "epochs": ("param", "epochs"),
     "optimizer": ("param", "optimizer.name"),
     "lr": ("param", "optimizer.lr"),
-    "val_accuracy": ("metric", "val_accuracy"),
+    # The kept epoch's (best_*), as the run's model, the sweep summary and ensemble read them: a run's
+    # latest val_accuracy and val_loss are its last epoch's, which need not be the one it kept.
+    "best_epoch": ("metric", "best_epoch"),
     "best_val_accuracy": ("metric", "best_val_accuracy"),
-    "val_loss": ("metric", "val_loss"),
+    "best_val_loss": ("metric", "best_val_loss"),
     "test_accuracy": ("metric", "test_accuracy"),
     "test_macro_f1": ("metric", "test_macro_f1"),
 }
@@ -96,6 +98,8 @@ def cell(run: Run, source: str, key: str) -> str:
     if source == "param":
         return run.data.params.get(key, "")
     value = run.data.metrics.get(key)
+    if value is not None and key == "best_epoch":  # an epoch number, counted from 1
+        return f"{value:.0f}"
     return "" if value is None else f"{value:.{DECIMALS}f}"
 
 
@@ -122,7 +126,8 @@ def results(
     sign = -1 if descending else 1
 
     def rank(run: Run) -> tuple[bool, float]:
-        value = run.data.metrics.get(metric, math.nan)
+        value = reader.metric(run, metric)  # a curve's (val_loss's) at the kept epoch
+        value = math.nan if value is None else value
         return not math.isfinite(value), sign * value if math.isfinite(value) else 0.0
 
     training.sort(key=rank)
@@ -131,8 +136,9 @@ def results(
 
 
 def headline_metric(found: list[Run]) -> str:
-    """test_accuracy when every run has it, else val_accuracy: one chart never mixes the two."""
-    return "test_accuracy" if all("test_accuracy" in run.data.metrics for run in found) else "val_accuracy"
+    """test_accuracy when every run has it, else best_val_accuracy (a training run's kept epoch's; an
+    ensemble's val_accuracy): one chart never mixes the two."""
+    return "test_accuracy" if all("test_accuracy" in run.data.metrics for run in found) else "best_val_accuracy"
 
 
 def _sweep_of(run: Run) -> str | None:
@@ -148,7 +154,10 @@ class Group:
     ensemble: bool = False
 
     def values(self, metric: str) -> list[float]:
-        return [run.data.metrics[metric] for run in self.runs if metric in run.data.metrics]
+        from simpsons.tracking import reader  # --help never imports MLflow
+
+        found = (reader.metric(run, metric) for run in self.runs)  # a curve's (val_loss's) at the kept epoch
+        return [value for value in found if value is not None]
 
 
 def groups(training: list[Run], ensembles: list[Run], key: str, metric: str, descending: bool) -> list[Group]:
@@ -320,7 +329,7 @@ def parser() -> argparse.ArgumentParser:
         epilog=(
             "examples:\n"
             "  python -m simpsons.report --sweep latest\n"
-            "  python -m simpsons.report --metric val_loss --format csv > runs.csv\n"
+            "  python -m simpsons.report --metric best_val_loss --format csv > runs.csv\n"
             "  python -m simpsons.report --experiment simpsons-mini --sweep latest --output results/\n"
             "  python -m simpsons.report --experiment options-mini --sweep latest --group-by variant --format markdown"
         ),

@@ -1,4 +1,5 @@
-"""Wall seconds per phase of a run, logged as `seconds/<phase>` metrics (one chart group in the UI).
+"""Wall seconds per phase of a run, logged in one `timings.json` artifact, out of the metrics: as
+metrics they were seven one-bar charts that the UI's Metrics tab opened on, above the learning curves.
 
 benchmarks/cost_per_run.py reads them back to print where each run's time went.
 """
@@ -8,8 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-METRIC_PREFIX = "seconds/"
+from typing import Any
 
 
 class Stopwatch:
@@ -17,6 +17,7 @@ class Stopwatch:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.notes: dict[str, float] = {}
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -26,5 +27,10 @@ class Stopwatch:
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
-    def metrics(self) -> dict[str, float]:
-        return {METRIC_PREFIX + name: round(seconds, 4) for name, seconds in self.seconds.items()}
+    def note(self, name: str, value: float) -> None:
+        """Another timing (feature_extraction_seconds, feature_extraction_images_per_second)."""
+        self.notes[name] = round(value, 4)
+
+    def timings(self) -> dict[str, Any]:
+        """What timings.json holds: each phase's seconds, then the notes."""
+        return {"seconds": {name: round(seconds, 4) for name, seconds in self.seconds.items()}, **self.notes}

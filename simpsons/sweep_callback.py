@@ -60,7 +60,7 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         hydra_jobs.exit_on_bad_jobs(config)  # every job, before the first and before the store is touched
         uri = store.configure(config.tracking.uri, config.tracking.retry_seconds)
-        experiment_id = store.ensure_experiment(uri, config.tracking.experiment)
+        experiment_id = store.ensure_experiment(uri, config.tracking.experiment, config.data.name)
         self.client = MlflowClient(uri)
         self.stale_after = config.tracking.stale_after
         lifecycle.end_dead_runs(self.client, [experiment_id], self.stale_after)

@@ -352,7 +352,7 @@ class JobTrial:
             value = float("inf") if self.study.direction.name == "MINIMIZE" else float("-inf")
         self.trial.report(value, epoch)
         if self.trial.should_prune():
-            self.pruned_at = epoch
+            self.pruned_at = epoch + 1  # counted from 1, as Keras prints epochs and the curves' steps are
             return True
         return False
 

@@ -112,7 +112,7 @@ def test_weights_by_validation_accuracy(store):
     run_id = ensemble(ensemble_config(store, f"sweep={store.sweep}", "weights=val_accuracy", "register=false"))
     client = MlflowClient(store.uri)
     members = client.get_run(run_id).data.tags[schema.MEMBERS].split(",")
-    accuracies = np.array([client.get_run(m).data.metrics["val_accuracy"] for m in members])
+    accuracies = np.array([client.get_run(m).data.metrics["best_val_accuracy"] for m in members])  # the kept epoch's
     expected = np.average([probabilities(m, "val") for m in members], axis=0, weights=accuracies)
     np.testing.assert_allclose(probabilities(run_id, "val"), expected, atol=1e-6)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -22,7 +23,7 @@ from simpsons import model as model_module
 from simpsons.backbones import BackboneSpec
 from simpsons.demo_data import write_demo_data
 from simpsons.errors import ConfigError
-from simpsons.features import cached_features
+from simpsons.features import Progress, cached_features
 from simpsons.model import backbone_of, build_classifier, shared_backbone, unfreeze_top, with_flip_tta, with_tta
 from simpsons.pipeline import load_image
 from simpsons.tracking import reader
@@ -35,7 +36,9 @@ def run_with(overrides: list[str], image_folders, tracking_uri, cache_dir) -> di
     cfg = train_settings([*TINY_MODEL, *folder_data(image_folders), "epochs=2", f"tracking.uri={tracking_uri}",
                          f"cache_dir={cache_dir}", "reuse=false", *overrides])  # fmt: skip
     run = MlflowClient(tracking_uri).get_run(train(cfg, JobContext([])))
-    return run.data.tags | {f"metric:{k}": v for k, v in run.data.metrics.items()} | {"run_id": run.info.run_id}
+    timings = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/timings.json")
+    metrics = {f"metric:{k}": v for k, v in run.data.metrics.items()} | {f"metric:{k}": v for k, v in timings.items()}
+    return run.data.tags | metrics | {"run_id": run.info.run_id}
 
 
 @pytest.mark.slow  # trains through the recipe: a run logged to MLflow
@@ -87,18 +90,18 @@ def test_concurrent_lookups_compute_an_entry_once_and_a_failed_one_leaves_nothin
 def test_finetuning_trains_its_head_on_cached_features_and_continues_the_curves(image_folders, tracking_uri, tmp_path):
     tags = run_with(["finetune.layers=4", "finetune.epochs=2"], image_folders, tracking_uri, tmp_path)
     assert tags["feature_cache"] == "miss"  # a new cache folder: the head phase's features were extracted
-    phases = "head on cached features: epochs 0-1; finetune: epochs 2-3, top 4 layers, lr 0.0001; kept epoch "
+    phases = "head on cached features: epochs 1-2; finetune: epochs 3-4, top 4 layers, lr 0.0001; kept epoch "
     assert tags["phases"].startswith(phases)
     client = MlflowClient(tracking_uri)
     [run] = client.search_runs([client.get_experiment_by_name("simpsons").experiment_id])
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [0, 1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2, 3, 4]
 
     tags = run_with(["finetune.layers=4", "finetune.epochs=2", "cache=false"], image_folders, tracking_uri, tmp_path)
     assert tags["feature_cache"] == "off"
-    assert tags["phases"].startswith("head: epochs 0-1; finetune: epochs 2-3, top 4 layers, lr 0.0001")
+    assert tags["phases"].startswith("head: epochs 1-2; finetune: epochs 3-4, top 4 layers, lr 0.0001")
 
     tags = run_with(["augment=light"], image_folders, tracking_uri, tmp_path)
-    assert tags["feature_cache"] == "off" and tags["phases"].startswith("head: epochs 0-1; kept epoch ")
+    assert tags["feature_cache"] == "off" and tags["phases"].startswith("head: epochs 1-2; kept epoch ")
 
 
 @pytest.mark.slow  # trains through the recipe: a run logged to MLflow
@@ -200,7 +203,8 @@ def test_flip_tta_features_of_the_mirror_images_are_entries_of_their_own_that_a_
 
     cfg = train_settings([*flips.overrides, f"tracking.uri={tracking_uri}", "tta=flip", "dropout=0.1"])
     again = MlflowClient(tracking_uri).get_run(train(cfg, JobContext([])))  # a store of its own, the same cache
-    assert again.data.tags["feature_cache"] == "hit" and again.data.metrics["feature_extraction_seconds"] == 0
+    timings = mlflow.artifacts.load_dict(f"{again.info.artifact_uri}/timings.json")
+    assert again.data.tags["feature_cache"] == "hit" and timings["feature_extraction_seconds"] == 0
     assert {path.name for path in flips.cache_dir.glob("*.npy")} == after
 
 
@@ -297,3 +301,25 @@ def test_a_flip_tta_model_resizes_then_averages_each_image_and_its_mirror_and_lo
     assert result.returncode == 0, result.stderr[-3000:]
     assert "simpsons imported: False" in result.stdout
     np.testing.assert_allclose(np.load(tmp_path / "outputs.npy"), outputs, atol=1e-6)
+
+
+def test_without_a_terminal_extraction_says_how_far_it_is_every_ten_seconds(caplog):
+    """No bar where there is no terminal (a log file, Slurm's output): a line every 10 s instead,
+    none at the end (the feature cache's own line follows). A clock the test moves: 4 s a batch."""
+    now = [0.0]
+    caplog.set_level(logging.INFO, logger="simpsons.features")
+    with Progress(400, "train features", terminal=False, clock=lambda: now[0]) as progress:
+        for _ in range(10):
+            now[0] += 4.0
+            progress.update(40)
+    said = [record.getMessage() for record in caplog.records if record.name == "simpsons.features"]
+    assert said == [f"train features: {n}/400 images (10 img/s)" for n in (120, 240, 360)]
+
+
+def test_in_a_terminal_extraction_shows_a_bar_that_leaves_no_line_behind(capsys):
+    with Progress(64, "val features", terminal=True) as progress:
+        for _ in range(4):
+            progress.update(16)
+    written = capsys.readouterr().err
+    assert "val features" in written and "/64" in written  # the bar
+    assert "\n" not in written  # erased when done: no blank or stale line under it

@@ -123,8 +123,14 @@ def test_an_unknown_key_names_the_keys_that_are_there():
     [error] = hydra_jobs.command_line_errors(["+optimizer.lrr=1"])
     assert error == (
         "unknown key 'optimizer.lrr' (+optimizer.lrr=1); did you mean optimizer.lr? optimizer takes: keras_class, "
-        "kwargs, lr, name, weight_decay (any key under backbone.kwargs and optimizer.kwargs)"
+        "kwargs, lr, name, weight_decay (any key under backbone.kwargs, optimizer.kwargs and tags)"
     )
+
+
+def test_a_run_tag_is_accepted_with_plus_and_a_plain_one_says_so():
+    assert hydra_jobs.command_line_errors(["+tags.purpose=baseline"]) == []
+    [error] = hydra_jobs.command_line_errors(["tags.purpose=baseline"])
+    assert error.endswith("add a run tag with +tags.purpose=baseline"), error
 
 
 # Every job of a sweep (the callback's part).

@@ -202,15 +202,15 @@ def test_a_killed_finetuning_run_resumes_at_the_epoch_after_its_last_backup_in_t
     assert run.data.params["tracking.heartbeat_seconds"] == "30"  # params keep the first start's values
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
     resumed_at = int(run.data.tags[schema.RESUMED_AT_EPOCH])
-    assert resumed_at >= 2, "resumed from before its last fine-tuning backup"
+    assert resumed_at >= 3, "resumed from before its last fine-tuning backup"  # epochs counted from 1
     assert f"resuming MLflow run {run.info.run_id}" in output and f"at epoch {resumed_at}" in output
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
-    assert sorted({m.step for m in history}) == [0, 1, 2, 3, 4]  # continuous curves, none restarted at 0
-    assert [m.step for m in history].count(0) == 1 and [m.step for m in history].count(4) == 1
+    assert sorted({m.step for m in history}) == [1, 2, 3, 4, 5]  # continuous curves, none restarted at 1
+    assert [m.step for m in history].count(1) == 1 and [m.step for m in history].count(5) == 1
     assert "Epoch 1/" not in output.split("resuming MLflow run")[1]  # the rerun trained no epoch again from 0
     curve = {m.step: m.value for m in sorted(history, key=lambda m: m.timestamp)}  # an epoch's last value
     kept = int(run.data.metrics["best_epoch"])  # the best epoch over both phases and the kill
-    assert curve[kept] == max(curve.values()) and all(curve[epoch] < curve[kept] for epoch in range(kept))
+    assert curve[kept] == max(curve.values()) and all(curve[epoch] < curve[kept] for epoch in range(1, kept))
     assert run.data.metrics["best_val_accuracy"] == pytest.approx(curve[kept], abs=1e-6)
     assert not (Path(os.environ["SIMPSONS_CACHE_DIR"]) / "checkpoints" / run.info.run_id).exists()
 
@@ -261,10 +261,10 @@ def test_a_run_killed_between_an_epochs_metrics_and_its_backup_logs_each_epoch_o
     assert rerun.returncode == 0, output[-3000:]
     [run] = all_runs(tracking_uri)
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
-    assert int(run.data.tags[schema.RESUMED_AT_EPOCH]) == seen["backed_up"]
+    assert int(run.data.tags[schema.RESUMED_AT_EPOCH]) == seen["backed_up"] + 1  # the first epoch it trains
     for name in EPOCH_METRICS:
         history = client.get_metric_history(run.info.run_id, name)
-        assert sorted(m.step for m in history) == list(range(epochs)), (name, seen)
+        assert sorted(m.step for m in history) == list(range(1, epochs + 1)), (name, seen)
 
 
 @pytest.mark.slow

@@ -90,6 +90,7 @@ def test_a_single_run_is_named_by_its_backbone_and_what_differs_from_the_default
     overrides = ["backbone=vgg16", "image_size=32", "backbone.weights=null", "batch_size=16", "optimizer.lr=1e-3"]
     overrides += ["data=folder", "data.root=/x/train", "data.test_root=/x/test", "epochs=2", "tracking.uri=sqlite:///a"]
     overrides += ["tracking.experiment=e2e", "reuse=false", "gpu.one_per_job=false", "cache_dir=/c"]
+    overrides += ["+tags.purpose=baseline"]  # the user's run tags are tags, not part of the name
     assert run_name(overrides, None, "vgg16") == "vgg16 lr=1e-3 32px bs=16 ep=2…"  # cut to fit, at a word
     assert run_name(["experiment=demo"], None, "resnet50v2") == "resnet50v2"  # the preset is no difference
     assert run_name(["augment=light", "optimizer=rmsprop"], [], "densenet201") == "densenet201 rmsprop aug=light"

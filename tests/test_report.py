@@ -57,7 +57,8 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Logged:
     for i, (name, (params, metrics)) in enumerate(TRAINING.items()):
         tags = {schema.RUN_TYPE: schema.TRAIN, schema.PARENT_RUN: sweep, schema.CONFIG_HASH: f"config-{i}"}
         run_id = client.create_run(experiment, run_name=name, tags=tags).info.run_id
-        metrics = metrics | {"val_accuracy": 0.25, "val_loss": 2.0 - metrics["best_val_accuracy"]}
+        # The latest val_accuracy (the last epoch's) is not what report shows: the kept epoch's best_*.
+        metrics = metrics | {"val_accuracy": 0.25, "val_loss": 9.0, "best_val_loss": 2.0 - metrics["best_val_accuracy"]}
         finish(client, run_id, params | {"backbone.name": "resnet50v2"}, metrics | {"test_macro_f1": 0.123456})
         training[name] = run_id
     client.set_terminated(sweep)
@@ -68,7 +69,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Logged:
     outside = client.create_run(
         experiment, run_name="outside the sweep", tags={schema.RUN_TYPE: schema.TRAIN, schema.CONFIG_HASH: "other"}
     ).info.run_id
-    finish(client, outside, {}, {"best_val_accuracy": 0.99, "val_accuracy": 0.6, "val_loss": 0.5})
+    finish(client, outside, {}, {"best_val_accuracy": 0.99, "val_accuracy": 0.6, "best_val_loss": 0.5, "val_loss": 3})
     tags = {schema.RUN_TYPE: schema.ENSEMBLE, schema.ENSEMBLE_SWEEP: "another sweep"}
     other = client.create_run(experiment, run_name="ensemble of another sweep", tags=tags).info.run_id
     finish(client, other, {}, {"val_accuracy": 0.1, "test_accuracy": 0.1})
@@ -109,12 +110,12 @@ def test_the_table_names_its_sweep_and_lists_short_ids_sorted_by_the_metric_with
 
 
 def test_a_loss_sorts_lowest_first_and_the_experiment_is_named_without_a_sweep(logged, capsys):
-    assert report.main(["--metric", "val_loss", "--tracking-uri", logged.uri]) == 0
+    assert report.main(["--metric", "best_val_loss", "--tracking-uri", logged.uri]) == 0
     printed = capsys.readouterr().out
     assert printed.splitlines()[0] == "Results: experiment simpsons, all runs"
     _, *training = table_rows(printed, "Training runs")
-    assert training[0][1] == "outside the sweep"  # the lowest val_loss
-    assert "sorted by val_loss (lowest first)" in printed
+    assert training[0][1] == "outside the sweep"  # the lowest best_val_loss
+    assert "sorted by best_val_loss (lowest first)" in printed
     assert "ensemble of another sweep" in printed
 
 
@@ -152,8 +153,9 @@ def test_the_chart_is_titled_sorted_by_what_it_plots_and_has_a_legend_for_the_en
     assert [text.get_text() for text in figure.legends[0].get_texts()] == ["training run", "ensemble"]
 
     figure = report.chart([training[0], client.get_run(logged.outside)], [], report.Scope("simpsons"))
-    assert figure.axes[0].get_xlabel() == "val accuracy"  # one metric for every bar, never a mix
-    assert [round(bar.get_width(), 4) for bar in figure.axes[0].patches] == [0.6, 0.25]
+    assert figure.axes[0].get_xlabel() == "best val accuracy"  # one metric for every bar, never a mix
+    # the kept epoch's (best_val_accuracy), not the last epoch's val_accuracy (0.6, 0.25)
+    assert [round(bar.get_width(), 4) for bar in figure.axes[0].patches] == [0.99, 0.9]
     assert [text.get_text() for text in figure.legends[0].get_texts()] == ["training run"]
 
 
@@ -193,7 +195,9 @@ def test_report_lists_the_sweep_sorted_by_the_metric_with_its_ensembles(store, t
     assert "greedy" in ensembles
     assert Image.open(tmp_path / "results.png").format == "PNG"
     csv_rows = (tmp_path / "results.csv").read_text().splitlines()
-    assert csv_rows[0].startswith("id,run,backbone,image_size,dropout,batch_size,epochs,optimizer,lr,val_accuracy")
+    header = "id,run,backbone,image_size,dropout,batch_size,epochs,optimizer,lr,best_epoch,best_val_accuracy,"
+    header += "best_val_loss"  # the kept epoch's
+    assert csv_rows[0].startswith(header)
 
 
 def terminal_rows(printed: str) -> list[list[str]]:

@@ -76,17 +76,21 @@ def test_every_option_of_every_group_converts(group):
         ["experiment=options_mini", "variant=plateau"],
         ["optimizer.lr=1"],
         ["trial.number=3", "trial.study=s", "trial.storage=sqlite:////tmp/optuna.db"],
+        ["+tags.a=b"],
     ],
 )
 def test_the_container_is_the_resolved_config_as_omegaconf_gives_it(overrides):
     """What a run logs (params, config.yaml) and hashes: the same keys, order, values and types as
-    before the settings had a schema; `variant` only where a preset set it, `trial` only in a search."""
+    before the settings had a schema; `variant` only where a preset set it, `trial` only in a search,
+    `tags` where the user did."""
     cfg = compose_train(overrides)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if resolved["variant"] is None:
         del resolved["variant"]
     if resolved["trial"]["number"] is None:
         del resolved["trial"]
+    if not resolved["tags"]:
+        del resolved["tags"]
     container = TrainSettings.from_config(cfg).container()
     assert OmegaConf.to_yaml(container) == OmegaConf.to_yaml(resolved)
     assert [type(value) for value in flatten(container).values()] == [type(v) for v in flatten(resolved).values()]
@@ -124,6 +128,9 @@ def test_a_key_no_setting_has_and_a_config_that_does_not_resolve_are_config_erro
         ("scheduler=cosine scheduler.alpha=2", "scheduler.alpha=2 is invalid; expected a number in [0, 1]"),
         ("tracking.retry_seconds=2", "tracking.retry_seconds=2 is invalid; expected an integer from 5 to 900"),
         ("tracking.experiment=''", "tracking.experiment='' is invalid; expected a non-empty name"),
+        ("tracking.system_metrics_seconds=-1", "tracking.system_metrics_seconds=-1 is invalid; expected a number of"),
+        ("+tags.mlflow.runName=x", "tags={'mlflow': {'runName': 'x'}} is invalid; expected a name and a value"),
+        ("+tags.simpsons_x=1 +tags.simpsons.run_type=train", "tags={'simpsons_x': 1, 'simpsons': {'run_type'"),
         ("data.test_layout=nested", "data.test_layout='nested' is unknown; use one of: folders, flat"),
         ("tta=mirror", "tta='mirror' is unknown; use one of: none, flip"),
         ("optimizer.keras_class=Adamax9", "optimizer.keras_class='Adamax9' is not a keras.optimizers class;"),
@@ -255,3 +262,8 @@ def test_the_identity_leaves_out_where_things_lie_and_keeps_what_decides_results
     assert default.identity() == moved.identity()
     assert not any(key.startswith(NOT_IDENTITY) for key in default.identity())
     assert default.identity() != train_settings(["data=folder", "data.root=/images", "dropout=0.2"]).identity()
+    # The user's tags label a run: the same config tagged otherwise is the same run (reused, resumed)
+    tagged = train_settings(["data=folder", "data.root=/images", "+tags.purpose=baseline", "+tags.round=2"])
+    assert tagged.identity() == default.identity() and tagged.errors() == []
+    assert tagged.run_tags() == {"purpose": "baseline", "round": "2"}
+    assert tagged.container()["tags"] == {"purpose": "baseline", "round": 2} and "tags" not in default.container()

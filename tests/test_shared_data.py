@@ -55,7 +55,7 @@ def test_finetuning_with_augmentation_runs_end_to_end_on_kaggle_images(tracking_
         train(train_settings([*overrides, f"tracking.uri={tracking_uri}"]), JobContext([]))
     )
     assert run.info.status == "FINISHED"
-    assert run.data.tags["phases"].startswith("head: epochs 0-0; finetune: epochs 1-1, top 3 layers, lr 0.0001; kept")
+    assert run.data.tags["phases"].startswith("head: epochs 1-1; finetune: epochs 2-2, top 3 layers, lr 0.0001; kept")
     history = MlflowClient(tracking_uri).get_metric_history(run.info.run_id, "loss")
-    assert [m.step for m in history] == [0, 1]
+    assert [m.step for m in history] == [1, 2]
     assert "test_accuracy" in run.data.metrics

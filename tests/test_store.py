@@ -49,6 +49,12 @@ def test_relative_sqlite_store_is_made_absolute_and_artifacts_sit_beside_it(tmp_
     assert ensure_experiment(uri, "my experiment") == experiment_id
 
 
+def test_a_new_experiment_is_described_with_the_data_set_that_created_it(tracking_uri):
+    experiment = MlflowClient(tracking_uri).get_experiment(ensure_experiment(tracking_uri, "described", "demo"))
+    note = experiment.tags["mlflow.note.content"]  # the UI's Description
+    assert note.startswith("Transfer-learning image classifiers on the `demo` data set") and "best_*" in note
+
+
 def test_a_deleted_experiment_is_a_clear_error(tracking_uri):
     experiment_id = ensure_experiment(tracking_uri, "gone")
     MlflowClient(tracking_uri).delete_experiment(experiment_id)

@@ -18,6 +18,7 @@ from conftest import IMAGE_SENSITIVE_MODEL, TINY, TINY_MODEL, folder_data, get_j
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from simpsons import report
 from simpsons.config import CONF_DIR, PROJECT_ROOT, flatten
 from simpsons.tracking.predictions import from_csv
 from simpsons.training.callbacks import EPOCH_METRICS
@@ -43,6 +44,7 @@ def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_sof
 ):
     args = [*IMAGE_SENSITIVE_MODEL, *folder_data(image_folders), "epochs=2", f"tracking.uri={tracking_uri}"]
     args += ["tracking.experiment=e2e", f"cache_dir={tmp_path / 'cache'}"]  # a new cache: this run extracts
+    args += ["+tags.purpose=baseline", "tracking.system_metrics_seconds=0.2"]  # sampled often: a short run
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -63,7 +65,7 @@ def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_sof
     assert run.data.params["data.train_images"] == "38" and run.data.params["data.val_images"] == "10"
 
     for name in EPOCH_METRICS:
-        assert [m.step for m in client.get_metric_history(run_id, name)] == [0, 1], name
+        assert [m.step for m in client.get_metric_history(run_id, name)] == [1, 2], name  # "Epoch 1/2", "Epoch 2/2"
     val_history = [m.value for m in client.get_metric_history(run_id, "val_accuracy")]
     assert run.data.metrics["best_val_accuracy"] == pytest.approx(max(val_history), abs=1e-6)
     assert {"test_loss", "test_accuracy", "test_macro_f1", "val_macro_f1"} <= run.data.metrics.keys()
@@ -74,6 +76,23 @@ def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_sof
     dirty = subprocess.run(status, cwd=PROJECT_ROOT, capture_output=True, text=True).stdout.strip()
     assert run.data.tags["git.dirty"] == ("unknown" if not commit.strip() else str(bool(dirty)).lower())
     assert "epochs=2" in run.data.tags["hydra.overrides"]
+    assert run.data.tags["purpose"] == "baseline"  # the user's tag, and not in the name (above)
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # MLflow's own system metrics
+    assert not [key for key in run.data.metrics if "seconds" in key]  # timings.json: out of the Metrics tab
+    timings = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/timings.json")
+    assert timings["feature_extraction_seconds"] > 0 and {"fit", "evaluate"} <= set(timings["seconds"])
+    counts = {key: int(run.data.params[f"model/params/{key}"]) for key in ("total", "trainable", "non_trainable")}
+    assert counts["total"] == counts["trainable"] + counts["non_trainable"]
+    assert 0 < counts["trainable"] < counts["total"]  # the head phase's: the backbone frozen
+    assert (
+        client.get_experiment(run.info.experiment_id)
+        .tags["mlflow.note.content"]
+        .startswith("Transfer-learning image classifiers on the `folder` data set")
+    )
+    lrs = client.get_metric_history(run_id, "lr")
+    assert [m.value for m in client.get_metric_history(run_id, "log10_lr")] == pytest.approx(
+        [np.log10(m.value) for m in lrs]
+    )
     assert len(run.data.tags["data.fingerprint"]) == 64
     assert run.data.tags["feature_cache"] == "miss"  # the recorded softmax below is the head's on features
     classes = json.loads(run.data.tags["class_names"])
@@ -125,8 +144,12 @@ def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_sof
     # The Models tab's metrics: the run's final ones, and the epochs' at the epoch the model is from
     linked = mlflow.get_logged_model(logged_model.model_id).metrics
     final = ["best_val_accuracy", "best_epoch", "val_macro_f1", "test_loss", "test_accuracy", "test_macro_f1"]
+    final += ["best_val_loss", "best_loss", "best_accuracy"]
     kept = int(run.data.metrics["best_epoch"])  # the epochs' metrics at the kept epoch (not the first, or last)
-    kept_epoch = {name: client.get_metric_history(run_id, name)[kept].value for name in EPOCH_METRICS}
+    assert kept in (1, 2)  # counted from 1, as Keras prints it; its step on the curves
+    kept_epoch = {name: client.get_metric_history(run_id, name)[kept - 1].value for name in EPOCH_METRICS}
+    for name in ("val_loss", "loss", "accuracy"):  # the run's headline best_* are the kept epoch's curve values
+        assert run.data.metrics[f"best_{name}"] == kept_epoch[name], name
     shown = {m.key: m.value for m in linked if m.key in [*final, *EPOCH_METRICS]}  # kept at 0: step 0's others too
     assert shown == {key: run.data.metrics[key] for key in final} | kept_epoch
     assert {m.key: m.step for m in linked if m.key in EPOCH_METRICS} == dict.fromkeys(EPOCH_METRICS, kept)
@@ -139,7 +162,7 @@ def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_sof
 
 
 @pytest.mark.slow  # python -m simpsons.train, then mlflow ui
-def test_a_2x2_multirun_gives_one_parent_and_four_finished_children(image_folders, tracking_uri, tmp_path):
+def test_a_2x2_multirun_gives_one_parent_and_four_finished_children(image_folders, tracking_uri, tmp_path, capsys):
     args = ["-m", "backbone=mobilenet,mobilenetv2", "dropout=0.2,0.4", "image_size=32", *TINY]
     args += ["++backbone.kwargs.alpha=0.35"]  # ++: the composed default backbone has no alpha
     args += [*folder_data(image_folders), "epochs=1", f"tracking.uri={tracking_uri}"]
@@ -168,6 +191,7 @@ def test_a_2x2_multirun_gives_one_parent_and_four_finished_children(image_folder
 
     assert_sweep_parent(parent, children, tmp_path, tracking_uri)
     assert_sweep_summary(result.stdout, parent, children, tracking_uri)
+    assert_one_value_per_metric(result.stdout, parent, children, models, tracking_uri, capsys)
 
     with mlflow_ui(cwd=tmp_path) as url:  # the store sits in tmp_path, as mlflow.db does at the project root
         api = f"{url}/api/2.0/mlflow"
@@ -180,9 +204,43 @@ def test_a_2x2_multirun_gives_one_parent_and_four_finished_children(image_folder
         assert {r["info"]["run_id"] for r in listed} == {r.info.run_id for r in runs}
         child = children[0].info.run_id
         history = get_json(f"{api}/metrics/get-history?run_id={child}&metric_key=val_accuracy")["metrics"]
-        assert [m["step"] for m in history] == [0]
+        assert [m["step"] for m in history] == [1]  # epoch 1, as Keras printed it
         files = {f["path"] for f in get_json(f"{api}/artifacts/list?run_id={child}&path=predictions")["files"]}
         assert files == {"predictions/val.csv", "predictions/test.csv"}
+
+
+def curves_at(client: MlflowClient, run_id: str, name: str, epoch: int) -> float:
+    """The curve's value at `epoch`, counted from 1 (its step)."""
+    [value] = [m.value for m in client.get_metric_history(run_id, name) if m.step == epoch]
+    return value
+
+
+def assert_one_value_per_metric(stdout: str, parent, children: list, models: list, uri: str, capsys) -> None:
+    """Each run's headline metrics are its kept epoch's, the same on the run, its logged model, in
+    `report` and in the sweep's summary (both printed with 4 decimals)."""
+    client = MlflowClient(uri)
+    summary = stdout[stdout.index(f"sweep '{parent.info.run_name}'") :]
+    summary_rows = {" ".join(row.split()[:2]): row.split() for row in summary.splitlines()[2:6]}
+    assert report.main(["--sweep", parent.info.run_id, "--tracking-uri", uri]) == 0
+    printed = capsys.readouterr().out
+    header, _, *rows = printed.split("Training runs\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    columns = header.split()
+    report_rows = {row.split()[0]: row.split() for row in rows}
+    for child in children:
+        metrics, run_id = child.data.metrics, child.info.run_id
+        [model] = [m for m in models if m.source_run_id == run_id]
+        on_model = {m.key: m.value for m in mlflow.get_logged_model(model.model_id).metrics}
+        kept = int(metrics["best_epoch"])
+        assert kept == 1  # one epoch, counted from 1
+        for name in ("best_val_accuracy", "best_val_loss", "best_epoch", "test_accuracy"):
+            assert on_model[name] == metrics[name], name
+        assert metrics["best_val_loss"] == curves_at(client, run_id, "val_loss", kept)
+        assert metrics["best_val_accuracy"] == pytest.approx(curves_at(client, run_id, "val_accuracy", kept), abs=1e-6)
+        shown = f"{metrics['best_val_accuracy']:.4f}"
+        assert summary_rows[child.info.run_name][2] == shown  # the sweep summary's best_val_accuracy column
+        row = report_rows[run_id[:8]]
+        assert row[len(row) - len(columns) + columns.index("best_val_accuracy")] == shown
+        assert row[len(row) - len(columns) + columns.index("best_val_loss")] == f"{metrics['best_val_loss']:.4f}"
 
 
 def assert_sweep_parent(parent, children: list, cwd: Path, uri: str) -> None:
@@ -317,8 +375,9 @@ def test_every_run_keeps_its_best_epoch_with_the_cache_without_it_and_with_fine_
         run_id, metrics = run.info.run_id, run.data.metrics
         curve = [m.value for m in sorted(client.get_metric_history(run_id, "val_accuracy"), key=lambda m: m.step)]
         assert len(curve) == (9 if run.data.params["finetune.layers"] == "2" else 5), "the curves stay complete"
-        best_epoch = int(metrics["best_epoch"])
-        assert best_epoch == int(np.argmax(curve)) < len(curve) - 1, "kept the first best epoch, not the last"
+        best_epoch = int(metrics["best_epoch"])  # counted from 1
+        assert best_epoch - 1 == int(np.argmax(curve)) < len(curve) - 1, "kept the first best epoch, not the last"
+        assert metrics["best_val_loss"] == curves_at(client, run_id, "val_loss", best_epoch)
         assert metrics["best_val_accuracy"] == pytest.approx(max(curve), abs=1e-6)
 
         val_csv = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions/val.csv")
@@ -354,7 +413,8 @@ def test_a_sweep_over_the_monitor_with_early_stopping_keeps_and_logs_what_each_r
         }
         curve = curves[monitor]
         pick = np.argmax if monitor == "val_accuracy" else np.argmin
-        kept = int(run.data.metrics["best_epoch"])
+        kept = int(run.data.metrics["best_epoch"]) - 1  # best_epoch counts from 1, the list from 0
         assert kept == int(pick(curve))
         assert len(curve) == kept + 2 < 8, "stopped one epoch (patience 1) after its best, before epoch 8"
         assert run.data.metrics["best_val_accuracy"] == pytest.approx(curves["val_accuracy"][kept], abs=1e-6)
+        assert run.data.metrics["best_val_loss"] == curves["val_loss"][kept]

@@ -63,7 +63,7 @@ def test_an_epoch_cut_short_before_its_backup_is_logged_once_by_the_resumed_run(
         assert log_backed_up_epochs(tmp_path, 2) == []  # all that was backed up was logged
         assert fit_phase(tmp_path, 4, record) == 4
     assert trained == [2, 3]
-    assert steps(run.info.run_id) == dict.fromkeys(EPOCH_METRICS, [0, 1, 2, 3])
+    assert steps(run.info.run_id) == dict.fromkeys(EPOCH_METRICS, [1, 2, 3, 4])  # steps: epochs from 1
 
 
 def test_an_epoch_backed_up_but_not_logged_is_logged_from_beside_its_backup_when_resumed(tracking_uri, tmp_path):
@@ -77,7 +77,7 @@ def test_an_epoch_backed_up_but_not_logged_is_logged_from_beside_its_backup_when
     logged = histories(whole.info.run_id)
     with mlflow.start_run() as cut:
         for epoch in (0, 1):
-            mlflow.log_metrics({name: points[epoch][1] for name, points in logged.items()}, step=epoch)
+            mlflow.log_metrics({name: points[epoch][1] for name, points in logged.items()}, step=epoch + 1)
 
     trained = []
     record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: trained.append(epoch))
@@ -86,7 +86,7 @@ def test_an_epoch_backed_up_but_not_logged_is_logged_from_beside_its_backup_when
         assert log_backed_up_epochs(tmp_path / "cut", 3) == []  # once
         assert fit_phase(tmp_path / "cut", 4, record) == 4
     assert trained == [3]
-    assert steps(cut.info.run_id) == dict.fromkeys(EPOCH_METRICS, [0, 1, 2, 3])
+    assert steps(cut.info.run_id) == dict.fromkeys(EPOCH_METRICS, [1, 2, 3, 4])  # steps: epochs from 1
     resumed = histories(cut.info.run_id)
     assert {name: points[2] for name, points in resumed.items()} == {name: points[2] for name, points in logged.items()}
 

@@ -104,7 +104,7 @@ def test_the_lr_metric_is_the_learning_rate_each_epoch_starts_with(tracking_uri)
     with mlflow.start_run() as run:
         fit(softmax_model(), keras.optimizers.SGD(learning_rate=schedule), two_steps, labelled([1]), epochs=3)
     history = MlflowClient(tracking_uri).get_metric_history(run.info.run_id, LR_METRIC)
-    assert [m.step for m in history] == [0, 1, 2]
+    assert [m.step for m in history] == [1, 2, 3]  # epochs as Keras prints them, from 1
     expected = [float(schedule(step)) for step in (0, 2, 4)]
     assert [m.value for m in history] == pytest.approx(expected)
     assert expected[0] > expected[1] > expected[2]

@@ -22,7 +22,7 @@ from simpsons.ensembling.maths import (
 from simpsons.ensembling.selection import Candidate
 from simpsons.evaluation import Evaluation
 from simpsons.settings import EnsembleSettings
-from simpsons.tracking import reader
+from simpsons.tracking import reader, schema
 
 log = logging.getLogger("simpsons.ensemble")
 
@@ -109,11 +109,12 @@ def calibrated(
 
 
 def candidate_weights(candidates: list[Candidate], cfg: EnsembleSettings, val_labels: np.ndarray) -> np.ndarray:
-    """Weights summing to 1: greedy selection counts, validation accuracies, or equal."""
+    """Weights summing to 1: greedy selection counts, validation accuracies (best_val_accuracy), or equal."""
     if cfg.method == "greedy":
         weights = greedy_weights([c.outputs["val"].probabilities for c in candidates], val_labels)
     elif cfg.weights == "val_accuracy":
-        weights = np.array([c.run.data.metrics["val_accuracy"] for c in candidates])
+        # The kept epoch's (the model the run logged), not the run's latest val_accuracy, its last epoch's.
+        weights = np.array([c.run.data.metrics[schema.KEPT_VAL_ACCURACY] for c in candidates])
     else:
         weights = np.ones(len(candidates))
     return weights / weights.sum()

@@ -65,7 +65,7 @@ def _ranked(runs: list[Run], cfg: EnsembleSettings) -> list[tuple[Run, str | Non
     judged = [(run, _ineligible(run, cfg)) for run in runs]
     sign = -1 if cfg.direction == "max" else 1
     eligible = [run for run, reason in judged if reason is None]
-    eligible.sort(key=lambda run: sign * run.data.metrics[cfg.metric])
+    eligible.sort(key=lambda run: sign * reader.metric(run, cfg.metric))
     return [(run, reason) for run, reason in judged if reason] + [(run, None) for run in eligible]
 
 
@@ -78,11 +78,11 @@ def _ineligible(run: Run, cfg: EnsembleSettings) -> str | None:
         return "its model was deleted (keep_models / simpsons-gc)"
     if schema.PRUNED in run.data.tags and not cfg.include_pruned:
         return f"pruned after epoch {run.data.tags[schema.PRUNED]} by its search (include_pruned=true takes it)"
-    value = run.data.metrics.get(cfg.metric)
+    value = reader.metric(run, cfg.metric)  # a curve's (val_loss's) at the kept epoch
     if value is None or not math.isfinite(value):
         return f"no finite {cfg.metric}"
-    if cfg.weighs_by_accuracy and not run.data.metrics.get("val_accuracy"):
-        return "no val_accuracy to weight by"
+    if cfg.weighs_by_accuracy and not run.data.metrics.get(schema.KEPT_VAL_ACCURACY):
+        return f"no {schema.KEPT_VAL_ACCURACY} to weight by"
     return None
 
 

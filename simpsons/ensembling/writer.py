@@ -25,7 +25,7 @@ from simpsons.config import flatten
 from simpsons.ensembling import charts
 from simpsons.ensembling.scoring import Ensemble
 from simpsons.settings import EnsembleSettings
-from simpsons.tracking import races, schema, writer
+from simpsons.tracking import races, reader, schema, writer
 
 SERVED_MODEL = Path(__file__).with_name("served_model.py")  # logged as code, never imported here
 INPUT_EXAMPLE = np.full((1, 32, 32, 3), 128, dtype=np.float32)
@@ -37,7 +37,7 @@ def log_params(cfg: EnsembleSettings, ensemble: Ensemble, sweep: str | None) -> 
     counts = {"sweep": sweep, "num_candidates": len(ensemble.candidates), "num_members": len(ensemble.members)}
     mlflow.log_params(flatten(resolved) | counts)
     for i, (member, weight) in enumerate(ensemble.members):
-        value = member.run.data.metrics[cfg.metric]
+        value = reader.metric(member.run, cfg.metric)
         described = f"{member.run.info.run_name} (run {member.run_id}) {cfg.metric}={value:.4f} w={weight:.4f}"
         mlflow.log_param(f"member_{i}", described)
 
@@ -126,7 +126,7 @@ def member_rows(ensemble: Ensemble, metric: str) -> list[dict]:
                 "ui": f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}",
                 "backbone": candidate.backbone,
                 "weight": float(weight),
-                metric: run.data.metrics.get(metric),
+                metric: reader.metric(run, metric),
                 **{f"{split}_accuracy": ensemble.accuracies[split][i] for split in ensemble.splits},
             }
         )

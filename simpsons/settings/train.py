@@ -44,9 +44,24 @@ from simpsons.settings.rules import (
 # Nor which GPU computes them, nor how its memory is mapped (gpu.*).
 # Nor how many of a sweep's models are kept once it ends (keep_models).
 # Nor which search trial a run is (trial.*): a trial whose config already finished reuses that run.
+# Nor the user's own run tags (`+tags.purpose=baseline`): a label to filter by, not a setting; the
+# same config tagged otherwise is the same run (reused, resumed), whose tags are then this job's.
 NOT_IDENTITY = (
     "tracking", "cache_dir", "reuse", "keep_models", "data.dir", "data.root", "data.test_root", "gpu.", "trial.",
+    "tags",
 )  # fmt: skip
+RESERVED_TAG_PREFIXES = ("mlflow.", "simpsons.")  # MLflow's and this project's own tags
+
+
+def are_user_tags(tags: Any) -> bool:
+    """`tags`: names (none of MLflow's or this project's own) to plain values."""
+    if not isinstance(tags, dict):
+        return False
+    plain = (str, int, float, bool)
+    return all(
+        isinstance(key, str) and key and not key.startswith(RESERVED_TAG_PREFIXES) and isinstance(value, plain)
+        for key, value in tags.items()
+    )
 
 
 @dataclass(frozen=True)
@@ -261,11 +276,13 @@ class TrackingSettings:
     heartbeat_seconds: Any = MISSING
     stale_after: Any = MISSING
     retry_seconds: Any = MISSING  # a server that answers nothing for this long is lost (tracking/connection.py)
+    system_metrics_seconds: Any = MISSING  # a training run's system metrics sampling interval; 0: off
 
     RULES: ClassVar[tuple[Rule, ...]] = (
         Rule("experiment", is_name, "a non-empty name"),
         Rule("heartbeat_seconds", is_positive, "a positive number"),
         Rule("stale_after", is_positive, "a positive number"),
+        Rule("system_metrics_seconds", lambda v: is_number(v) and v >= 0, "a number of seconds, 0 for off"),
         # MLflow's backoff factor is a whole number of seconds (>= 5 s with 2 retries), and it takes at
         # most 10 retries of at most 120 s each (simpsons/tracking/connection.py).
         Rule("retry_seconds", lambda v: is_whole(v) and 5 <= v <= 900, "an integer from 5 to 900"),
@@ -383,6 +400,8 @@ class TrainSettings:
     # A label that conf/variant/ presets set (report --group-by variant). Without one it is null,
     # and left out of the params and the config hash, where it never was.
     variant: str | None = None
+    # The user's tags for the run (`+tags.purpose=baseline`): set as MLflow run tags, to filter by.
+    tags: Any = field(default_factory=dict)
 
     RULES: ClassVar[tuple[Rule, ...]] = (
         Rule("dropout", is_fraction_below_one, "a number in [0, 1)"),
@@ -399,6 +418,7 @@ class TrainSettings:
         Rule("monitor", lambda v: v in MONITORS, f"one of {listed(list(MONITORS))}"),
         Rule("reuse", is_boolean, TRUE_OR_FALSE),
         Rule("keep_models", lambda v: v == "all" or (is_whole(v) and v >= 1), "all or an integer >= 1"),
+        Rule("tags", are_user_tags, "a name and a value, e.g. +tags.purpose=baseline; not mlflow.* or simpsons.*"),
     )
     GROUPS: ClassVar[tuple[str, ...]] = (
         "backbone",
@@ -503,6 +523,10 @@ class TrainSettings:
     def class_weighted(self) -> bool:
         return self.class_weight == "balanced"
 
+    def run_tags(self) -> dict[str, str]:
+        """The user's tags as MLflow run tags: every value as text."""
+        return {str(key): str(value) for key, value in self.tags.items()}
+
     def container(self) -> dict[str, Any]:
         """The settings as plain data, as OmegaConf resolves the composed config: the params and
         config.yaml a run logs. Without a variant, no `variant` key, as before there was a schema."""
@@ -511,6 +535,8 @@ class TrainSettings:
             del resolved["variant"]
         if self.trial.number is None:
             del resolved["trial"]
+        if not self.tags:  # no `tags` param, as before there were any
+            del resolved["tags"]
         return resolved
 
     def identity(self) -> dict[str, Any]:

@@ -102,9 +102,12 @@ def tracked_run(
     tags: dict[str, str],
     resume_run_id: str | None = None,
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
+    system_metrics_seconds: float = 0,
 ) -> Iterator[Run]:
     """An active MLflow run that ends FINISHED, FAILED (with the error logged) or KILLED (Ctrl-C,
-    SIGTERM). With `resume_run_id`, that earlier run goes on, moved under `parent_run_id`."""
+    SIGTERM). With `resume_run_id`, that earlier run goes on, moved under `parent_run_id`.
+    With `system_metrics_seconds` > 0, MLflow's system metrics (CPU, memory, disk, network, and
+    GPU where pynvml sees one) are sampled that often into it (SystemMetrics)."""
     client = MlflowClient()
     owner = process_tags() | {schema.HEARTBEAT_SECONDS: f"{heartbeat_seconds:g}"}
     if resume_run_id:
@@ -121,7 +124,8 @@ def tracked_run(
             experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id, tags=tags | owner
         )
     status = RunStatus.FINISHED
-    with Heartbeat(client, run.info.run_id, heartbeat_seconds):
+    system_metrics = SystemMetrics(run.info.run_id, system_metrics_seconds, resumed=bool(resume_run_id))
+    with Heartbeat(client, run.info.run_id, heartbeat_seconds), system_metrics:
         try:
             yield run
         except KeyboardInterrupt as interrupt:
@@ -132,6 +136,7 @@ def tracked_run(
             status = RunStatus.FAILED
             if connection.lost(error):  # one quick try each to say so and end the run: the server is gone
                 connection.give_up()
+                system_metrics.abandon()
                 lost = connection.server_lost(error)
                 quietly(lambda: mlflow.set_tag(schema.ERROR, str(lost)))
                 quietly(lambda: mlflow.end_run(RunStatus.to_string(status)))
@@ -139,10 +144,49 @@ def tracked_run(
             _record_error(f"{type(error).__name__}: {error}", error)
             raise
         finally:
+            system_metrics.stop()  # its last samples are logged before the run ends
             if mlflow.active_run() is not None:
                 _end_active_run(RunStatus.to_string(status))
             if parent_run_id:
                 end_orphaned_sweep(client, parent_run_id)
+
+
+class SystemMetrics:
+    """MLflow's own system-metrics monitor (what mlflow.start_run(log_system_metrics=True) starts:
+    `system/cpu_utilization_percentage`, `system/system_memory_usage_megabytes`, `system/gpu_*`, ...,
+    the UI's System metrics section), sampled every `seconds`, logged at each sample.
+
+    Started here rather than by start_run so that the run can wait for its last samples before it
+    ends, and not wait on a lost server: start_run's monitor is joined by end_run, and its thread
+    may then be inside a request that retries for tracking.retry_seconds."""
+
+    def __init__(self, run_id: str, seconds: float, resumed: bool) -> None:
+        self._monitor = None
+        if seconds > 0:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            # resume_logging: a resumed run's samples continue its steps
+            self._monitor = SystemMetricsMonitor(run_id, sampling_interval=seconds, resume_logging=resumed)
+
+    def __enter__(self) -> SystemMetrics:
+        if self._monitor is not None:
+            self._monitor.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Log what was sampled and stop (once)."""
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.finish()
+
+    def abandon(self) -> None:
+        """The server is gone: stop sampling without waiting for its thread (a daemon) or logging more."""
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor._shutdown_event.set()  # what finish() sets, without its join and flush
 
 
 def quietly(request: Callable[[], object]) -> None:

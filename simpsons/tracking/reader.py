@@ -95,6 +95,18 @@ def run_type(run: Run) -> str:
     return run.data.tags.get(schema.RUN_TYPE, "")
 
 
+def metric(run: Run, name: str) -> float | None:
+    """The run's `name` as a person reads it: a training run's epoch curve (val_loss, val_accuracy,
+    loss, accuracy) at the epoch it kept, `best_<name>`, not its latest value, the last epoch's; any
+    other metric (and an ensemble's: it has no epochs) as logged. A run logged before best_<name>
+    existed (issue 18) falls back to its latest value."""
+    if name in schema.EPOCH_CURVES and run_type(run) != schema.ENSEMBLE:
+        kept = run.data.metrics.get(schema.kept(name))
+        if kept is not None:
+            return kept
+    return run.data.metrics.get(name)
+
+
 def class_names(run: Run) -> list[str]:
     return json.loads(run.data.tags.get(schema.CLASS_NAMES, "[]"))
 

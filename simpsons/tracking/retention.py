@@ -148,7 +148,7 @@ def _score(client: MlflowClient, run: Run, monitor: str) -> float | None:
     metrics = run.data.metrics
     if monitor == "val_accuracy":
         value = metrics.get("best_val_accuracy")
-    else:
+    elif (value := metrics.get("best_val_loss")) is None:  # logged by runs since issue 18; before, the curve's
         best = metrics.get("best_epoch")
         history = client.get_metric_history(run.info.run_id, "val_loss") if best is not None else []
         value = next((m.value for m in history if m.step == int(best)), None)

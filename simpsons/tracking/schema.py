@@ -21,6 +21,17 @@ MEMBERS = "members"
 VAL_FILES = "simpsons.val_files"  # digest of the validation files (and data) an ensemble was scored on
 REGISTERED_VERSION = "simpsons.registered_version"  # "<registered model>/<version>" of an ensemble's model
 CHAMPION_DECISION = "simpsons.champion"  # what the ensemble did to the champion alias, and why
+# A training run's headline metrics are its kept epoch's, named best_* (simpsons/training/recipe.py);
+# its latest val_accuracy is its last epoch's.
+KEPT_VAL_ACCURACY = "best_val_accuracy"
+EPOCH_CURVES = ("loss", "accuracy", "val_loss", "val_accuracy")  # logged per epoch; best_<name>: the kept epoch's
+
+
+def kept(curve: str) -> str:
+    """The name of a curve's value at the kept epoch: best_val_loss for val_loss."""
+    return f"best_{curve}"
+
+
 SCORE = "simpsons.score"  # on a registered version: what it is judged by, e.g. best_val_accuracy=0.9375
 # On a registered version: what its model was trained and scored on (with DATA_FINGERPRINT, CLASS_NAMES and
 # VAL_FILES): a registered model holds models of one class list (simpsons/ensembling/registry.py).
@@ -77,6 +88,9 @@ HYDRA_FILES = "hydra"
 MULTIRUN_YAML = "multirun.yaml"
 GIT_DIFF = "git_diff.patch"
 CLASS_NAMES_JSON = "class_names.json"
+# A training run's wall seconds per step and its feature extraction's cost: an artifact, not metrics,
+# which the UI's Metrics tab showed as one-bar charts above the learning curves.
+TIMINGS_JSON = "timings.json"  # {"seconds": {step: s}, "feature_extraction_seconds": s, ...}
 CLASS_WEIGHTS_JSON = "class_weights.json"  # class_weight=balanced: class name -> weight of its examples' loss
 ERROR_TXT = "error.txt"
 SKIPPED_FILES = "data/skipped_files.tsv"

@@ -322,8 +322,19 @@ def _prepare_postgres(uri: str) -> None:
         engine.dispose()
 
 
-def ensure_experiment(uri: str, name: str) -> str:
-    """The experiment's id, created if needed (once, under the store's lock).
+def experiment_description(data_name: str | None) -> str:
+    """What a new experiment's page says of it (the `mlflow.note.content` tag, the UI's Description)."""
+    on = f" on the `{data_name}` data set" if data_name else ""
+    return (
+        f"Transfer-learning image classifiers{on}, trained by `python -m simpsons.train`: a sweep is a parent "
+        "run with its jobs (and its ensembles, `python -m simpsons.ensemble`) nested under it. A run's "
+        "headline metrics (`best_*`) are those of the epoch it kept; `python -m simpsons.report` tabulates them."
+    )
+
+
+def ensure_experiment(uri: str, name: str, data_name: str | None = None) -> str:
+    """The experiment's id, created if needed (once, under the store's lock), with a description
+    that names the data set of the command that creates it (experiment_description).
 
     With a SQLite store, artifacts go beside the database, whatever the working directory:
     mlflow.db keeps them in mlruns/, any other X.db in X-mlruns/, so two stores in one folder
@@ -343,7 +354,8 @@ def ensure_experiment(uri: str, name: str) -> str:
         if experiment is not None:
             check_can_write(uri, "experiment", name, experiment.experiment_id)
             return experiment.experiment_id
-        return client.create_experiment(name, artifact_location=artifact_location(uri, name))
+        tags = {"mlflow.note.content": experiment_description(data_name)}
+        return client.create_experiment(name, artifact_location=artifact_location(uri, name), tags=tags)
 
     return races.shared_write(uri, existing_or_new, f"experiment {name!r}")
 

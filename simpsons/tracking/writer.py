@@ -121,6 +121,22 @@ def log_data(data: Data) -> None:
         mlflow.log_dict(data.unknown_test_classes, schema.UNKNOWN_TEST_CLASSES)
 
 
+PARAM_COUNTS = "model/params/"  # as lightning-hydra-template logs them: total, trainable, non_trainable
+
+
+def log_param_counts(model: keras.Model, phase: str = "") -> None:
+    """The model's parameter counts as params: `model/params/total`, `.../trainable` and
+    `.../non_trainable` (the head phase's: the backbone frozen); a fine-tuning phase adds its own
+    `model/params/trainable_finetune`, with its top layers unfrozen."""
+    trainable = int(sum(np.prod(v.shape) for v in model.trainable_weights))
+    if phase:
+        mlflow.log_param(f"{PARAM_COUNTS}trainable_{phase}", trainable)
+        return
+    total = int(model.count_params())
+    counts = {"total": total, "trainable": trainable, "non_trainable": total - trainable}
+    mlflow.log_params({PARAM_COUNTS + key: value for key, value in counts.items()})
+
+
 def log_class_weights(weights: dict[int, float], class_names: list[str]) -> None:
     """The weight of each class's training examples in the loss, by class name."""
     mlflow.log_dict({class_names[index]: weight for index, weight in weights.items()}, schema.CLASS_WEIGHTS_JSON)
@@ -192,18 +208,26 @@ def log_evaluation(
     figures[schema.confusion_matrix_png(split)] = drawing
 
 
+def epoch_step(epoch: int) -> int:
+    """The MLflow step of Keras's 0-based `epoch`: the epoch's number as Keras prints it ("Epoch 1/5"),
+    so that the curves' steps, best_epoch and the `phases` tag all count epochs from 1."""
+    return epoch + 1
+
+
 def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-    """An epoch's metrics (loss, accuracy, ..., lr), at its step."""
+    """An epoch's metrics (loss, accuracy, ..., lr), at its step (epoch_step: counted from 1)."""
     with signals.held():  # a Ctrl-C waits for the write: the run must still be ended afterwards
-        mlflow.log_metrics(metrics, step=epoch)
+        mlflow.log_metrics(metrics, step=epoch_step(epoch))
 
 
-def log_feature_cache(miss: bool, seconds: float, images_per_second: float | None) -> None:
-    """Whether the run found its features in the cache, and what extracting the missing ones cost."""
+def log_feature_cache(miss: bool) -> None:
+    """Whether the run found its features in the cache (what extracting them cost is in timings.json)."""
     mlflow.set_tag(schema.FEATURE_CACHE, "miss" if miss else "hit")
-    mlflow.log_metric("feature_extraction_seconds", seconds)
-    if images_per_second is not None:
-        mlflow.log_metric("feature_extraction_images_per_second", images_per_second)
+
+
+def log_timings(timings: dict[str, Any]) -> None:
+    """Each step's wall seconds and the feature extraction's cost (Stopwatch.timings), as one artifact."""
+    mlflow.log_dict(timings, schema.TIMINGS_JSON)
 
 
 def log_figures(drawings: dict[str, plots.Drawing]) -> None:

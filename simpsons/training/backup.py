@@ -144,7 +144,8 @@ class Backup:
         curves = {}
         for metric in metrics:
             history = sorted(MlflowClient().get_metric_history(run_id, metric), key=lambda m: m.timestamp)
-            last = {m.step: m.value for m in history if m.step < before_epoch}
+            # Steps count epochs from 1 (writer.epoch_step); Keras's epochs, and these curves, from 0.
+            last = {m.step - 1: m.value for m in history if m.step - 1 < before_epoch}
             curves[metric] = sorted(last.items())
         return curves
 
@@ -186,7 +187,7 @@ def log_backed_up_epochs(phase: Path, before_epoch: int) -> list[int]:
     logged = {name: {m.step for m in client.get_metric_history(run_id, name)} for name in names}
     missing = {}
     for epoch, metrics in sorted(wanted.items()):
-        absent = {name: value for name, value in metrics.items() if epoch not in logged[name]}
+        absent = {name: value for name, value in metrics.items() if writer.epoch_step(epoch) not in logged[name]}
         if absent:
             missing[epoch] = absent
     for epoch, metrics in missing.items():

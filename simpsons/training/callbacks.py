@@ -7,6 +7,7 @@ the scheduler's plateau, then the backup (BackupThenLog), or MlflowEpochMetrics 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +22,10 @@ from simpsons.training.backup import Backup
 from simpsons.trials import JobTrial
 
 LR_METRIC = "lr"  # the learning rate an epoch starts with
-EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", LR_METRIC)
+# Its log10, the curve to read: MLflow plots `lr` (1e-3 falling to 1e-5) on a linear axis whose
+# labels round it to 0, a flat line at 0; log10_lr is -3 falling to -5.
+LOG10_LR_METRIC = "log10_lr"
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", LR_METRIC, LOG10_LR_METRIC)
 
 
 def learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
@@ -30,7 +34,7 @@ def learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
 
 
 class MlflowEpochMetrics(keras.callbacks.Callback):
-    """Logs loss, accuracy, val_loss, val_accuracy and lr to the active MLflow run, one step per epoch.
+    """Logs loss, accuracy, val_loss, val_accuracy, lr and log10_lr to the active MLflow run, one step per epoch.
 
     lr is the learning rate of the epoch's first step, read when the epoch begins: a plateau
     scheduler lowers it at an epoch's end, for the next epoch, and a cosine one at every step.
@@ -71,7 +75,8 @@ class BackupThenLog(keras.callbacks.BackupAndRestore):
 
 def _epoch_metrics(logs: dict | None, learning_rate: float) -> dict[str, float]:
     metrics = {name: float(value) for name, value in (logs or {}).items() if name in EPOCH_METRICS}
-    return metrics | {LR_METRIC: learning_rate}
+    readable = {LOG10_LR_METRIC: math.log10(learning_rate)} if learning_rate > 0 else {}  # no log of 0
+    return metrics | {LR_METRIC: learning_rate} | readable
 
 
 class BestEpoch(keras.callbacks.Callback):

@@ -87,7 +87,8 @@ class HeadPhase(Phase):
         return cls("head", head_model, optimizer, *batches, 0, settings.epochs, on_features=True)
 
     def describe(self, end: int) -> str:
-        return f"head{' on cached features' if self.on_features else ''}: epochs 0-{end - 1}"
+        # Epochs as Keras prints them, from 1 (the curves' steps too): Keras's epoch e is "Epoch e+1".
+        return f"head{' on cached features' if self.on_features else ''}: epochs 1-{end}"
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class FinetunePhase(Phase):
         return cls("finetune", model, optimizer, *images, end, end + settings.finetune.epochs, layers, lr)
 
     def describe(self, end: int) -> str:
-        return f"finetune: epochs {self.first}-{end - 1}, top {self.layers} layers, lr {self.lr:g}"
+        return f"finetune: epochs {self.first + 1}-{end}, top {self.layers} layers, lr {self.lr:g}"
 
 
 class Phases:
@@ -189,11 +190,12 @@ def train(
             described.append(f"pruned after epoch {trial.pruned_at}")
         if settings.finetunes and not pruned:
             finetune = FinetunePhase.after(end, model, settings, (train, val))
+            writer.log_param_counts(model, "finetune")
             end = phases.fit(finetune)
             described.append(finetune.describe(end))
     best = phases.best
     best.restore()
-    described.append(f"kept epoch {best.epoch} (best {settings.monitor} {best.value:.4f})")
+    described.append(f"kept epoch {writer.epoch_step(best.epoch)} (best {settings.monitor} {best.value:.4f})")
     on_features = features is not None and not settings.finetunes
     fitted = first.model if on_features else model  # Keras may have refused XLA: what it compiled with
     mlflow.set_tags({schema.PHASES: "; ".join(described), schema.XLA: str(fitted.jit_compile).lower()})
@@ -224,7 +226,10 @@ def _features(
             mirrored_views=settings.tta == "flip" and not settings.finetunes,  # the head on features scores them
         )
     computed, seconds, rate = features.extraction()
-    writer.log_feature_cache(computed, seconds, rate)
+    writer.log_feature_cache(computed)
+    stopwatch.note("feature_extraction_seconds", seconds)  # 0 on a hit
+    if rate is not None:
+        stopwatch.note("feature_extraction_images_per_second", rate)
     log.info("feature cache %s; extraction %.1f s", "miss" if computed else "hit", seconds)
     return features
 

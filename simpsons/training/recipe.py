@@ -11,6 +11,7 @@ from pathlib import Path
 
 import keras
 import mlflow
+from mlflow.tracking import MlflowClient
 
 from simpsons import naming, plots, preflight
 from simpsons.backbones import BackboneSpec
@@ -31,6 +32,8 @@ log = logging.getLogger("simpsons.train")
 # The logged model's input example: a validation image at this size. The model resizes any size,
 # and MLflow writes the example as JSON twice: at 150 px that was 2 x 67,500 numbers a run.
 EXAMPLE_SIZE = 32
+# The kept epoch's curve values logged as best_<name> (its val_accuracy is best_val_accuracy, of its logged outputs).
+KEPT_CURVES = ("val_loss", "loss", "accuracy")  # schema.kept(name): best_val_loss, ...
 
 
 def train(settings: TrainSettings, job: JobContext) -> str:
@@ -71,17 +74,20 @@ def _fit_and_log(
     """Inside the active run: config and data, then model -> fit -> evaluate -> log.
 
     The run keeps its best epoch (by `monitor`, over all phases): the model, the outputs and the
-    test metrics are that epoch's. The final metrics that are no epoch's (best_val_accuracy,
-    best_epoch, val_macro_f1, test_*) are logged once the model is, linked to it at the best
-    epoch's step, so that the Models tab shows them beside that epoch's curves.
-    Each step's wall seconds are logged too (`seconds/*`): what a run of a grid costs, and where.
+    test metrics are that epoch's. Its headline metrics are all that epoch's, under one prefix,
+    `best_` (best_epoch counted from 1, best_val_accuracy of its logged outputs, best_val_loss,
+    best_loss, best_accuracy of its curves), beside val_macro_f1 and test_*: a run's latest
+    `val_accuracy` is its last epoch's, which need not be the one it kept. They are logged once the
+    model is, linked to it at the kept epoch's step, so that the Models tab shows them beside that
+    epoch's curves; `report`, the sweep summary and `ensemble` read the same names.
+    Each step's wall seconds are logged too (timings.json): what a run of a grid costs, and where.
     """
     stopwatch, data = Stopwatch(), plan.data
     plots.start_worker()  # it starts while the model is built and trained
     with stopwatch.phase("log_config"):
         writer.log_config(settings.container(), job.hydra_dir)
         process = runtime.set_up(settings)
-        mlflow.set_tags(process.tags())
+        mlflow.set_tags(settings.run_tags() | process.tags())  # the user's, where no tag of ours has the name
         runs.describe(plan, settings, job)
     with stopwatch.phase("build_model"):
         model = build_classifier(
@@ -93,21 +99,37 @@ def _fit_and_log(
             seed=settings.seed,
             share_backbone=settings.shares_backbone,
         )
+        writer.log_param_counts(model)
     scored, best = phases.train(model, backbone, optimizer, data, settings, process.xla, run.backup, stopwatch, trial)
     if trial is not None and trial.pruned_at is not None:
         mlflow.set_tag(schema.PRUNED, str(trial.pruned_at))  # its last epoch; it still logs as any run
     with stopwatch.phase("evaluate"):
         scores, figures = _evaluate_and_log(scored, plan)
         # What the run keeps, hence what ranks it: the kept epoch's logged validation outputs.
-        final = {"best_val_accuracy": scores.pop("val_accuracy"), "best_epoch": best.epoch, **scores}
+        final = {"best_val_accuracy": scores.pop("val_accuracy"), **kept_epoch_metrics(best.epoch), **scores}
     with stopwatch.phase("log_model"):
         example = load_image(data.val.paths[0], EXAMPLE_SIZE).numpy()[None]
         model_name = naming.model_name(job.overrides, plan.swept_keys, settings.backbone.name)
-        model_id = writer.log_model(with_tta(model, settings.tta), example, data.class_names, model_name, best.epoch)
+        kept_step = writer.epoch_step(best.epoch)
+        model_id = writer.log_model(with_tta(model, settings.tta), example, data.class_names, model_name, kept_step)
         mlflow.log_metrics(final, model_id=model_id)
     with stopwatch.phase("figures"):  # drawn in the figure worker while the model was saved
         writer.log_figures(figures)
-    mlflow.log_metrics(stopwatch.metrics())
+    writer.log_timings(stopwatch.timings())  # an artifact: as metrics, they crowded out the curves
+
+
+def kept_epoch_metrics(epoch: int) -> dict[str, float]:
+    """best_epoch (counted from 1, as Keras prints it) and the kept epoch's loss, accuracy and val_loss
+    as best_*: read back from the run's curves, which hold the epochs a resumed run trained before its kill too."""
+    client, run_id, step = MlflowClient(), mlflow.active_run().info.run_id, writer.epoch_step(epoch)
+    kept: dict[str, float] = {"best_epoch": step}
+    for name in KEPT_CURVES:
+        # An epoch logged twice (by a version that logged before its backup) counts with its last value.
+        history = client.get_metric_history(run_id, name)
+        values = sorted((m for m in history if m.step == step), key=lambda m: m.timestamp)
+        if values:
+            kept[schema.kept(name)] = values[-1].value
+    return kept
 
 
 def _checked_parts(settings: TrainSettings) -> tuple[BackboneSpec, keras.optimizers.Optimizer]:

@@ -80,7 +80,7 @@ def connected(tracking: TrackingSettings, in_sweep: bool) -> Iterator[str]:
 def plan(uri: str, settings: TrainSettings, job: JobContext, data: DataSet | None) -> Plan:
     """The job's run, before it starts. `data`: a single run's, loaded before the store was touched;
     a sweep's job loads its own here (unusable: a FAILED run beside the others of the sweep)."""
-    experiment_id = store.ensure_experiment(uri, settings.tracking.experiment)
+    experiment_id = store.ensure_experiment(uri, settings.tracking.experiment, settings.data.name)
     client = MlflowClient(uri)
     lifecycle.end_dead_runs(client, [experiment_id], settings.tracking.stale_after)
     parent, swept_keys = _sweep_parent(client, experiment_id, job)
@@ -116,9 +116,9 @@ def started(plan: Plan, settings: TrainSettings) -> Iterator[TrainingRun]:
     with contextlib.ExitStack() as stack:
         resumed = _claim_resumable(plan, settings.checkpoints, stack) if settings.resumes_killed_runs else None
         resume_id = resumed.info.run_id if resumed else None
-        heartbeat = settings.tracking.heartbeat_seconds
+        heartbeat, sampled = settings.tracking.heartbeat_seconds, settings.tracking.system_metrics_seconds
         run = stack.enter_context(
-            lifecycle.tracked_run(plan.experiment_id, plan.name, plan.parent, plan.tags, resume_id, heartbeat)
+            lifecycle.tracked_run(plan.experiment_id, plan.name, plan.parent, plan.tags, resume_id, heartbeat, sampled)
         )
         backup = Backup.of(settings.checkpoints, run.info.run_id)
         if resumed is None and settings.resumable:
@@ -207,7 +207,7 @@ def _say_started(run: Run, plan: Plan, resumed_from: Backup | None) -> None:
     if resumed_from is None:
         log.info("MLflow run %s (%s) in %s", run.info.run_id, plan.name, store.redact_uri(plan.uri))
         return
-    epoch = resumed_from.resume_epoch()
+    epoch = writer.epoch_step(resumed_from.resume_epoch())  # the first epoch it trains, counted from 1 as Keras prints
     mlflow.set_tag(schema.RESUMED_AT_EPOCH, str(epoch))
     log.info("resuming MLflow run %s (%s) at epoch %d from its last backup", run.info.run_id, plan.name, epoch)
 
