@@ -21,6 +21,8 @@ from omegaconf import MISSING
 
 from simpsons import config
 
+# Keras's backends a job can run on (simpsons/training/backend.py sets KERAS_BACKEND before Keras loads).
+BACKENDS = ("tensorflow", "jax")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies
 CLASS_WEIGHTS = ("none", "balanced")  # how each class's loss is weighed (simpsons/training/phases.py)
 # The per-epoch metrics a run may keep its best epoch by, or stop early on, and which way is better.

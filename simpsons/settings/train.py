@@ -13,6 +13,7 @@ from simpsons import config
 from simpsons.settings import convert
 from simpsons.settings.rules import (
     A_SEED,
+    BACKENDS,
     CLASS_WEIGHTS,
     KERAS_OPTIMIZERS,
     MONITORS,
@@ -356,6 +357,7 @@ class TrainSettings:
     tta: str = MISSING
     gpu: GpuSettings = field(default_factory=GpuSettings)
     reuse: bool = MISSING
+    backend: str = MISSING  # Keras's backend: tensorflow | jax
     # A label that conf/variant/ presets set (report --group-by variant). Without one it is null,
     # and left out of the params and the config hash, where it never was.
     variant: str | None = None
@@ -374,6 +376,7 @@ class TrainSettings:
         Rule("cache", is_boolean, TRUE_OR_FALSE),
         Rule("monitor", lambda v: v in MONITORS, f"one of {listed(list(MONITORS))}"),
         Rule("reuse", is_boolean, TRUE_OR_FALSE),
+        Rule("backend", lambda v: v in BACKENDS, f"one of {listed(BACKENDS)}"),
     )
     GROUPS: ClassVar[tuple[str, ...]] = (
         "backbone",
@@ -412,7 +415,7 @@ class TrainSettings:
         return None if self.tta in TTA_MODES else f"tta={self.tta!r} is unknown; use one of: {listed(TTA_MODES)}"
 
     def _xla_error(self) -> str | None:
-        if self.jit_compile is not True:
+        if self.jit_compile is not True or self.backend == "jax":  # JAX compiles with XLA, determinism or not
             return None
         if self.deterministic is True:
             return XLA_NEEDS_NO_DETERMINISM
