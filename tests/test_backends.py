@@ -72,8 +72,8 @@ def jax_sweep(tmp_path_factory: pytest.TempPathFactory, image_folders: Path) -> 
     root = tmp_path_factory.mktemp("jax")
     uri = tracking_store.configure(f"sqlite:///{root / 'mlflow.db'}")
     listed = root / "modules.json"
-    args = [*IMAGE_SENSITIVE_MODEL, *folder_data(image_folders), "epochs=1", f"tracking.uri={uri}"]
-    args += ["backend=jax", f"cache_dir={root / 'cache'}", "-m", "cache=true,false"]
+    args = ["-m", "cache=true,false", "backend=jax", f"cache_dir={root / 'cache'}", f"tracking.uri={uri}"]
+    args += [*IMAGE_SENSITIVE_MODEL, *folder_data(image_folders), "epochs=1"]
     command = [sys.executable, "-c", TRAIN_AND_LIST_MODULES, str(listed), *args]
     result = subprocess.run(command, cwd=root, env=environment(), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -5,6 +5,10 @@ determinism settings from the environment when its runtime starts: so a job proc
 here, from its settings, before it imports anything that loads Keras (simpsons/train.py). The rest
 of the process's set-up (seeds, precision, XLA, TensorFlow's GPUs) is runtime.py's, after the import.
 
+On JAX the process then runs as where TensorFlow is not installed: Keras imports TensorFlow where it
+can even on JAX (its random seeds, its serialisation check a tf.TensorShape), which would load all of
+TensorFlow into a JAX job, so an import of it fails there as it would on a machine without it.
+
 A process runs one backend: the later jobs of a sweep that the default launcher runs in the same
 process must ask for the same one; a sweep over backends runs its jobs in processes of their own
 (hydra/launcher=parallel).
@@ -12,6 +16,7 @@ process must ask for the same one; a sweep over backends runs its jobs in proces
 
 from __future__ import annotations
 
+import importlib.abc
 import logging
 import os
 import shutil
@@ -46,6 +51,23 @@ def select(settings: TrainSettings) -> None:
     os.environ["KERAS_BACKEND"] = settings.backend  # the setting wins over the environment's
     if settings.backend == "jax" and loaded is None:
         _prepare_jax(settings)
+        without_tensorflow()
+
+
+def without_tensorflow() -> None:
+    """From now on in this process, `import tensorflow` fails as where it is not installed."""
+    if "tensorflow" in sys.modules:
+        raise ConfigError("backend=jax, but TensorFlow is loaded in this process already; run the job on its own")
+    if not any(isinstance(finder, _NoTensorFlow) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _NoTensorFlow())
+
+
+class _NoTensorFlow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name: str, path: object, target: object = None) -> None:
+        if name == "tensorflow" or name.startswith("tensorflow."):
+            message = f"No module named {name!r} (backend=jax: this process runs without it)"
+            raise ModuleNotFoundError(message, name=name)
+        return None
 
 
 def running() -> str | None:
