@@ -16,6 +16,7 @@ from typing import Any
 from simpsons import data
 from simpsons.errors import ConfigError
 from simpsons.settings import TrainSettings
+from simpsons.settings.rules import backend_errors
 
 Probe = Callable[[Any], list[str]]  # a check of the world (files, servers); its argument is hashable
 Probed = dict[tuple[Probe, Hashable], list[str]]
@@ -50,6 +51,7 @@ def _probes(settings: TrainSettings) -> list[tuple[Probe, Hashable]]:
         (_data_root_errors, data_key),
         (_cache_dir_errors, settings.cache_dir),
         (_store_errors, settings.tracking.uri),
+        (backend_errors, settings.backend),  # installed or not: settings/rules.py, which the job asks too
     ]
 
 

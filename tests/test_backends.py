@@ -28,10 +28,12 @@ from conftest import (
 )
 from mlflow.tracking import MlflowClient
 
-from simpsons import images, pipeline
-from simpsons.settings import BACKENDS
+from simpsons import images, pipeline, preflight
+from simpsons.errors import ConfigError
+from simpsons.settings import BACKENDS, rules
 from simpsons.tracking import reader, schema
 from simpsons.tracking import store as tracking_store
+from simpsons.training import backend
 
 # The job, run as `python -m simpsons.train`, then the top-level packages it loaded, written to a file.
 TRAIN_AND_LIST_MODULES = """
@@ -94,6 +96,25 @@ def test_the_backend_is_part_of_a_run_s_identity():
     tensorflow, jax = train_settings([]).identity(), train_settings(["backend=jax"]).identity()
     assert (tensorflow["backend"], jax["backend"]) == ("tensorflow", "jax")
     assert {k: v for k, v in tensorflow.items() if k != "backend"} == {k: v for k, v in jax.items() if k != "backend"}
+
+
+def test_a_process_runs_one_backend_and_says_so_in_one_line():
+    """This test process runs Keras on TensorFlow (conftest.py): a JAX job cannot start in it."""
+    with pytest.raises(ConfigError) as raised:
+        backend.select(train_settings(["backend=jax"]))
+    assert str(raised.value).startswith("backend='jax', but Keras already runs on 'tensorflow' in this process")
+    assert "\n" not in str(raised.value) and os.environ.get("KERAS_BACKEND") != "jax"
+    backend.select(train_settings([]))  # the same backend: nothing to say
+
+
+def test_a_backend_that_is_not_installed_is_one_line_naming_what_to_install(monkeypatch):
+    monkeypatch.setitem(rules.BACKEND_PACKAGES, "jax", ("no_such_package_here", 'pip install -e ".[jax]"'))
+    assert rules.backend_errors("tensorflow") == []
+    [error] = [e for e in preflight.errors(train_settings(["backend=jax"])) if e.startswith("backend")]
+    assert error == (
+        'backend=jax needs no_such_package_here, which is not installed: pip install -e ".[jax]", '
+        "or use backend=tensorflow"
+    )
 
 
 def test_pillow_reads_the_pixels_tf_data_reads(image_folders):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from simpsons.errors import ConfigError
 from simpsons.settings import BACKENDS, TrainSettings
+from simpsons.settings.rules import backend_errors
 from simpsons.training import gpus
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,9 @@ def select(settings: TrainSettings) -> None:
     """
     if settings.backend not in BACKENDS:
         return
+    missing = backend_errors(settings.backend)  # before Keras fails to import it, in many lines
+    if missing:
+        raise ConfigError(missing[0])
     loaded = running()
     if loaded is not None and loaded != settings.backend:
         raise ConfigError(
@@ -89,6 +93,9 @@ def _prepare_jax(settings: TrainSettings) -> None:
     # With memory growth (the default), each takes what it uses, as TensorFlow's growth does.
     if settings.gpu.memory_growth:
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    # JAX logs at INFO each platform it probes and lacks (TPU, CUDA without a GPU), which Hydra's
+    # logging shows: a warning or worse still shows.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     # Op determinism: on a GPU, XLA's reductions (atomics) run in any order unless asked; on a CPU, JAX
     # is deterministic already. deterministic=auto means on only without a GPU: nothing to ask then.
     if settings.deterministic is True and DETERMINISTIC_GPU_OPS not in os.environ.get("XLA_FLAGS", ""):
