@@ -99,7 +99,7 @@ def measure(what: str, data: Path, image_size: int) -> None:
     splits = [dataset.train, dataset.val, *([dataset.test] if dataset.test else [])]
     paths = [path for split in splits for path in split.paths]
     labels = np.zeros(len(paths), dtype=np.int32)
-    reader, step = what.split("-")
+    step, reader = what.split("-")  # e.g. decode-pillow
     if reader == "tfdata":
         from simpsons import tfdata
 

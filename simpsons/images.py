@@ -34,10 +34,13 @@ def read_rgb(path: str) -> np.ndarray:
 def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
     """An H x W x C image as float32, size x size, as tf.image.resize(method="bilinear") computes it."""
     (y0, y1, dy), (x0, x1, dx) = _taps(image.shape[0], size), _taps(image.shape[1], size)
-    top, bottom = image[y0].astype(np.float32), image[y1].astype(np.float32)  # size x W x C: rows first
+    # The four neighbours of every output pixel, gathered at the output's size before any arithmetic.
+    rows0, rows1 = image[y0], image[y1]
+    top_left, top_right = rows0[:, x0].astype(np.float32), rows0[:, x1].astype(np.float32)
+    bottom_left, bottom_right = rows1[:, x0].astype(np.float32), rows1[:, x1].astype(np.float32)
     dx = dx[None, :, None]
-    top = top[:, x0] + (top[:, x1] - top[:, x0]) * dx  # along each row first, as TensorFlow does
-    bottom = bottom[:, x0] + (bottom[:, x1] - bottom[:, x0]) * dx
+    top = top_left + (top_right - top_left) * dx  # along each row first, as TensorFlow does
+    bottom = bottom_left + (bottom_right - bottom_left) * dx
     return top + (bottom - top) * dy[:, None, None]
 
 

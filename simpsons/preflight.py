@@ -4,7 +4,7 @@ folder, the store), judged without TensorFlow and without creating anything.
 Before a sweep the Hydra callback runs `errors` on every job (simpsons/hydra_jobs.py); a job runs
 `raise_errors` again before it touches MLflow (simpsons/training/recipe.py), for launchers and sweepers whose
 jobs the driver cannot list, and for callers of simpsons.training.recipe.train. The job then reads every image
-with TensorFlow's own decoder (simpsons/data.py), which can still fail it, in one line.
+with its backend's own decoder (simpsons/data.py), which can still fail it, in one line.
 """
 
 from __future__ import annotations
