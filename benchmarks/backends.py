@@ -1,13 +1,15 @@
 """TensorFlow vs JAX, and tf.data vs the Pillow pipeline, on the same images in one invocation.
 
     python benchmarks/backends.py [--data ../shared/data/simpsons-mini] [--image-size 150] [--epochs 5]
+                                  [--images 256]
 
 On simpsons-mini (skipped, saying why, when it is absent), ResNet50V2 with random weights:
 - the wall time of the same cached 2x2 grid (adam/rmsprop x dropout 0.2/0.5), cold cache, as one
   `python -m simpsons.train -m ...` process per backend, each with its own store and cache;
 - the input pipelines alone (decode and resize, no model): images/s of tf.data and of the Pillow
   pipeline (simpsons/pipeline.py's ImageBatches), and their ratio;
-- feature extraction (the job's own code, features.extract, backbone included): images/s on
+- feature extraction (the job's own code, features.extract, backbone included; on the first
+  --images images of the data set, the first call's tracing and compiling included): images/s on
   TensorFlow with tf.data, on TensorFlow with the Pillow pipeline, and on JAX with the Pillow
   pipeline (on JAX, tf.data would load TensorFlow: the JAX path has no tf.data), and the ratio of
   the Pillow pipeline to tf.data on TensorFlow.
@@ -66,16 +68,17 @@ def grid_seconds(backend: str, data: Path, image_size: int, epochs: int, scratch
     return seconds
 
 
-def measured(backend: str, what: str, data: Path, image_size: int) -> float:
+def measured(backend: str, what: str, data: Path, image_size: int, count: int) -> float:
     """Images/s of `what` (decode-tfdata, decode-pillow, extract-tfdata, extract-pillow) in a process on `backend`."""
     command = [sys.executable, __file__, "--measure", what, "--data", str(data), "--image-size", str(image_size)]
+    command += ["--images", str(count)]
     result = subprocess.run(command, env=child_env(backend), capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"{what} on {backend} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])["images_per_second"]
 
 
-def measure(what: str, data: Path, image_size: int) -> None:
+def measure(what: str, data: Path, image_size: int, count: int) -> None:
     """In the child process: one figure, printed as JSON on the last line."""
     import numpy as np
 
@@ -98,8 +101,9 @@ def measure(what: str, data: Path, image_size: int) -> None:
     )
     splits = [dataset.train, dataset.val, *([dataset.test] if dataset.test else [])]
     paths = [path for split in splits for path in split.paths]
-    labels = np.zeros(len(paths), dtype=np.int32)
     step, reader = what.split("-")  # e.g. decode-pillow
+    paths = paths if step == "decode" else paths[:count]  # the backbone is the slow part
+    labels = np.zeros(len(paths), dtype=np.int32)
     if reader == "tfdata":
         from simpsons import tfdata
 
@@ -137,6 +141,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--image-size", type=int, default=150)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--images", type=int, default=256, help="images of the extraction figures")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
     data = args.data.resolve()
@@ -144,7 +149,7 @@ def main() -> None:
         print(f"skipped: {data} has no simpsons_dataset/ (simpsons-mini is this workplace's shared data)")
         return
     if args.measure:
-        measure(args.measure, data, args.image_size)
+        measure(args.measure, data, args.image_size, args.images)
         return
     figures = {}
     for backend, what in [
@@ -154,7 +159,7 @@ def main() -> None:
         ("tensorflow", "extract-pillow"),
         ("jax", "extract-pillow"),
     ]:
-        figures[backend, what] = rate = measured(backend, what, data, args.image_size)
+        figures[backend, what] = rate = measured(backend, what, data, args.image_size, args.images)
         print(f"{what:15} on {backend:10}: {rate:7.1f} images/s", flush=True)
     decode = figures["tensorflow", "decode-pillow"] / figures["tensorflow", "decode-tfdata"]
     extract = figures["tensorflow", "extract-pillow"] / figures["tensorflow", "extract-tfdata"]
