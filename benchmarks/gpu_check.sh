@@ -1,70 +1,146 @@
 #!/usr/bin/env bash
-# The GPU check, for a machine with an NVIDIA GPU: what a job process sets up (the GPU it claims,
-# memory growth) and which GPU each of two parallel demo jobs used; the whole test suite on the
-# GPU; then the feature-cache benchmark in float32 and in mixed_float16 with XLA, each printing
-# images/s. Sized to finish in under 5 minutes on one H100-class GPU with 16 CPU cores.
+# The GPU check, on JAX, for a machine with an NVIDIA GPU, JAX and no TensorFlow (README: Backends):
+#   1. the GPU is used: JAX lists it, and a job's run says which GPU it claimed;
+#   2. the demo sweep (2x2) and an ensemble of it, on JAX;
+#   3. the seed study's grid shape: 3 backbones x 4 head configs at 160 px, cached, on the images given;
+#   4. 16 head configs of one backbone against 1: T16/T1;
+# and prints extraction images/s per backbone, seconds per cached run, T16/T1 and the GPU's peak memory.
 #
-#   python3 -m venv .venv && .venv/bin/pip install -e ".[dev,gpu]" && bash benchmarks/gpu_check.sh
+#   python3 -m venv .venv && .venv/bin/pip install -e ".[dev]" "jax[cuda12]==0.10.*" && bash benchmarks/gpu_check.sh
+#   bash benchmarks/gpu_check.sh [--cpu] [--data DIR]
 #
-# Without ../shared/data/simpsons-mini the benchmark generates a set of the same shape.
+# --cpu: the same steps on this machine's CPU, smaller (a generated set of 4 classes x 24 images at
+# 160 px, 2 epochs), skipping the GPU checks and printing "n/a on CPU" for GPU memory: to show the
+# script runs to the end and prints every figure. --data: a Kaggle-layout folder
+# (<dir>/simpsons_dataset, <dir>/kaggle_simpson_testset); default ../shared/data/simpsons-mini, or a
+# generated set of the same shape where it is absent. Random weights throughout (weights=null): no
+# download. Every command runs with backend=jax, and KERAS_BACKEND=jax for the ensemble.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 KERAS_BACKEND=jax
+cpu=false
+data=../shared/data/simpsons-mini
+while (($#)); do
+    case $1 in
+    --cpu) cpu=true ;;
+    --data) data=$2; shift ;;
+    *) echo "usage: bash benchmarks/gpu_check.sh [--cpu] [--data DIR]" >&2; exit 2 ;;
+    esac
+    shift
+done
 scratch=$(mktemp -d)
-trap 'rm -rf "$scratch"' EXIT
+sampler=
+cleanup() { [[ -n $sampler ]] && kill "$sampler" 2>/dev/null; rm -rf "$scratch"; }
+trap cleanup EXIT
+SECONDS=0
 
-"$python" - <<'EOF'
+if $cpu; then
+    epochs=2
+    "$python" -c "from pathlib import Path; from simpsons.demo_data import write_demo_data
+write_demo_data(Path('$scratch/images'), train_per_class=24, test_per_class=6, size=160, seed=0)"
+    images=(data=folder "data.root=$scratch/images/train" "data.test_root=$scratch/images/test")
+    echo "== --cpu: JAX on the CPU, on 4 generated classes x 24 images; GPU checks skipped"
+else
+    epochs=5
+    if [[ -d $data/simpsons_dataset ]]; then
+        images=(data=simpsons "data.dir=$(realpath "$data")")
+    else
+        "$python" -c "from pathlib import Path; from simpsons.demo_data import write_demo_data
+write_demo_data(Path('$scratch/images'), train_per_class=200, test_per_class=50, size=400, seed=0)"
+        images=(data=folder "data.root=$scratch/images/train" "data.test_root=$scratch/images/test")
+        echo "$data has no simpsons_dataset/: 4 generated classes x 250 images of 400 px instead"
+    fi
+    echo "== the GPU, as JAX sees it"
+    "$python" - <<'EOF'
 import sys
 
-import tensorflow as tf
+import jax
 
-gpus = tf.config.list_physical_devices("GPU")
+gpus = [d for d in jax.devices() if d.platform == "gpu"]
 if not gpus:
-    sys.exit("no GPU visible to TensorFlow: install with pip install -e '.[gpu]' where an NVIDIA driver is")
-names = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name) for gpu in gpus]
-print(f"TensorFlow {tf.__version__} on {', '.join(names)}")
+    sys.exit(f"no GPU visible to JAX ({jax.devices()}): install jax[cuda12] where an NVIDIA driver is")
+print(f"JAX {jax.__version__} on {', '.join(d.device_kind for d in gpus)}")
+try:
+    import tensorflow  # noqa: F401
+except ImportError:
+    print("TensorFlow: not installed (as intended: the JAX path needs none)")
+else:
+    print("TensorFlow: installed, and the JAX jobs do not load it")
 EOF
+    # The GPU's used memory every half second, for its peak over the whole check.
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 >"$scratch/memory.csv" &
+    sampler=$!
+fi
 
-echo "== GPU set-up of a job process (gpu.memory_growth=true, gpu.one_per_job=true)"
-"$python" - "$scratch" <<'EOF'
+store="sqlite:///$scratch/mlflow.db"
+common=(backend=jax "tracking.uri=$store" "cache_dir=$scratch/cache")
+train() { # a sweep; its log in $scratch/<name>.log, shown when it fails
+    local name=$1
+    shift
+    "$python" -m simpsons.train -m "${common[@]}" "$@" >"$scratch/$name.log" 2>&1 || {
+        tail -40 "$scratch/$name.log"
+        exit 1
+    }
+}
+
+echo "== demo sweep (2x2) on JAX, then its ensemble"
+demo_epochs=$($cpu && echo 1 || echo 8)
+train demo experiment=demo "data.dir=$scratch/demo" "epochs=$demo_epochs"
+"$python" -m simpsons.ensemble sweep=latest tracking.experiment=simpsons-demo "tracking.uri=$store" register=false \
+    >"$scratch/ensemble.log" 2>&1 || { tail -40 "$scratch/ensemble.log"; exit 1; }
+grep -iE "accuracy|run" "$scratch/ensemble.log" | head -5
+
+backbones=(resnet50v2 mobilenetv2 xception)
+grid=("optimizer=adam,rmsprop" "dropout=0.2,0.5")
+sixteen=("optimizer=adam,rmsprop,sgd,adamw" "dropout=0.2,0.3,0.4,0.5")
+on_images=("${images[@]}" backbone.weights=null image_size=160 "epochs=$epochs" tracking.experiment=gpu-check)
+echo "== 3 backbones x 4 head configs at 160 px, cached (${backbones[*]})"
+for backbone in "${backbones[@]}"; do
+    train "grid-$backbone" "backbone=$backbone" "${grid[@]}" "${on_images[@]}"
+done
+echo "== T16/T1: 16 head configs of resnet50v2 against 1, on the warm cache, each a sweep (a process) of its own"
+start=$SECONDS
+train one backbone=resnet50v2 "${on_images[@]}" reuse=false  # trained again, on the features cached above
+t1=$((SECONDS - start))
+start=$SECONDS
+train sixteen backbone=resnet50v2 "${sixteen[@]}" "${on_images[@]}" reuse=false
+t16=$((SECONDS - start))
+
+"$python" - "$store" "$t1" "$t16" <<'EOF'
 import sys
-from pathlib import Path
-
-import tensorflow as tf
-
-from simpsons.training.runtime import configure_gpus
-
-print("configure_gpus:", configure_gpus(memory_growth=True, one_per_job=True, cache_dir=Path(sys.argv[1])))
-for gpu in tf.config.get_visible_devices("GPU"):
-    print(f"visible {gpu.name}: memory growth {tf.config.experimental.get_memory_growth(gpu)}")
-tf.linalg.matmul(tf.ones((1024, 1024)), tf.ones((1024, 1024)))  # starts the runtime on the GPU
-print(f"GPU memory held after one 1024x1024 matmul: {tf.config.experimental.get_memory_info('GPU:0')['current']} bytes")
-EOF
-
-echo "== two demo jobs at once (joblib, 2 processes): the GPU each used, from its run's tags"
-"$python" -m simpsons.train -m experiment=demo epochs=1 hydra/launcher=joblib hydra.launcher.n_jobs=2 \
-    "tracking.uri=sqlite:///$scratch/mlflow.db" "cache_dir=$scratch/cache" "data.dir=$scratch/demo" >"$scratch/sweep.log" 2>&1 ||
-    { tail -30 "$scratch/sweep.log"; exit 1; }
-"$python" - "$scratch" <<'EOF'
-import sys
+from collections import defaultdict
 
 from mlflow.tracking import MlflowClient
 
-client = MlflowClient(f"sqlite:///{sys.argv[1]}/mlflow.db")
-experiment = client.get_experiment_by_name("simpsons-demo").experiment_id  # the demo's own
-for run in client.search_runs([experiment], "tags.`simpsons.run_type` = 'train'"):
-    print(f"{run.info.run_name}: {run.info.status}, pid {run.data.tags['simpsons.pid']}, {run.data.tags.get('gpu')}")
+store, t1, t16 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+client = MlflowClient(store)
+for name in ("simpsons-demo", "gpu-check"):
+    experiment = client.get_experiment_by_name(name).experiment_id
+    runs = client.search_runs([experiment], "tags.`simpsons.run_type` = 'train'", max_results=1000)
+    statuses = sorted({run.info.status for run in runs})
+    backends = sorted({run.data.params.get("backend") for run in runs})
+    gpus = sorted({run.data.tags.get("gpu", "none (CPU)") for run in runs})
+    print(f"{name}: {len(runs)} runs, status {', '.join(statuses)}, backend {', '.join(backends)}, GPU {'; '.join(gpus)}")
+    if name != "gpu-check":
+        continue
+    rates, seconds = defaultdict(list), defaultdict(list)
+    for run in runs:
+        backbone = run.data.params["backbone.name"]
+        if "feature_extraction_images_per_second" in run.data.metrics:
+            rates[backbone].append(run.data.metrics["feature_extraction_images_per_second"])
+        if run.data.tags.get("feature_cache") == "hit":
+            seconds[backbone].append((run.info.end_time - run.info.start_time) / 1000)
+    for backbone in sorted(seconds):
+        rate = f"{max(rates[backbone]):.0f} images/s" if rates[backbone] else "n/a (no miss)"
+        mean = sum(seconds[backbone]) / len(seconds[backbone])
+        print(f"{backbone}: extraction {rate}; {mean:.1f} s per cached run ({len(seconds[backbone])} runs)")
+print(f"T1 {t1} s, T16 {t16} s: T16/T1 {t16 / max(t1, 1):.1f}")
 EOF
-
-SECONDS=0
-# The test workers run TensorFlow themselves, not through a job's gpu.* settings: growth by environment.
-TF_FORCE_GPU_ALLOW_GROWTH=true "$python" -m pytest -q -n 8 -p no:cacheprovider
-echo "test suite on the GPU: ${SECONDS} s"
-
-for settings in "--precision float32 --jit-compile false" "--precision mixed_float16 --jit-compile true"; do
-    echo "== cache benchmark, ResNet50V2 at 224 px, $settings"
-    # shellcheck disable=SC2086 # the settings are two words each, on purpose
-    "$python" benchmarks/cache_benchmark.py --image-size 224 --skip-rss $settings
-done
+if $cpu; then
+    echo "peak GPU memory: n/a on CPU"
+else
+    kill "$sampler" && sampler=
+    echo "peak GPU memory: $(sort -n "$scratch/memory.csv" | tail -1) MiB (nvidia-smi, whole GPU)"
+fi
 echo "total: ${SECONDS} s"

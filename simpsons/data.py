@@ -27,7 +27,7 @@ from simpsons.settings import TEST_LAYOUTS, DataSettings
 log = logging.getLogger(__name__)
 
 FLAT_NAME = re.compile(r"^(?P<label>.+)_(?P<index>\d+)\.[^.]+$")
-IMAGE_FORMATS = "JPEG, PNG, GIF, BMP or WebP"  # what pipeline.decode_rgb reads (tf.io.decode_image)
+IMAGE_FORMATS = "JPEG, PNG, GIF, BMP or WebP"  # what both readers decode (simpsons/tfdata.py, images.py)
 TEST_ROOT_HINT = "set data.test_root=null to train without a test set"
 LISTED_FILES = 10  # unusable files named in the error of a class without images
 
@@ -143,7 +143,7 @@ def scan(paths: list[Path]) -> tuple[dict[Path, str], tuple[Path, ...]]:
 def _undecodable(files: tuple[tuple[Path, str], ...]) -> tuple[Path, ...]:
     """Keyed by path and content hash, so the jobs of a sweep (one process) decode each file once,
     and a file changed between jobs is decoded again."""
-    from simpsons import pipeline  # TensorFlow: loaded by the job, not by the check before a sweep
+    from simpsons import pipeline  # Keras, the backend's reader: loaded by the job, not by the check before a sweep
 
     return tuple(sorted(Path(p) for p in pipeline.find_undecodable([str(path) for path, _ in files])))
 

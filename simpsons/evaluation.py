@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 
 
@@ -47,7 +47,7 @@ class Evaluation:
 
 EAGER_ROWS = 4096
 
-Inputs = tf.data.Dataset | np.ndarray
+Inputs = Any  # batches of images (simpsons/pipeline.py), or an array of cached features
 
 
 def evaluate(

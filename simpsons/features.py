@@ -15,20 +15,19 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 from tqdm import tqdm
 
 from simpsons import locks
 from simpsons.backbones import BackboneSpec
 from simpsons.data import Split
-from simpsons.pipeline import JPEG_DCT_METHOD, image_dataset, without_autotuner
+from simpsons.images import JPEG_DCT_METHOD
+from simpsons.pipeline import Batches, array_batches, image_dataset, in_order
 from simpsons.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -94,7 +93,8 @@ def cache_key(
 ) -> str:
     """SHA-256 over everything the pooled features depend on.
 
-    `compute`: how the backbone ran (precision, XLA); float16 features differ from float32 ones.
+    `compute`: how the backbone ran (precision, XLA, and a backend other than TensorFlow); float16
+    features differ from float32 ones, and JAX's from TensorFlow's in their last bits.
     `seed`: what random weights (weights=null) were drawn from.
     `mirrored`: the features of the split's images mirrored left to right (tta=flip), an entry of
     their own.
@@ -132,30 +132,24 @@ def cached_features(directory: Path, key: str, compute: Callable[[], np.ndarray]
     return Lookup(features, hit, seconds, rate)
 
 
-def mirrored(batches: tf.data.Dataset) -> tf.data.Dataset:
-    """(images, labels) batches with each image mirrored left to right, as with_flip_tta mirrors
-    the images it is given (simpsons/model.py)."""
-    return batches.map(lambda images, labels: (tf.reverse(images, axis=[2]), labels))
-
-
-def extract(
-    extractor: keras.Model, batches: Iterable[tuple[tf.Tensor, Any]], count: int, what: str = "extracting features"
-) -> np.ndarray:
+def extract(extractor: keras.Model, batches: Batches, count: int, what: str = "extracting features") -> np.ndarray:
     """Pooled features of every (images, labels) batch, with its Progress (a bar in a terminal, else
     a line every PROGRESS_SECONDS).
 
     A smaller last batch is padded to the size of the first: a new input shape would make Keras
-    trace the predict function again (and XLA compile it again), and oneDNN build new kernels.
-    Rows do not mix in inference mode, so the padding changes no feature.
+    trace the predict function again (and XLA compile it again, which on JAX costs more than the
+    compute), and oneDNN build new kernels. So each (backbone, size, batch) compiles once, on either
+    backend. Rows do not mix in inference mode, so the padding changes no feature.
     """
     outputs = []
     batch_size = None
     with Progress(count, what) as progress:
-        for images, _ in batches:
-            size = len(images)
+        for images, _ in in_order(batches):
+            pixels = np.asarray(images)
+            size = len(pixels)
             batch_size = batch_size or size
-            padded = tf.pad(images, [[0, batch_size - size], [0, 0], [0, 0], [0, 0]])
-            outputs.append(extractor.predict_on_batch(padded)[:size])
+            padded = np.pad(pixels, [(0, batch_size - size), (0, 0), (0, 0), (0, 0)])
+            outputs.append(np.asarray(extractor.predict_on_batch(padded))[:size])
             progress.update(size)
     return np.concatenate(outputs).astype(np.float32)
 
@@ -176,11 +170,8 @@ class CachedFeatures:
         """A scored split's features, and with tta=flip its mirror images': evaluate averages their softmax."""
         return tuple(self.array(view) for view in (split, f"{split}_mirrored") if view in self.lookups)
 
-    def batches(self, split: str, shuffle_seed: int | None = None) -> tf.data.Dataset:
-        dataset = tf.data.Dataset.from_tensor_slices((self.array(split), self.labels[split]))
-        if shuffle_seed is not None:
-            dataset = dataset.shuffle(len(self.labels[split]), seed=shuffle_seed, reshuffle_each_iteration=True)
-        return without_autotuner(dataset.batch(self.batch_size))
+    def batches(self, split: str, shuffle_seed: int | None = None) -> Batches:
+        return array_batches(self.array(split), self.labels[split], self.batch_size, shuffle_seed)
 
     def extraction(self) -> tuple[bool, float, float | None]:
         """Whether any entry was computed (a miss), the seconds it took, and its images per second."""
@@ -200,13 +191,15 @@ def cache_splits(
     """Every split's features from the cache, computed with `extractor` first where missing (under
     its lock); with `mirrored_views`, the scored splits' mirror images' too (tta=flip)."""
     compute = {"precision": settings.precision, "xla": extractor.jit_compile}
+    if keras.config.backend() != "tensorflow":  # only then: TensorFlow's keys stay those earlier versions wrote
+        compute["backend"] = keras.config.backend()
     views = {name: (split, False) for name, split in splits.items()}
     if mirrored_views:
         views |= {f"{name}_mirrored": (split, True) for name, split in splits.items() if name != "train"}
 
     def extracted(name: str, split: Split, mirror: bool) -> np.ndarray:
-        batches = image_dataset(split.paths, split.labels, settings.image_size, settings.batch_size)
-        return extract(extractor, mirrored(batches) if mirror else batches, len(split), f"{name} features")
+        batches = image_dataset(split.paths, split.labels, settings.image_size, settings.batch_size, mirror=mirror)
+        return extract(extractor, batches, len(split), f"{name} features")
 
     lookups = {
         name: cached_features(

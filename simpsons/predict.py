@@ -106,16 +106,17 @@ def classes_warning(model: ModelHeader, class_names: list[str], folders: list[st
 
 def classify(model: PyFuncModel, class_names: list[str], path: Path, top_k: int) -> Prediction:
     import numpy as np
-    import tensorflow as tf
 
-    from simpsons.pipeline import decode_rgb
+    from simpsons.images import read_rgb  # Pillow: the pixels tf.data's decoder gives too, on any backend
 
     try:
-        image = decode_rgb(tf.io.read_file(str(path))).numpy().astype(np.float32)
-    except tf.errors.InvalidArgumentError:
+        image = read_rgb(str(path)).astype(np.float32)
+    except OSError as error:
+        # Pillow's decoding errors carry no errno (unknown format, truncated data); the file system's do.
+        reason = "not a decodable image" if error.errno is None else f"{error.strerror} ({error.errno})"
+        return Prediction(str(path), [], reason)
+    except ValueError:
         return Prediction(str(path), [], "not a decodable image")
-    except tf.errors.OpError as error:
-        return Prediction(str(path), [], error.message.splitlines()[0])
     probabilities = np.asarray(model.predict(image[None]))[0]
     best = np.argsort(-probabilities)[:top_k]
     return Prediction(str(path), [(class_names[i], float(probabilities[i])) for i in best])

@@ -4,7 +4,7 @@ folder, the store), judged without TensorFlow and without creating anything.
 Before a sweep the Hydra callback runs `errors` on every job (simpsons/hydra_jobs.py); a job runs
 `raise_errors` again before it touches MLflow (simpsons/training/recipe.py), for launchers and sweepers whose
 jobs the driver cannot list, and for callers of simpsons.training.recipe.train. The job then reads every image
-with TensorFlow's own decoder (simpsons/data.py), which can still fail it, in one line.
+with its backend's own decoder (simpsons/data.py), which can still fail it, in one line.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from simpsons import data
 from simpsons.errors import ConfigError
 from simpsons.settings import TrainSettings
+from simpsons.settings.rules import backend_errors
 
 Probe = Callable[[Any], list[str]]  # a check of the world (files, servers); its argument is hashable
 Probed = dict[tuple[Probe, Hashable], list[str]]
@@ -50,6 +51,7 @@ def _probes(settings: TrainSettings) -> list[tuple[Probe, Hashable]]:
         (_data_root_errors, data_key),
         (_cache_dir_errors, settings.cache_dir),
         (_store_errors, settings.tracking.uri),
+        (backend_errors, settings.backend),  # installed or not: settings/rules.py, which the job asks too
     ]
 
 

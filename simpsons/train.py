@@ -32,21 +32,26 @@ def hydra_main(cfg: DictConfig) -> None:
     # The task function: a launcher's job process (a loky worker, a submitit task) starts here, not in main().
     startup.prepare_process()
     with signals.job_process():
-        # Imported here, so that `--help` and bad group choices answer without loading TensorFlow.
-        from simpsons.training.recipe import JobContext, train
+        from simpsons.training import backend  # no Keras: it chooses the backend Keras loads with
 
-        job = JobContext(**_hydra_runtime())
+        runtime = _hydra_runtime()
         try:
-            train(TrainSettings.from_config(cfg), job)  # the one conversion: below here, settings
+            settings = TrainSettings.from_config(cfg)  # the one conversion: below here, settings
+            backend.select(settings)  # KERAS_BACKEND, before anything imports Keras
+            # Imported here, so that `--help` and bad group choices answer without loading TensorFlow,
+            # and Keras loads on the backend just chosen.
+            from simpsons.training.recipe import JobContext, train
+
+            train(settings, JobContext(**runtime))
         except ServerLost as error:
             log.error("error: %s", error)
-            if job.sweep_dir is None:
+            if runtime["sweep_dir"] is None:
                 sys.exit(1)
             # A sweep's job ends here, not by raising: that would add Hydra's traceback at the end of
             # the sweep, whose driver says in one line that the server is lost (simpsons.sweep_callback).
         except SimpsonsError as error:
             log.error("error: %s", error)
-            if job.sweep_dir is None:
+            if runtime["sweep_dir"] is None:
                 sys.exit(2)
             raise  # in a sweep: this job is FAILED, the others go on
 

@@ -24,8 +24,8 @@ from simpsons.backbones import BackboneSpec
 from simpsons.demo_data import write_demo_data
 from simpsons.errors import ConfigError
 from simpsons.features import Progress, cached_features
+from simpsons.images import load_image
 from simpsons.model import backbone_of, build_classifier, shared_backbone, unfreeze_top, with_flip_tta, with_tta
-from simpsons.pipeline import load_image
 from simpsons.tracking import reader
 from simpsons.tracking.predictions import Outputs, from_csv
 from simpsons.training.recipe import JobContext, train
@@ -219,7 +219,7 @@ def test_flip_tta_outputs_average_each_image_and_its_mirror_and_the_logged_model
         raw = raw_images(root, flipped.names)
         np.testing.assert_allclose(flipped_model.predict(raw), flipped.probabilities, atol=1e-5)
 
-        resized = np.stack([load_image(str(root / name), 32).numpy() for name in plain.names])
+        resized = np.stack([load_image(str(root / name), 32) for name in plain.names])  # Pillow: tf.data's pixels
         mirror_outputs = plain_model.predict(resized[:, :, ::-1])  # the plain model resizes 32 px to 32 px
         np.testing.assert_allclose(flipped.probabilities, (plain.probabilities + mirror_outputs) / 2, atol=1e-5)
         assert np.abs(flipped.probabilities - plain.probabilities).max() > 1e-4, "the mirror changed nothing"

@@ -182,12 +182,5 @@ def log_model(ensemble: Ensemble, class_names: list[str], name: str) -> ModelInf
         signature=writer.image_signature(len(class_names)),
         input_example=INPUT_EXAMPLE,
         metadata={"class_names": class_names},
-        pip_requirements=[f"mlflow=={mlflow.__version__}", *_keras_requirements()],
+        pip_requirements=[f"mlflow=={mlflow.__version__}", *writer.keras_requirements()],
     )
-
-
-def _keras_requirements() -> list[str]:
-    import keras
-    import tensorflow as tf
-
-    return [f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"]

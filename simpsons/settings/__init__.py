@@ -28,6 +28,7 @@ rules judge them. Nothing here imports TensorFlow, Keras or MLflow: the check si
 
 from simpsons.settings.ensemble import EnsembleSettings
 from simpsons.settings.rules import (
+    BACKENDS,
     CLASS_WEIGHTS,
     KERAS_OPTIMIZERS,
     MONITORS,
@@ -64,6 +65,7 @@ from simpsons.settings.train import (
 )
 
 __all__ = [
+    "BACKENDS",
     "CLASS_WEIGHTS",
     "KERAS_OPTIMIZERS",
     "MONITORS",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from omegaconf import MISSING
 
 from simpsons import config
 
+# Keras's backends a job can run on (simpsons/training/backend.py sets KERAS_BACKEND before Keras loads).
+BACKENDS = ("tensorflow", "jax")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies
 CLASS_WEIGHTS = ("none", "balanced")  # how each class's loss is weighed (simpsons/training/phases.py)
 # The per-epoch metrics a run may keep its best epoch by, or stop early on, and which way is better.
@@ -165,3 +168,22 @@ def accepted(kind: type, key: str) -> str | None:
 
 def one_line(error: BaseException) -> str:
     return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+# What each backend needs installed, and how to install it (pyproject.toml's extras).
+BACKEND_PACKAGES = {
+    "tensorflow": ("tensorflow", 'pip install -e . (or ".[gpu]" on a GPU)'),
+    "jax": ("jax", 'pip install -e ".[jax]" (or jax[cuda12] on a GPU)'),
+}
+
+
+def backend_errors(backend: str) -> list[str]:
+    """The backend's package, found without importing it; an unknown backend is its rule's to say."""
+    if backend not in BACKEND_PACKAGES:
+        return []
+    package, install = BACKEND_PACKAGES[backend]
+    if importlib.util.find_spec(package) is not None:
+        return []
+    others = [name for name, (other, _) in BACKEND_PACKAGES.items() if importlib.util.find_spec(other) is not None]
+    instead = f", or use backend={others[0]}" if others else ""
+    return [f"backend={backend} needs {package}, which is not installed: {install}{instead}"]

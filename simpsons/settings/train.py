@@ -13,6 +13,7 @@ from simpsons import config
 from simpsons.settings import convert
 from simpsons.settings.rules import (
     A_SEED,
+    BACKENDS,
     CLASS_WEIGHTS,
     KERAS_OPTIMIZERS,
     MONITORS,
@@ -396,6 +397,7 @@ class TrainSettings:
     gpu: GpuSettings = field(default_factory=GpuSettings)
     reuse: bool = MISSING
     keep_models: Any = MISSING  # all | N >= 1: a sweep's best N runs by monitor keep their model files
+    backend: str = MISSING  # Keras's backend: tensorflow | jax
     trial: TrialSettings = field(default_factory=TrialSettings)
     # A label that conf/variant/ presets set (report --group-by variant). Without one it is null,
     # and left out of the params and the config hash, where it never was.
@@ -419,6 +421,7 @@ class TrainSettings:
         Rule("reuse", is_boolean, TRUE_OR_FALSE),
         Rule("keep_models", lambda v: v == "all" or (is_whole(v) and v >= 1), "all or an integer >= 1"),
         Rule("tags", are_user_tags, "a name and a value, e.g. +tags.purpose=baseline; not mlflow.* or simpsons.*"),
+        Rule("backend", lambda v: v in BACKENDS, f"one of {listed(BACKENDS)}"),
     )
     GROUPS: ClassVar[tuple[str, ...]] = (
         "backbone",
@@ -458,7 +461,7 @@ class TrainSettings:
         return None if self.tta in TTA_MODES else f"tta={self.tta!r} is unknown; use one of: {listed(TTA_MODES)}"
 
     def _xla_error(self) -> str | None:
-        if self.jit_compile is not True:
+        if self.jit_compile is not True or self.backend == "jax":  # JAX compiles with XLA, determinism or not
             return None
         if self.deterministic is True:
             return XLA_NEEDS_NO_DETERMINISM

@@ -13,7 +13,8 @@ from typing import Any
 from simpsons.config import PROJECT_ROOT, flatten
 from simpsons.tracking import schema
 
-CODE_PACKAGES = ("tensorflow", "keras", "numpy")  # their versions are part of the code version
+# Their versions are part of the code version, those installed: a JAX machine may have no TensorFlow.
+CODE_PACKAGES = ("tensorflow", "keras", "numpy", "jax", "jaxlib")
 
 
 def git_tags() -> dict[str, str]:
@@ -50,9 +51,16 @@ def code_version() -> str:
     for path in sorted(package.rglob("*.py")):
         digest.update(f"{path.relative_to(package)}\n".encode())
         digest.update(path.read_bytes())
-    versions = {name: importlib.metadata.version(name) for name in CODE_PACKAGES}
+    versions = {name: _version(name) for name in CODE_PACKAGES}
     digest.update(json.dumps(versions, sort_keys=True).encode())
     return digest.hexdigest()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def params(config: dict[str, Any]) -> dict[str, Any]:

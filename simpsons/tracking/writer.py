@@ -1,12 +1,13 @@
 """What a training run logs: its config, its data, its epochs, its evaluations and its Keras model.
 
-The write side: it imports TensorFlow (the model flavor), so the read side never imports it. It
+The write side: it imports Keras (the model flavor), so the read side never imports it. It
 takes plain values, or objects that have the attributes named by the protocols below (a DataSet,
 an Evaluation): it imports nothing from the modules that make them.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import tempfile
@@ -18,7 +19,6 @@ from typing import Any, Protocol
 import keras
 import mlflow
 import numpy as np
-import tensorflow as tf
 from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.models import Model, ModelSignature
@@ -259,10 +259,17 @@ def log_model(model: keras.Model, input_example: np.ndarray, class_names: list[s
         signature=image_signature(len(class_names)),
         input_example=input_example,
         metadata={"class_names": class_names},
-        pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
+        pip_requirements=keras_requirements(),
         validate_serving_input=False,
     )
     return info.model_id
+
+
+def keras_requirements() -> list[str]:
+    """What a logged model needs: Keras, and the backend it was saved on. A .keras file loads on either
+    backend (README: Backends): whichever KERAS_BACKEND the loading process sets."""
+    backend = keras.config.backend()
+    return [f"keras=={keras.__version__}", f"{backend}=={importlib.metadata.version(backend)}"]
 
 
 def image_signature(num_classes: int) -> ModelSignature:

@@ -17,15 +17,15 @@ from pathlib import Path
 import keras
 import mlflow
 import numpy as np
-import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
+from simpsons import pipeline
 from simpsons.backbones import BackboneSpec
 from simpsons.data import DataSet, Split
 from simpsons.features import CachedFeatures, cache_splits
 from simpsons.model import feature_extractor, head, unfreeze_top, with_tta
 from simpsons.optimizers import build_optimizer
-from simpsons.pipeline import image_dataset
+from simpsons.pipeline import Batches, image_dataset
 from simpsons.settings import MONITORS, TrainSettings
 from simpsons.stopwatch import Stopwatch
 from simpsons.tracking import schema, writer
@@ -44,7 +44,7 @@ from simpsons.trials import JobTrial
 log = logging.getLogger("simpsons.train")
 
 # split -> (model, what it scores): images, or cached features (with tta=flip, the mirror images' too)
-Scored = dict[str, tuple[keras.Model, tf.data.Dataset | tuple[np.ndarray, ...]]]
+Scored = dict[str, tuple[keras.Model, Batches | tuple[np.ndarray, ...]]]
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,8 @@ class Phase:
     name: str  # its backup folder
     model: keras.Model  # the head alone (on cached features) or the whole classifier
     optimizer: keras.optimizers.Optimizer
-    train: tf.data.Dataset
-    val: tf.data.Dataset
+    train: Batches
+    val: Batches
     first: int  # a second phase continues the curves
     epochs: int  # it ends before this epoch, or sooner when early stopping ends it
 
@@ -76,7 +76,7 @@ class HeadPhase(Phase):
         model: keras.Model,
         optimizer: keras.optimizers.Optimizer,
         settings: TrainSettings,
-        images: tuple[tf.data.Dataset, tf.data.Dataset],
+        images: tuple[Batches, Batches],
         features: CachedFeatures | None,
     ) -> HeadPhase:
         """The head alone on cached features where there are, else the whole classifier on images."""
@@ -100,7 +100,7 @@ class FinetunePhase(Phase):
 
     @classmethod
     def after(
-        cls, end: int, model: keras.Model, settings: TrainSettings, images: tuple[tf.data.Dataset, tf.data.Dataset]
+        cls, end: int, model: keras.Model, settings: TrainSettings, images: tuple[Batches, Batches]
     ) -> FinetunePhase:
         """From the epoch the head phase ended at, the top layers unfrozen (the model's own, for good)."""
         layers, lr = settings.finetune.layers, settings.finetune_lr
@@ -205,7 +205,7 @@ def train(
     return {name: (with_tta(model, settings.tta), batches(split, settings)) for name, split in splits.items()}, best
 
 
-def batches(split: Split, settings: TrainSettings, shuffle_seed: int | None = None) -> tf.data.Dataset:
+def batches(split: Split, settings: TrainSettings, shuffle_seed: int | None = None) -> Batches:
     """A split's (images, labels) batches, in file order unless shuffled."""
     return image_dataset(split.paths, split.labels, settings.image_size, settings.batch_size, shuffle_seed)
 
@@ -242,8 +242,8 @@ def class_weights(settings: TrainSettings, data: DataSet) -> dict[int, float] | 
 def fit(
     model: keras.Model,
     optimizer: keras.optimizers.Optimizer,
-    train: tf.data.Dataset,
-    val: tf.data.Dataset,
+    train: Batches,
+    val: Batches,
     epochs: int,
     initial_epoch: int = 0,
     jit_compile: bool = False,
@@ -297,8 +297,8 @@ def fit(
 
 
 def loss_and_targets(
-    label_smoothing: float, num_classes: int, train: tf.data.Dataset, val: tf.data.Dataset
-) -> tuple[str | keras.losses.Loss, tf.data.Dataset, tf.data.Dataset]:
+    label_smoothing: float, num_classes: int, train: Batches, val: Batches
+) -> tuple[str | keras.losses.Loss, Batches, Batches]:
     """The loss to compile with, and the (inputs, targets) batches to fit on, for `label_smoothing`.
 
     Keras's SparseCategoricalCrossentropy has no label smoothing; CategoricalCrossentropy has,
@@ -309,12 +309,8 @@ def loss_and_targets(
     """
     if not label_smoothing:
         return "sparse_categorical_crossentropy", train, val
-
-    def one_hot(inputs: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return inputs, tf.one_hot(labels, num_classes)
-
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
-    return loss, train.map(one_hot), val.map(one_hot)
+    return loss, pipeline.one_hot(train, num_classes), pipeline.one_hot(val, num_classes)
 
 
 def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:

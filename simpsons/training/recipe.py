@@ -17,9 +17,9 @@ from simpsons import naming, plots, preflight
 from simpsons.backbones import BackboneSpec
 from simpsons.data import load_dataset
 from simpsons.evaluation import evaluate
+from simpsons.images import load_image
 from simpsons.model import build_classifier, with_tta
 from simpsons.optimizers import build_optimizer
-from simpsons.pipeline import load_image
 from simpsons.settings import TrainSettings
 from simpsons.stopwatch import Stopwatch
 from simpsons.tracking import schema, writer
@@ -108,7 +108,7 @@ def _fit_and_log(
         # What the run keeps, hence what ranks it: the kept epoch's logged validation outputs.
         final = {"best_val_accuracy": scores.pop("val_accuracy"), **kept_epoch_metrics(best.epoch), **scores}
     with stopwatch.phase("log_model"):
-        example = load_image(data.val.paths[0], EXAMPLE_SIZE).numpy()[None]
+        example = load_image(data.val.paths[0], EXAMPLE_SIZE)[None]
         model_name = naming.model_name(job.overrides, plan.swept_keys, settings.backbone.name)
         kept_step = writer.epoch_step(best.epoch)
         model_id = writer.log_model(with_tta(model, settings.tta), example, data.class_names, model_name, kept_step)
