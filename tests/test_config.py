@@ -120,6 +120,7 @@ def test_seed_study_presets_match_the_reported_settings(backbone):
     assert (cfg.image_size, cfg.batch_size, cfg.optimizer.lr) == (150, 32, 1e-4)
 
 
+@pytest.mark.slow  # every full-size backbone, DenseNet201 and ResNet152V2 among them: minutes on 2 cores
 @pytest.mark.parametrize("name", BACKBONES)
 def test_backbone_builds_at_its_minimum_size_and_takes_raw_images_of_any_size(name):
     spec = BackboneSpec.from_settings(train_settings([f"backbone={name}", "backbone.weights=null"]).backbone)

@@ -40,7 +40,11 @@ BAD_INPUTS = [  # (test id, overrides, how the one line starts); {tmp}: the test
         "unknown variant 'nope'; choose one of: baseline, class_weight, cosine, early_stopping, finetune,",
     ),
     ("size", ["image_size=16"], "image_size=16 is below the minimum of backbone 'mobilenet'; use image_size >= 32"),
-    ("+typo", ["+typo=1"], "unknown key 'typo' (+typo=1); the top level takes: augment, backbone, batch_size,"),
+    (
+        "+typo",
+        ["+typo=1"],
+        "unknown key 'typo' (+typo=1); the top level takes: augment, backbone, backend, batch_size,",
+    ),
     ("+nested", ["+optimizer.lrr=1"], "unknown key 'optimizer.lrr' (+optimizer.lrr=1); did you mean optimizer.lr?"),
     ("typo", ["tpyo=1"], "unknown key 'tpyo' (tpyo=1); the top level takes: augment,"),
     ("dropout", ["dropout=1.5"], "dropout=1.5 is invalid; expected a number in [0, 1)"),
@@ -279,7 +283,12 @@ def test_the_jobs_of_a_sweep_probe_each_folder_and_store_once(image_folders, tra
     found = [preflight.errors(train_settings([*base, f"dropout={dropout}"]), probed) for dropout in (0.1, 0.2, 1.5)]
 
     assert found == [[], [], ["dropout=1.5 is invalid; expected a number in [0, 1)"]]
-    assert sorted(probe.__name__ for probe, _ in probed) == ["_cache_dir_errors", "_data_root_errors", "_store_errors"]
+    assert sorted(probe.__name__ for probe, _ in probed) == [
+        "_cache_dir_errors",
+        "_data_root_errors",
+        "_store_errors",
+        "backend_errors",
+    ]
     assert not (tmp_path / "mlflow.db").exists()
 
 
