@@ -158,6 +158,7 @@ def test_each_bad_value_is_one_line_from_the_checks_the_command_runs(overrides, 
         assert "experiment=demo" in line
 
 
+@pytest.mark.slow  # a Python subprocess per case, each loading Hydra and MLflow: seconds apiece
 @pytest.mark.parametrize("overrides,message", [case[1:] for case in CLI_CASES], ids=[case[0] for case in CLI_CASES])
 def test_a_bad_value_fails_before_anything_starts_in_one_line(overrides, message, image_folders, tmp_path):
     port = free_port()  # nothing listens there
@@ -174,6 +175,7 @@ def test_a_bad_value_fails_before_anything_starts_in_one_line(overrides, message
         assert "experiment=demo" in line
 
 
+@pytest.mark.slow  # a Python subprocess per case, each loading Hydra and MLflow: seconds apiece
 def test_two_bad_values_of_a_sweep_are_two_lines_before_its_first_job(image_folders, tmp_path):
     overrides = ["-m", "image_size=16,32", "dropout=1.5,0.2"]  # four jobs, two bad values
     result = run_cli(cli_args(overrides, tmp_path, image_folders), cwd=tmp_path, timeout=60)
@@ -187,6 +189,7 @@ def test_two_bad_values_of_a_sweep_are_two_lines_before_its_first_job(image_fold
     assert_nothing_created(tmp_path)
 
 
+@pytest.mark.slow  # a Python subprocess per case, each loading Hydra and MLflow: seconds apiece
 @pytest.mark.parametrize("flags,code", [(["-m", "image_size=16,32"], 2), (["--help"], 0)], ids=["sweep", "help"])
 def test_the_sweep_driver_checks_without_loading_tensorflow(flags, code, image_folders, tmp_path):
     args = cli_args(flags, tmp_path, image_folders) if code else flags
@@ -255,6 +258,7 @@ def world_readable_folder() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.slow  # a Python subprocess per case, each loading Hydra and MLflow: seconds apiece
 def test_a_store_in_a_read_only_folder_fails_in_one_line(world_readable_folder):
     work, read_only, train = (world_readable_folder / name for name in ("work", "read-only", "train"))
     for folder in (work, read_only, train):
@@ -337,6 +341,7 @@ def test_a_class_without_usable_images_lists_its_skipped_files(tmp_path, image_f
     assert message.endswith(", ".join(f"maggie/pic_{i:02d}.jpg" for i in range(10)) + " and 3 more")
 
 
+@pytest.mark.slow  # a Python subprocess per case, each loading Hydra and MLflow: seconds apiece
 def test_a_class_whose_files_pillow_cannot_open_fails_before_tensorflow_loads(image_folders, tmp_path):
     root = tmp_path / "train"
     shutil.copytree(image_folders / "train", root)
@@ -355,6 +360,7 @@ def test_a_class_whose_files_pillow_cannot_open_fails_before_tensorflow_loads(im
     assert_nothing_created(tmp_path)
 
 
+@pytest.mark.slow  # a Python subprocess per case, each loading Hydra and MLflow: seconds apiece
 def test_a_staleness_limit_within_two_heartbeats_is_refused(image_folders, tmp_path):
     args = cli_args(["tracking.heartbeat_seconds=30", "tracking.stale_after=45"], tmp_path, image_folders)
     result = run_cli(args, cwd=tmp_path, timeout=60)

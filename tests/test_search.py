@@ -257,6 +257,7 @@ def test_loky_workers_report_to_the_study_and_are_pruned(image_folders, tmp_path
     assert parent.data.tags[schema.PID] not in {run.data.tags[schema.PID] for run in runs.values()}  # job processes
 
 
+@pytest.mark.slow  # a Python subprocess per case, each loading Hydra and MLflow: seconds apiece
 @pytest.mark.parametrize(
     "override,message",
     [

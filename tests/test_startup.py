@@ -30,6 +30,7 @@ def test_importing_the_package_has_no_side_effects_and_prepare_process_does_its_
     assert result.stdout.split() == ["True", "1", "false"]
 
 
+@pytest.mark.slow  # a Python subprocess per case, each loading Hydra and MLflow: seconds apiece
 @pytest.mark.parametrize(
     ("script", "says"),
     [

@@ -67,6 +67,7 @@ def test_passwords_never_reach_the_logged_uri():
     assert redact_uri(f"sqlite:///{Path('/a/mlflow.db')}") == "sqlite:////a/mlflow.db"
 
 
+@pytest.mark.slow  # Python subprocesses that load MLflow and write the store: seconds apiece
 def test_four_processes_on_a_fresh_store_set_it_up_once_and_all_write(tmp_path):
     """Before the store lock, 3 of 5 such trials left the store unusable (alembic's temporary tables)."""
     uri = f"sqlite:///{tmp_path / 'fresh.db'}"
@@ -102,6 +103,7 @@ def test_two_stores_in_one_folder_keep_their_own_artifacts(tmp_path):
     }
 
 
+@pytest.mark.slow  # Python subprocesses that load MLflow and write the store: seconds apiece
 def test_checking_a_store_keeps_this_processs_sqlite_locks(tmp_path):
     """store.check runs while a sweep's connections are open (each job checks its config). Had it
     opened and closed the database file itself, that would drop the POSIX locks of this process's
@@ -122,6 +124,7 @@ def test_checking_a_store_keeps_this_processs_sqlite_locks(tmp_path):
         assert database.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
 
 
+@pytest.mark.slow  # Python subprocesses that load MLflow and write the store: seconds apiece
 def test_sqlite_commits_skip_fsync_yet_survive_kill_9(tmp_path):
     """synchronous=NORMAL in WAL mode: a commit is in the log, in the OS's cache, before the call
     returns, so a process killed right after its last write has lost none of it."""
