@@ -186,6 +186,7 @@ def test_a_model_logged_on_tensorflow_loads_and_predicts_on_jax(flips, tmp_path)
 
 @pytest.mark.slow  # a service: mlflow models serve, and JAX in a subprocess
 def test_mlflow_models_serve_on_tensorflow_answers_a_jax_model_s_softmax(jax_sweep, tmp_path):
+    mlflow.set_tracking_uri(jax_sweep.uri)  # reader.outputs reads this process's store (another test may have set one)
     run_id = jax_sweep.runs["True"]
     logged = reader.outputs(run_id, "test")
     raw = np.stack([images.read_rgb(str(jax_sweep.images / "test" / n)).astype(np.float32) for n in logged.names[:4]])

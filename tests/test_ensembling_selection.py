@@ -60,7 +60,7 @@ def test_one_run_per_backbone_direction_and_filter(store, caplog):
     assert "a better mobilenet run is already in" in caplog.text
 
     found = candidates(store, "sweep=latest", "metric=val_loss", "direction=min", "top_n=4")
-    losses = [c.run.data.metrics["val_loss"] for c in found]
+    losses = [c.run.data.metrics["best_val_loss"] for c in found]  # the kept epoch's, as selection reads it
     assert losses == sorted(losses) and len(found) == 4
 
     assert ids(candidates(store, "filter=params.`optimizer.name` = 'rmsprop'")) == [store.children[1]]
