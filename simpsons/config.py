@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import uuid
 from pathlib import Path
@@ -22,6 +23,16 @@ def default_tracking_uri() -> str:
 def tracking_uri_from_environment() -> str:
     """What conf/tracking/default.yaml resolves to: MLFLOW_TRACKING_URI, else the default store."""
     return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def add_tracking_uri_argument(parser: argparse.ArgumentParser) -> None:
+    """--tracking-uri, as every command that reads the store (report, predict, reproduce, gc) takes it."""
+    parser.add_argument(
+        "--tracking-uri",
+        default=tracking_uri_from_environment(),
+        help="MLflow store: a sqlite:/// path or a server URL (default: $MLFLOW_TRACKING_URI, else the "
+        "project's mlflow.db)",
+    )
 
 
 def new_invocation_id() -> str:

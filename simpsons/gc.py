@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from omegaconf import OmegaConf
 
 from simpsons import startup
-from simpsons.config import CONF_DIR, tracking_uri_from_environment
+from simpsons.config import CONF_DIR, add_tracking_uri_argument
 from simpsons.errors import ConfigError, SimpsonsError
 
 if TYPE_CHECKING:
@@ -56,12 +56,7 @@ def parser() -> argparse.ArgumentParser:
         "are ranked together",
     )
     result.add_argument("--dry-run", action="store_true", help="list what would be deleted and freed; delete nothing")
-    result.add_argument(
-        "--tracking-uri",
-        default=tracking_uri_from_environment(),
-        help="MLflow store: a sqlite:/// path or a server URL (default: $MLFLOW_TRACKING_URI, else the "
-        "project's mlflow.db)",
-    )
+    add_tracking_uri_argument(result)
     return result
 
 

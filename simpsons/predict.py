@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from simpsons import startup
-from simpsons.config import tracking_uri_from_environment
+from simpsons.config import add_tracking_uri_argument
 from simpsons.errors import SimpsonsError
 from simpsons.tracking import schema
 
@@ -238,12 +238,7 @@ def parser() -> argparse.ArgumentParser:
     result.add_argument(
         "--json", action="store_true", help='print JSON: {"model": {...the header...}, "predictions": [...]}'
     )
-    result.add_argument(
-        "--tracking-uri",
-        default=tracking_uri_from_environment(),
-        help="MLflow store: a sqlite:/// path or a server URL (default: $MLFLOW_TRACKING_URI, else the "
-        "project's mlflow.db)",
-    )
+    add_tracking_uri_argument(result)
     return result
 
 

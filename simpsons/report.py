@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from omegaconf import OmegaConf
 
 from simpsons import startup
-from simpsons.config import CONF_DIR, tracking_uri_from_environment
+from simpsons.config import CONF_DIR, add_tracking_uri_argument
 from simpsons.errors import SimpsonsError
 from simpsons.tracking import schema
 
@@ -379,12 +379,7 @@ def parser() -> argparse.ArgumentParser:
         help="also write results.md, results.csv (training runs), ensembles.csv and results.png (a bar chart "
         "of test accuracy; of validation accuracy when a run has no test set) into DIR",
     )
-    result.add_argument(
-        "--tracking-uri",
-        default=tracking_uri_from_environment(),
-        help="MLflow store: a sqlite:/// path or a server URL (default: $MLFLOW_TRACKING_URI, else the "
-        "project's mlflow.db)",
-    )
+    add_tracking_uri_argument(result)
     result.add_argument(
         "--stale-after",
         type=float,

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from simpsons import signals, startup
-from simpsons.config import CONF_DIR, tracking_uri_from_environment
+from simpsons.config import CONF_DIR, add_tracking_uri_argument
 from simpsons.errors import ConfigError, SimpsonsError
 
 if TYPE_CHECKING:
@@ -84,12 +84,7 @@ def parser() -> argparse.ArgumentParser:
     result.add_argument(
         "--anyway", action="store_true", help="train though the code version or the data fingerprint differ"
     )
-    result.add_argument(
-        "--tracking-uri",
-        default=tracking_uri_from_environment(),
-        help="MLflow store: a sqlite:/// path or a server URL (default: $MLFLOW_TRACKING_URI, else the "
-        "project's mlflow.db)",
-    )
+    add_tracking_uri_argument(result)
     return result
 
 
