@@ -48,7 +48,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import NoReturn
@@ -137,11 +137,20 @@ def job_process() -> Iterator[None]:
 
 
 def end_descendants(grace: float = GRACE_SECONDS) -> None:
-    """SIGTERM every descendant of this process until it exits; SIGKILL those left after `grace` s."""
+    """SIGTERM every descendant of this process until it exits; SIGKILL those left after `grace` s.
+
+    Ray's job workers first, and alone: its raylet, a descendant too, kills its workers at once when
+    it gets SIGTERM, which under load left a job's run to be ended by the driver, not by its job."""
+    _end(grace, _is_ray_worker)
+    _end(grace)
+
+
+def _end(grace: float, which: Callable[[psutil.Process], bool] = lambda process: True) -> None:
+    """end_descendants, for the descendants `which` selects."""
     seen: dict[int, psutil.Process] = {}
     deadline = time.monotonic() + grace
     next_signal = 0.0
-    while (waiting := _running_descendants(seen)) and time.monotonic() < deadline:
+    while (waiting := [p for p in _running_descendants(seen) if which(p)]) and time.monotonic() < deadline:
         if time.monotonic() >= next_signal:
             _send(waiting, signal.SIGTERM)  # again later: see the module's docstring (submitit's bypass)
             next_signal = time.monotonic() + RESEND_SECONDS
@@ -272,6 +281,15 @@ def _running_descendants(seen: dict[int, psutil.Process]) -> list[psutil.Process
     with contextlib.suppress(psutil.Error):
         seen.update((process.pid, process) for process in psutil.Process().children(recursive=True))
     return [process for process in seen.values() if alive(process) and not _ignores_sigterm(process)]
+
+
+def _is_ray_worker(process: psutil.Process) -> bool:
+    """A Ray worker ("ray::_run_job", "ray::IDLE"), not one of the raylet's agents, whose death ends the raylet."""
+    try:
+        name = process.name()
+    except psutil.Error:
+        return False
+    return name.startswith("ray::") and not name.endswith("Agent")
 
 
 def alive(process: psutil.Process) -> bool:

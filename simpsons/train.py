@@ -95,6 +95,9 @@ def _exit_interrupted() -> NoReturn:
         line = signals.summary(received, ended.killed_jobs, (ended.run_id, ended.status))
     else:
         line = signals.summary(received, _interrupted_run(), None)
+    ray = sys.modules.get("ray")  # a Ray sweep's: it forwards its workers' output late, after our line
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()  # what its exit hook would do next; the jobs have ended already
     print(line, file=sys.stderr)
     sys.exit(signals.exit_code(received))
 

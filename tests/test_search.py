@@ -185,7 +185,7 @@ def test_a_search_runs_its_trials_under_one_parent_prunes_the_weak_and_names_the
     for run in pruned:
         assert states[int(run.data.tags[schema.TRIAL])] == TrialState.PRUNED
         assert run.data.tags[schema.PRUNED] == "1"  # stopped after its first epoch, counted from 1
-        assert run.data.metrics["best_epoch"] == 0 and "test_accuracy" in run.data.metrics  # logged as any run
+        assert run.data.metrics["best_epoch"] == 1 and "test_accuracy" in run.data.metrics  # logged as any run
     parent_run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(parent)
     best = json.loads(parent_run.data.tags[schema.BEST_TRIAL])
     assert best["number"] == found.best_trial.number and best["run_id"] in {run.info.run_id for run in runs}

@@ -165,6 +165,10 @@ class SystemMetrics:
         if seconds > 0:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+            # MLflow says at INFO each start, stop and skipped GPU: lines in every job's console that
+            # say nothing a person acts on (and that Ray forwards late, after a sweep's last line)
+            logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+
             # resume_logging: a resumed run's samples continue its steps
             self._monitor = SystemMetricsMonitor(run_id, sampling_interval=seconds, resume_logging=resumed)
 
