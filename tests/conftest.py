@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -94,9 +95,38 @@ def image_folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty SQLite store with MLflow's schema, made once per test process: MLflow's migrations
+    cost each new store a second and more (4 s on a loaded machine), which the tests do not test."""
+    path = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments(max_results=1)  # makes the schema; no URI made MLflow's
+    return path
+
+
 @pytest.fixture
-def tracking_uri(tmp_path: Path) -> str:
-    """A fresh SQLite store for this test, also made this process's MLflow tracking URI."""
+def tracking_uri(tmp_path: Path, store_template: Path) -> str:
+    """An empty SQLite store of this test's own (a copy of store_template, its Default experiment's
+    artifacts in this test's folder), also made this process's MLflow tracking URI. A test of how a
+    store is first set up takes fresh_tracking_uri instead."""
+    path = tmp_path / "mlflow.db"
+    with (
+        contextlib.closing(sqlite3.connect(store_template)) as template,
+        contextlib.closing(sqlite3.connect(path)) as copy,
+    ):
+        template.backup(copy)  # whole, WAL included, though this process's MLflow holds the template open
+        copy.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", [str(tmp_path / "mlruns" / "0")]
+        )
+        copy.commit()
+    uri = f"sqlite:///{path}"
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+@pytest.fixture
+def fresh_tracking_uri(tmp_path: Path) -> str:
+    """The URI of a SQLite store not made yet (the first command makes it), made this process's MLflow tracking URI."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     return uri

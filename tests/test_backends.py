@@ -35,13 +35,13 @@ from simpsons.tracking import reader, schema
 from simpsons.tracking import store as tracking_store
 from simpsons.training import backend
 
-# The job, run as `python -m simpsons.train`, then the top-level packages it loaded, written to a file.
-TRAIN_AND_LIST_MODULES = """
+# A command, run as `python -m <module> ...`, then the top-level packages it loaded, written to a file.
+RUN_AND_LIST_MODULES = """
 import atexit, json, runpy, sys
-out = sys.argv.pop(1)
+out, module = sys.argv.pop(1), sys.argv.pop(1)
 atexit.register(lambda: open(out, "w").write(json.dumps(sorted({m.split(".")[0] for m in sys.modules}))))
-sys.argv[0] = "simpsons.train"
-runpy.run_module("simpsons.train", run_name="__main__", alter_sys=True)
+sys.argv[0] = module
+runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
 
 # A logged model loaded with MLflow's pyfunc on the backend KERAS_BACKEND names; its softmax on images.
@@ -76,7 +76,7 @@ def jax_sweep(tmp_path_factory: pytest.TempPathFactory, image_folders: Path) -> 
     listed = root / "modules.json"
     args = ["-m", "cache=true,false", "backend=jax", f"cache_dir={root / 'cache'}", f"tracking.uri={uri}"]
     args += [*IMAGE_SENSITIVE_MODEL, *folder_data(image_folders), "epochs=1"]
-    command = [sys.executable, "-c", TRAIN_AND_LIST_MODULES, str(listed), *args]
+    command = [sys.executable, "-c", RUN_AND_LIST_MODULES, str(listed), "simpsons.train", *args]
     result = subprocess.run(command, cwd=root, env=environment(), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(uri)
@@ -199,3 +199,36 @@ def test_mlflow_models_serve_on_tensorflow_answers_a_jax_model_s_softmax(jax_swe
     with serving(command, f"http://127.0.0.1:{port}/ping", tmp_path, env, timeout=300) as url:
         answer = get_json(url.replace("/ping", "/invocations"), {"inputs": raw.tolist()})
     np.testing.assert_allclose(np.array(answer["predictions"]), logged.probabilities[:4], atol=1e-4)
+
+
+@pytest.mark.slow  # JAX in subprocesses
+def test_an_ensemble_and_predict_on_jax_import_no_tensorflow_and_give_the_logged_softmax(jax_sweep, tmp_path):
+    """The JAX sweep's two runs averaged by `simpsons.ensemble` with KERAS_BACKEND=jax, then the
+    ensemble's model asked by `simpsons.predict` on JAX: neither process loads TensorFlow, and predict
+    gives each test image the softmax the ensemble logged for it, to 1e-4."""
+    listed = tmp_path / "modules.json"
+    args = [f"tracking.uri={jax_sweep.uri}", "register=false"]
+    command = [sys.executable, "-c", RUN_AND_LIST_MODULES, str(listed), "simpsons.ensemble", *args]
+    result = subprocess.run(command, cwd=tmp_path, env=environment(KERAS_BACKEND="jax"), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tensorflow" not in json.loads(listed.read_text())
+    client = MlflowClient(jax_sweep.uri)
+    experiment = client.get_experiment_by_name("simpsons").experiment_id
+    [ensemble] = client.search_runs([experiment], f"tags.`{schema.RUN_TYPE}` = '{schema.ENSEMBLE}'")
+    assert ensemble.info.status == "FINISHED"
+    mlflow.set_tracking_uri(jax_sweep.uri)
+    logged = reader.outputs(ensemble.info.run_id, "test")
+    classes = reader.class_names(ensemble)
+    files = [str(jax_sweep.images / "test" / name) for name in logged.names]
+
+    listed.unlink()
+    args = ["--run", ensemble.info.run_id, "--json", "--top-k", str(len(classes)), "--tracking-uri", jax_sweep.uri]
+    command = [sys.executable, "-c", RUN_AND_LIST_MODULES, str(listed), "simpsons.predict", *args, *files]
+    result = subprocess.run(command, cwd=tmp_path, env=environment(KERAS_BACKEND="jax"), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tensorflow" not in json.loads(listed.read_text())
+    predicted = json.loads(result.stdout)["predictions"]
+    assert [entry["file"] for entry in predicted] == files
+    for entry, expected in zip(predicted, logged.probabilities, strict=True):
+        softmax = {top["class"]: top["probability"] for top in entry["top"]}
+        np.testing.assert_allclose([softmax[name] for name in classes], expected, atol=1e-4)

@@ -179,10 +179,12 @@ def test_kill_9_mid_sweep_then_the_same_command_reuses_finished_configs_and_leav
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])  # JAX: CI's backend subset (test_backends.py has the rest)
 def test_a_killed_finetuning_run_resumes_at_the_epoch_after_its_last_backup_in_the_same_run(
-    image_folders, tracking_uri, tmp_path
+    backend, image_folders, tracking_uri, tmp_path
 ):
     args = [*TINY_MODEL, *folder_data(image_folders), "epochs=1", "finetune.layers=3", "finetune.epochs=4"]
+    args.append(f"backend={backend}")
     args.append(f"tracking.uri={tracking_uri}")
     client = MlflowClient(configure(tracking_uri))  # the store exists before the test polls it
 
@@ -269,8 +271,9 @@ def test_a_run_killed_between_an_epochs_metrics_and_its_backup_logs_each_epoch_o
 
 @pytest.mark.slow
 def test_two_sweeps_started_together_on_a_fresh_store_keep_their_own_parent_folders_and_statuses(
-    image_folders, tracking_uri, tmp_path
+    image_folders, fresh_tracking_uri, tmp_path
 ):
+    tracking_uri = fresh_tracking_uri
     args = ["-m", "dropout=0.1,0.2", *TINY_MODEL, *folder_data(image_folders), "epochs=1", "reuse=false"]
     args.append(f"tracking.uri={tracking_uri}")
     sweeps = [start_cli(args, cwd=tmp_path) for _ in range(2)]  # the default sweep dir; often the same second

@@ -281,8 +281,8 @@ def test_a_store_in_a_read_only_folder_fails_in_one_line(world_readable_folder):
 # Checks without the CLI.
 
 
-def test_the_jobs_of_a_sweep_probe_each_folder_and_store_once(image_folders, tracking_uri, tmp_path):
-    base = [*TINY_MODEL, *folder_data(image_folders), f"tracking.uri={tracking_uri}", f"cache_dir={tmp_path}"]
+def test_the_jobs_of_a_sweep_probe_each_folder_and_store_once(image_folders, fresh_tracking_uri, tmp_path):
+    base = [*TINY_MODEL, *folder_data(image_folders), f"tracking.uri={fresh_tracking_uri}", f"cache_dir={tmp_path}"]
     probed: dict = {}
     found = [preflight.errors(train_settings([*base, f"dropout={dropout}"]), probed) for dropout in (0.1, 0.2, 1.5)]
 
