@@ -1,4 +1,5 @@
-"""Screenshots of the MLflow UI for the README: docs/runs-table.png and docs/models.png.
+"""Screenshots of the MLflow UI for the README: docs/runs-table.png, models.png, run-metrics.png,
+ensemble.png and registry.png.
 
     apt-get install -y chromium                   # Debian's Chromium, headless
     .venv/bin/pip install -e ".[screenshots]"     # playwright: its driver only, no browser download
@@ -7,8 +8,10 @@
 Runs the README's demo sweep (python -m simpsons.train -m experiment=demo) and an ensemble of it
 into a new, throwaway store, starts `mlflow ui` on 127.0.0.1 over that store, and photographs
 with headless Chromium (a) the experiment's runs table, in the UI's "Model training" view, with
-the sweep expanded and its metrics shown, and (b) the experiment's Models tab. Each page is
-checked for the runs' names before it is saved. Not a test: it takes about 3 minutes.
+the sweep expanded and its metrics shown, (b) the experiment's Models tab, (c) the best training
+run's Model metrics tab (its learning curves), (d) the ensemble's run page (its members table and
+metrics) and (e) the registered model `simpsons-demo` with its champion alias. Each page is
+checked for what it must show before it is saved. Not a test: it takes about 5 minutes.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         experiment, sweep = sweep_ids(uri)
         with mlflow_ui(uri, args.port, workdir) as base:
             shoot(base, experiment, sweep, uri, args.out, workdir)
+            shoot_pages(base, experiment, sweep, uri, args.out, workdir)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -161,6 +165,45 @@ def shoot(base: str, experiment: str, sweep: str, uri: str, out: Path, workdir: 
             for name in children:  # every training run's model is listed
                 page.get_by_text(name, exact=True).first.wait_for(timeout=UI_DEADLINE * 1000)
             save(page, out / "models.png")
+        finally:
+            browser.close()
+
+
+def shoot_pages(base: str, experiment: str, sweep: str, uri: str, out: Path, workdir: Path) -> None:
+    """A run's curves, the ensemble's page and the registry's model, each checked before it is saved."""
+    from mlflow.tracking import MlflowClient
+    from playwright.sync_api import sync_playwright
+
+    from simpsons.tracking import schema
+
+    client = MlflowClient(uri)
+    best = client.get_run(client.get_run(sweep).data.tags[schema.BEST_RUN])
+    [ensemble] = client.search_runs([experiment], f"tags.`{schema.RUN_TYPE}` = '{schema.ENSEMBLE}'")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            str(workdir / "chromium-profile-pages"),
+            executable_path=CHROMIUM,
+            args=CHROMIUM_FLAGS,
+            headless=True,
+            viewport={**VIEWPORT, "height": 1000},
+        )
+        try:
+            browser.add_init_script(ui_settings(experiment, sweep))
+            page = browser.new_page()
+            runs = f"{base}/#/experiments/{experiment}/runs"
+            page.goto(f"{runs}/{best.info.run_id}/model-metrics")
+            for curve in ("val_accuracy", "loss"):  # the learning curves, first
+                page.get_by_text(curve, exact=True).first.wait_for(timeout=UI_DEADLINE * 1000)
+            save(page, out / "run-metrics.png")
+
+            page.goto(f"{runs}/{ensemble.info.run_id}")
+            page.get_by_text(ensemble.info.run_name, exact=True).first.wait_for(timeout=UI_DEADLINE * 1000)
+            page.get_by_text("best_val_accuracy", exact=True).first.wait_for(timeout=UI_DEADLINE * 1000)
+            save(page, out / "ensemble.png")
+
+            page.goto(f"{base}/#/models/{DEMO_EXPERIMENT}")
+            page.get_by_text("@ champion").or_(page.get_by_text("champion")).first.wait_for(timeout=UI_DEADLINE * 1000)
+            save(page, out / "registry.png")
         finally:
             browser.close()
 

@@ -7,9 +7,18 @@ import json
 import mlflow
 import numpy as np
 import pytest
-from conftest import MOBILENET_WEIGHTS, SIMPSONS_MINI, TINY_MODEL, requires, train_settings
+from conftest import (
+    MOBILENET_WEIGHTS,
+    SIMPSONS_MINI,
+    TINY_MODEL,
+    clean_environment,
+    requires,
+    run_module,
+    train_settings,
+)
 from mlflow.tracking import MlflowClient
 
+from simpsons.tracking import schema
 from simpsons.tracking.predictions import from_csv
 from simpsons.training.recipe import JobContext, train
 
@@ -59,3 +68,44 @@ def test_finetuning_with_augmentation_runs_end_to_end_on_kaggle_images(tracking_
     history = MlflowClient(tracking_uri).get_metric_history(run.info.run_id, "loss")
     assert [m.step for m in history] == [1, 2]
     assert "test_accuracy" in run.data.metrics
+
+
+@requires(SIMPSONS_MINI)
+@requires(MOBILENET_WEIGHTS)
+def test_the_demo_and_a_real_sweep_in_one_store_each_register_their_own_champion(tmp_path):
+    """The README's demo (a small model in its place) and a real sweep on simpsons-mini, each with
+    its ensemble, in one store: `models:/simpsons@champion` is the real ensemble and names Simpsons
+    characters on Kaggle test images; the demo's is `models:/simpsons-demo@champion`, of its shapes."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = clean_environment()
+    small = ["backbone=mobilenet", "backbone.kwargs.alpha=0.25", "epochs=2", "dropout=0.2,0.4", f"tracking.uri={uri}"]
+    demo = ["-m", "experiment=demo", f"data.dir={tmp_path / 'demo'}", "backbone.weights=null", "image_size=32", *small]
+    demo.append("optimizer=adam")
+    real = ["-m", *KAGGLE_MINI, f"backbone.weights={MOBILENET_WEIGHTS}", "image_size=128", "optimizer.lr=3e-3", *small]
+    for module, args in (
+        ("train", demo),
+        ("ensemble", [f"tracking.uri={uri}", "tracking.experiment=simpsons-demo", "sweep=latest"]),
+        ("train", real),
+        ("ensemble", [f"tracking.uri={uri}", "sweep=latest"]),
+    ):
+        result = run_module(module, args, tmp_path, env)
+        assert result.returncode == 0, (module, result.stderr[-3000:])
+
+    client = MlflowClient(uri)
+    champions = {}
+    for name in ("simpsons", "simpsons-demo"):
+        version = client.get_model_version_by_alias(name, schema.CHAMPION)
+        champions[name] = json.loads(version.tags[schema.CLASS_NAMES])
+        assert version.tags[schema.DATA_NAME] == ("simpsons" if name == "simpsons" else "demo")
+        run = client.get_run(version.run_id)
+        assert run.data.tags[schema.RUN_TYPE] == schema.ENSEMBLE
+        assert client.get_experiment(run.info.experiment_id).name == name  # each in its own experiment
+    assert len(champions["simpsons"]) == 20 and "homer_simpson" in champions["simpsons"]
+    assert not set(champions["simpsons"]) & set(champions["simpsons-demo"])
+
+    images = sorted((SIMPSONS_MINI / "kaggle_simpson_testset").glob("*.jpg"))[::40]  # 5 characters' files
+    args = ["--model", "models:/simpsons@champion", "--json", "--tracking-uri", uri, *map(str, images)]
+    result = run_module("predict", args, tmp_path, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    predicted = [entry["top"][0]["class"] for entry in json.loads(result.stdout)["predictions"]]
+    assert len(predicted) == len(images) and set(predicted) <= set(champions["simpsons"])
