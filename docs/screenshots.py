@@ -43,7 +43,8 @@ CHROMIUM_FLAGS = [  # headless in a container: no sandbox, no GPU, nothing fetch
     "--disable-sync",
 ]
 VIEWPORT = {"width": 1920, "height": 600}
-METRIC_COLUMNS = ["val_accuracy", "best_val_accuracy", "test_accuracy", "test_macro_f1"]
+# The headline metrics, the kept epoch's (a curve's column, e.g. val_accuracy, is its last epoch's value)
+METRIC_COLUMNS = ["best_val_accuracy", "best_val_loss", "test_accuracy", "test_macro_f1"]
 RUN_NAME = "attributes.`Run Name`"  # the runs grid's column ids (MLflow 3.17.2)
 UI_DEADLINE = 180  # seconds for `mlflow ui` to answer, and for a page to show its runs
 
@@ -52,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python docs/screenshots.py", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=5121, help="port of the `mlflow ui` on 127.0.0.1 (5121)")
     parser.add_argument("--out", type=Path, default=PROJECT / "docs", help="folder for the PNGs (docs/)")
-    parser.add_argument("--workdir", type=Path, help="keep the store and logs here (default: a temporary folder)")
+    parser.add_argument(
+        "--workdir", type=Path, help="keep the store and logs here, or reuse them (default: a temporary folder)"
+    )
     args = parser.parse_args(argv)
     if not Path(CHROMIUM).exists():
         print(f"error: {CHROMIUM} is missing; apt-get install -y chromium", file=sys.stderr)
@@ -61,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         uri = f"sqlite:///{workdir / 'mlflow.db'}"
-        run_demo(uri, workdir)
+        if not (workdir / "mlflow.db").exists():  # a --workdir of an earlier call has its demo already
+            run_demo(uri, workdir)
         experiment, sweep = sweep_ids(uri)
         with mlflow_ui(uri, args.port, workdir) as base:
             shoot(base, experiment, sweep, uri, args.out, workdir)
@@ -192,8 +196,9 @@ def shoot_pages(base: str, experiment: str, sweep: str, uri: str, out: Path, wor
             page = browser.new_page()
             runs = f"{base}/#/experiments/{experiment}/runs"
             page.goto(f"{runs}/{best.info.run_id}/model-metrics")
-            for curve in ("val_accuracy", "loss"):  # the learning curves, first
-                page.get_by_text(curve, exact=True).first.wait_for(timeout=UI_DEADLINE * 1000)
+            for chart in ("accuracy", "best_val_accuracy", "loss"):  # charts in the key's order
+                page.get_by_text(chart, exact=True).first.wait_for(timeout=UI_DEADLINE * 1000)
+            page.wait_for_timeout(8000)  # each chart fetches its history
             save(page, out / "run-metrics.png")
 
             page.goto(f"{runs}/{ensemble.info.run_id}")

@@ -191,14 +191,30 @@ def test_mlflow_models_serve_on_tensorflow_answers_a_jax_model_s_softmax(jax_swe
     logged = reader.outputs(run_id, "test")
     raw = np.stack([images.read_rgb(str(jax_sweep.images / "test" / n)).astype(np.float32) for n in logged.names[:4]])
     uri = reader.model_uri(MlflowClient(jax_sweep.uri).get_run(run_id))
+    answer = served_softmax(uri, raw, jax_sweep.uri, "tensorflow", tmp_path)
+    np.testing.assert_allclose(answer, logged.probabilities[:4], atol=1e-4)
+
+
+@pytest.mark.slow  # a service: mlflow models serve, on JAX
+def test_mlflow_models_serve_on_jax_answers_a_tensorflow_model_s_softmax(flips, tmp_path):
+    """The other way round: conftest.flip_pair's plain run, trained on TensorFlow, served on JAX."""
+    logged = reader.outputs(flips.plain, "test")
+    raw = np.stack([images.read_rgb(str(flips.images / "test" / n)).astype(np.float32) for n in logged.names[:4]])
+    uri = reader.model_uri(MlflowClient(flips.uri).get_run(flips.plain))
+    answer = served_softmax(uri, raw, flips.uri, "jax", tmp_path)
+    np.testing.assert_allclose(answer, logged.probabilities[:4], atol=1e-4)
+
+
+def served_softmax(model_uri: str, raw: np.ndarray, tracking_uri: str, backend: str, tmp_path: Path) -> np.ndarray:
+    """What `mlflow models serve` of the model, with Keras on `backend`, answers for the images."""
     port = free_port()
     venv_bin = str(Path(mlflow_cli()).parent)  # `mlflow models serve` runs `uvicorn` from PATH
-    env = environment(MLFLOW_TRACKING_URI=jax_sweep.uri, PATH=f"{venv_bin}:{os.environ['PATH']}")
-    env["KERAS_BACKEND"] = "tensorflow"
-    command = [mlflow_cli(), "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    env = environment(MLFLOW_TRACKING_URI=tracking_uri, PATH=f"{venv_bin}:{os.environ['PATH']}", KERAS_BACKEND=backend)
+    command = [mlflow_cli(), "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1"]
+    command += ["-p", str(port)]
     with serving(command, f"http://127.0.0.1:{port}/ping", tmp_path, env, timeout=300) as url:
         answer = get_json(url.replace("/ping", "/invocations"), {"inputs": raw.tolist()})
-    np.testing.assert_allclose(np.array(answer["predictions"]), logged.probabilities[:4], atol=1e-4)
+    return np.array(answer["predictions"])
 
 
 @pytest.mark.slow  # JAX in subprocesses
