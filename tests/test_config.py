@@ -36,22 +36,6 @@ def test_the_required_options_exist():
     assert set(group_options("data")) >= {"simpsons", "folder", "demo"}
 
 
-@pytest.mark.parametrize(
-    "group,option",
-    [
-        (group, option)
-        for group in ("backbone", "optimizer", "data", "tracking", "experiment")
-        for option in group_options(group)
-    ],
-)
-def test_every_option_composes_and_resolves(group, option):
-    cfg = compose_train([f"{group}={option}", "data.root=/some/images"])
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    assert resolved["tracking"]["uri"]
-    if group in ("backbone", "optimizer", "data"):
-        assert resolved[group]["name"] == option
-
-
 VARIANTS = group_options("variant")
 
 

@@ -60,12 +60,17 @@ def test_hydra_itself_refuses_unknown_keys_and_wrong_types(override):
         compose_train(override.split())
 
 
-@pytest.mark.parametrize("group", ["backbone", "optimizer", "data", "augment", "scheduler", "experiment", "variant"])
-def test_every_option_of_every_group_converts(group):
+@pytest.mark.parametrize(
+    "group", ["backbone", "optimizer", "data", "augment", "scheduler", "tracking", "experiment", "variant"]
+)
+def test_every_option_of_every_group_composes_resolves_and_converts(group):
     for option in group_options(group):
         overrides = ["experiment=options_mini"] if group == "variant" else []
-        chosen = train_settings([*overrides, f"{group}={option}", "data.root=/images"])
+        chosen = train_settings([*overrides, f"{group}={option}", "data.root=/images"])  # every value resolved
         assert dataclasses.is_dataclass(chosen.data) and dataclasses.is_dataclass(chosen.scheduler)
+        assert chosen.tracking.uri
+        if group in ("backbone", "optimizer", "data"):
+            assert getattr(chosen, group).name == option
 
 
 @pytest.mark.parametrize(
@@ -154,9 +159,10 @@ def test_every_bad_value_is_named_not_only_the_first():
 
 @pytest.mark.parametrize("name", group_options("backbone"))
 def test_the_image_size_is_held_to_the_backbones_minimum(name):
-    smallest = train_settings([f"backbone={name}"]).backbone.min_image_size
-    assert train_settings([f"backbone={name}", f"image_size={smallest}"]).errors() == []
-    assert train_settings([f"backbone={name}", f"image_size={smallest - 1}"]).errors() == [
+    chosen = train_settings([f"backbone={name}"])  # composed once: the image size is judged on the settings
+    smallest = chosen.backbone.min_image_size
+    assert dataclasses.replace(chosen, image_size=smallest).errors() == []
+    assert dataclasses.replace(chosen, image_size=smallest - 1).errors() == [
         f"image_size={smallest - 1} is below the minimum of backbone {name!r}; use image_size >= {smallest}"
     ]
 
