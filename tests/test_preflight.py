@@ -146,7 +146,16 @@ def command_line_errors(args: list[str]) -> list[str]:
         return hydra_jobs.job_errors(loader.load_configuration("train", [f"hydra.mode={mode.name}", *values], mode))
 
 
-@pytest.mark.parametrize("overrides,message", [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS])
+# The quick tier judges one case of each stage (as CLI_CASES, plus a type, a key and a folder probe);
+# the whole suite, every case: each composes its jobs with Hydra, about a second apiece on 2 cores.
+QUICK_STAGES = {"database password", "backbone", "dropout", "sweep", "kaggle", "typo", "gpu value", "store"}
+JUDGED = [
+    pytest.param(*case[1:], id=case[0], marks=() if case[0] in QUICK_STAGES else pytest.mark.slow)
+    for case in BAD_INPUTS
+]
+
+
+@pytest.mark.parametrize("overrides,message", JUDGED)
 def test_each_bad_value_is_one_line_from_the_checks_the_command_runs(overrides, message, image_folders, tmp_path):
     port = free_port()  # nothing listens there
     filled = [o.format(tmp=tmp_path, port=port) for o in overrides]
