@@ -196,7 +196,7 @@ def shoot_pages(base: str, experiment: str, sweep: str, uri: str, out: Path, wor
             page = browser.new_page()
             runs = f"{base}/#/experiments/{experiment}/runs"
             page.goto(f"{runs}/{best.info.run_id}/model-metrics")
-            for chart in ("accuracy", "best_val_accuracy", "loss"):  # charts in the key's order
+            for chart in ("accuracy", "val_loss", "best_val_accuracy"):  # the epoch/ curves, then the headline values
                 page.get_by_text(chart, exact=True).first.wait_for(timeout=UI_DEADLINE * 1000)
             page.wait_for_timeout(8000)  # each chart fetches its history
             save(page, out / "run-metrics.png")

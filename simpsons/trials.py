@@ -376,7 +376,7 @@ def tell(study: Any, number: int, value: float | None, pruned: bool) -> None:
 def run_outcome(client: Any, run_id: str, monitor: str) -> tuple[float | None, bool]:
     """A FINISHED run's trial outcome: its best monitor value, and whether it was pruned."""
     pruned = schema.PRUNED in client.get_run(run_id).data.tags
-    return best_value([m.value for m in client.get_metric_history(run_id, monitor)], monitor), pruned
+    return best_value([m.value for m in client.get_metric_history(run_id, schema.curve(monitor))], monitor), pruned
 
 
 def best_value(history: list[float], monitor: str) -> float | None:

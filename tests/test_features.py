@@ -93,7 +93,7 @@ def test_finetuning_trains_its_head_on_cached_features_and_continues_the_curves(
     assert tags["phases"].startswith(phases)
     client = MlflowClient(tracking_uri)
     [run] = client.search_runs([client.get_experiment_by_name("simpsons").experiment_id])
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2, 3, 4]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch/val_accuracy")] == [1, 2, 3, 4]
 
     tags = run_with(["finetune.layers=4", "finetune.epochs=2", "cache=false"], image_folders, tracking_uri, tmp_path)
     assert tags["feature_cache"] == "off"

@@ -190,7 +190,7 @@ def test_a_killed_finetuning_run_resumes_at_the_epoch_after_its_last_backup_in_t
 
     def steps() -> list[int]:
         runs = all_runs(tracking_uri)
-        return [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_accuracy")] if runs else []
+        return [m.step for m in client.get_metric_history(runs[0].info.run_id, "epoch/val_accuracy")] if runs else []
 
     first = start_cli(args, cwd=tmp_path)
     stop_when(first, lambda: len(steps()) >= 3)  # epoch 2 logged: fine-tuning epoch 1 is backed up
@@ -206,7 +206,7 @@ def test_a_killed_finetuning_run_resumes_at_the_epoch_after_its_last_backup_in_t
     resumed_at = int(run.data.tags[schema.RESUMED_AT_EPOCH])
     assert resumed_at >= 3, "resumed from before its last fine-tuning backup"  # epochs counted from 1
     assert f"resuming MLflow run {run.info.run_id}" in output and f"at epoch {resumed_at}" in output
-    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    history = client.get_metric_history(run.info.run_id, "epoch/val_accuracy")
     assert sorted({m.step for m in history}) == [1, 2, 3, 4, 5]  # continuous curves, none restarted at 1
     assert [m.step for m in history].count(1) == 1 and [m.step for m in history].count(5) == 1
     assert "Epoch 1/" not in output.split("resuming MLflow run")[1]  # the rerun trained no epoch again from 0
@@ -247,7 +247,7 @@ def test_a_run_killed_between_an_epochs_metrics_and_its_backup_logs_each_epoch_o
         runs = all_runs(tracking_uri)
         if not runs:
             return False
-        logged = len(client.get_metric_history(runs[0].info.run_id, "val_accuracy"))
+        logged = len(client.get_metric_history(runs[0].info.run_id, "epoch/val_accuracy"))
         backed_up = backed_up_epoch(checkpoints / runs[0].info.run_id / "head")
         seen.update(logged=logged, backed_up=backed_up)
         return backed_up is not None and (logged != backed_up or logged >= 5)

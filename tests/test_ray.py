@@ -102,7 +102,7 @@ def _training(client: MlflowClient, jobs: int) -> list[Run]:
     """The job runs, once `jobs` of them have logged an epoch; else []."""
     experiment = client.get_experiment_by_name("simpsons")
     runs = client.search_runs([experiment.experiment_id], "tags.`simpsons.run_type` = 'train'") if experiment else []
-    runs = [run for run in runs if client.get_metric_history(run.info.run_id, "loss")]
+    runs = [run for run in runs if client.get_metric_history(run.info.run_id, "epoch/loss")]
     return runs if len(runs) >= jobs else []
 
 

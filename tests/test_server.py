@@ -263,7 +263,7 @@ def test_postgres_sweep_of_four_jobs_two_at_a_time_over_http_then_ensemble_and_r
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     grid = {(c.data.params["optimizer.name"], c.data.params["dropout"]) for c in children}
     assert grid == {(o, d) for o in ("adam", "rmsprop") for d in ("0.2", "0.5")}
-    assert all(len(as_alice.get_metric_history(c.info.run_id, "val_accuracy")) == 2 for c in children)
+    assert all(len(as_alice.get_metric_history(c.info.run_id, "epoch/val_accuracy")) == 2 for c in children)
     # The parent's outcome, from the runs two joblib workers wrote, and where to see it
     assert (parent.data.metrics["jobs_finished"], parent.data.metrics["jobs_failed"]) == (4, 0)
     names = sorted(c.info.run_name for c in children)
@@ -341,7 +341,7 @@ def test_postgres_four_parallel_writers_of_two_users_lose_no_run(team, as_alice,
     runs = [r for r in runs_of(as_alice, "team-writers") if run_type(r) == "train"]
     assert sorted(r.data.params["dropout"] for r in runs) == sorted(writers)
     assert {r.info.status for r in runs} == {"FINISHED"}
-    assert all(len(as_alice.get_metric_history(r.info.run_id, "val_accuracy")) == 2 for r in runs)
+    assert all(len(as_alice.get_metric_history(r.info.run_id, "epoch/val_accuracy")) == 2 for r in runs)
     assert files_with_secrets(tmp_path) == []
 
 

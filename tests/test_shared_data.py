@@ -65,7 +65,7 @@ def test_finetuning_with_augmentation_runs_end_to_end_on_kaggle_images(tracking_
     )
     assert run.info.status == "FINISHED"
     assert run.data.tags["phases"].startswith("head: epochs 1-1; finetune: epochs 2-2, top 3 layers, lr 0.0001; kept")
-    history = MlflowClient(tracking_uri).get_metric_history(run.info.run_id, "loss")
+    history = MlflowClient(tracking_uri).get_metric_history(run.info.run_id, "epoch/loss")
     assert [m.step for m in history] == [1, 2]
     assert "test_accuracy" in run.data.metrics
 

@@ -71,7 +71,7 @@ def train_runs(client: MlflowClient) -> list[Run]:
 
 def training(client: MlflowClient, jobs: int, epochs: int) -> list[Run]:
     """The job runs, once `jobs` of them have logged at least `epochs` epochs; else []."""
-    runs = [r for r in train_runs(client) if len(client.get_metric_history(r.info.run_id, "loss")) >= epochs]
+    runs = [r for r in train_runs(client) if len(client.get_metric_history(r.info.run_id, "epoch/loss")) >= epochs]
     return runs if len(runs) >= jobs else []
 
 
@@ -112,7 +112,7 @@ def assert_killed_keeping_metrics(client: MlflowClient, run_id: str, epochs: int
     run = client.get_run(run_id)
     assert run.info.status == "KILLED"
     assert run.data.tags["error"].startswith("interrupted"), run.data.tags["error"]
-    assert len(client.get_metric_history(run_id, "loss")) >= epochs
+    assert len(client.get_metric_history(run_id, "epoch/loss")) >= epochs
 
 
 @pytest.mark.slow
@@ -204,7 +204,7 @@ def job_runs(client: MlflowClient) -> dict[str, Run]:
 
 
 def trained(client: MlflowClient, run: Run, epochs: int) -> bool:
-    return len(client.get_metric_history(run.info.run_id, "loss")) >= epochs
+    return len(client.get_metric_history(run.info.run_id, "epoch/loss")) >= epochs
 
 
 def driver_gone_and_children_with_it(descendants: list[psutil.Process]) -> list[str]:

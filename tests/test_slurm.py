@@ -141,7 +141,7 @@ def training_runs(client: MlflowClient, epochs: int) -> list[Run]:
     return [
         run
         for run in runs
-        if run.info.status == "RUNNING" and len(client.get_metric_history(run.info.run_id, "loss")) >= epochs
+        if run.info.status == "RUNNING" and len(client.get_metric_history(run.info.run_id, "epoch/loss")) >= epochs
     ]
 
 

@@ -66,7 +66,7 @@ def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_sof
 
     for name in EPOCH_METRICS:
         assert [m.step for m in client.get_metric_history(run_id, name)] == [1, 2], name  # "Epoch 1/2", "Epoch 2/2"
-    val_history = [m.value for m in client.get_metric_history(run_id, "val_accuracy")]
+    val_history = [m.value for m in client.get_metric_history(run_id, "epoch/val_accuracy")]
     assert run.data.metrics["best_val_accuracy"] == pytest.approx(max(val_history), abs=1e-6)
     assert {"test_loss", "test_accuracy", "test_macro_f1", "val_macro_f1"} <= run.data.metrics.keys()
 
@@ -89,10 +89,9 @@ def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_sof
         .tags["mlflow.note.content"]
         .startswith("Transfer-learning image classifiers on the `folder` data set")
     )
-    lrs = client.get_metric_history(run_id, "lr")
-    assert [m.value for m in client.get_metric_history(run_id, "log10_lr")] == pytest.approx(
-        [np.log10(m.value) for m in lrs]
-    )
+    # The learning rate as its log10, the one chart of it that reads (a linear axis shows 1e-3 as 0)
+    assert [m.value for m in client.get_metric_history(run_id, "epoch/log10_lr")] == pytest.approx([-3, -3])
+    assert not {"lr", "epoch/lr", "log10_lr"} & run.data.metrics.keys()
     assert len(run.data.tags["data.fingerprint"]) == 64
     assert run.data.tags["feature_cache"] == "miss"  # the recorded softmax below is the head's on features
     classes = json.loads(run.data.tags["class_names"])
@@ -149,7 +148,7 @@ def test_a_run_logs_params_metrics_artifacts_and_a_model_that_reproduces_its_sof
     assert kept in (1, 2)  # counted from 1, as Keras prints it; its step on the curves
     kept_epoch = {name: client.get_metric_history(run_id, name)[kept - 1].value for name in EPOCH_METRICS}
     for name in ("val_loss", "loss", "accuracy"):  # the run's headline best_* are the kept epoch's curve values
-        assert run.data.metrics[f"best_{name}"] == kept_epoch[name], name
+        assert run.data.metrics[f"best_{name}"] == kept_epoch[f"epoch/{name}"], name
     shown = {m.key: m.value for m in linked if m.key in [*final, *EPOCH_METRICS]}  # kept at 0: step 0's others too
     assert shown == {key: run.data.metrics[key] for key in final} | kept_epoch
     assert {m.key: m.step for m in linked if m.key in EPOCH_METRICS} == dict.fromkeys(EPOCH_METRICS, kept)
@@ -203,15 +202,15 @@ def test_a_2x2_multirun_gives_one_parent_and_four_finished_children(image_folder
         listed = get_json(f"{api}/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
         assert {r["info"]["run_id"] for r in listed} == {r.info.run_id for r in runs}
         child = children[0].info.run_id
-        history = get_json(f"{api}/metrics/get-history?run_id={child}&metric_key=val_accuracy")["metrics"]
+        history = get_json(f"{api}/metrics/get-history?run_id={child}&metric_key=epoch/val_accuracy")["metrics"]
         assert [m["step"] for m in history] == [1]  # epoch 1, as Keras printed it
         files = {f["path"] for f in get_json(f"{api}/artifacts/list?run_id={child}&path=predictions")["files"]}
         assert files == {"predictions/val.csv", "predictions/test.csv"}
 
 
 def curves_at(client: MlflowClient, run_id: str, name: str, epoch: int) -> float:
-    """The curve's value at `epoch`, counted from 1 (its step)."""
-    [value] = [m.value for m in client.get_metric_history(run_id, name) if m.step == epoch]
+    """The curve of Keras's `name` (logged as epoch/<name>) at `epoch`, counted from 1 (its step)."""
+    [value] = [m.value for m in client.get_metric_history(run_id, f"epoch/{name}") if m.step == epoch]
     return value
 
 
@@ -373,7 +372,7 @@ def test_every_run_keeps_its_best_epoch_with_the_cache_without_it_and_with_fine_
     assert cases == {("True", "0"), ("False", "0"), ("True", "2"), ("False", "2")}
     for run in runs:
         run_id, metrics = run.info.run_id, run.data.metrics
-        curve = [m.value for m in sorted(client.get_metric_history(run_id, "val_accuracy"), key=lambda m: m.step)]
+        curve = [m.value for m in sorted(client.get_metric_history(run_id, "epoch/val_accuracy"), key=lambda m: m.step)]
         assert len(curve) == (9 if run.data.params["finetune.layers"] == "2" else 5), "the curves stay complete"
         best_epoch = int(metrics["best_epoch"])  # counted from 1
         assert best_epoch - 1 == int(np.argmax(curve)) < len(curve) - 1, "kept the first best epoch, not the last"
@@ -408,7 +407,10 @@ def test_a_sweep_over_the_monitor_with_early_stopping_keeps_and_logs_what_each_r
         assert run.data.params["early_stopping.patience"] == "1"
         assert run.data.params["early_stopping.monitor"] == "None"  # null: the run's monitor
         curves = {
-            name: [m.value for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)]
+            name: [
+                m.value
+                for m in sorted(client.get_metric_history(run.info.run_id, f"epoch/{name}"), key=lambda m: m.step)
+            ]
             for name in ("val_accuracy", "val_loss")
         }
         curve = curves[monitor]

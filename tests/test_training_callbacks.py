@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from tiny_fits import batches, labelled, softmax_model, two_layer_model, weights
 
 from simpsons.settings import MONITORS
-from simpsons.training.callbacks import LR_METRIC, BestEpoch, early_stopping
+from simpsons.training.callbacks import LOG10_LR_METRIC, BestEpoch, early_stopping
 from simpsons.training.phases import fit
 
 
@@ -98,13 +98,13 @@ def test_keras_reports_what_the_monitors_name(monitor):
     assert monitor in history.history
 
 
-def test_the_lr_metric_is_the_learning_rate_each_epoch_starts_with(tracking_uri):
+def test_the_log10_lr_curve_is_that_of_the_learning_rate_each_epoch_starts_with(tracking_uri):
     schedule = keras.optimizers.schedules.CosineDecay(0.1, decay_steps=6)
     two_steps = labelled([0, 1, 2, 0], seed=2, batch_size=2)
     with mlflow.start_run() as run:
         fit(softmax_model(), keras.optimizers.SGD(learning_rate=schedule), two_steps, labelled([1]), epochs=3)
-    history = MlflowClient(tracking_uri).get_metric_history(run.info.run_id, LR_METRIC)
+    history = MlflowClient(tracking_uri).get_metric_history(run.info.run_id, LOG10_LR_METRIC)
     assert [m.step for m in history] == [1, 2, 3]  # epochs as Keras prints them, from 1
     expected = [float(schedule(step)) for step in (0, 2, 4)]
-    assert [m.value for m in history] == pytest.approx(expected)
+    assert [10**m.value for m in history] == pytest.approx(expected)
     assert expected[0] > expected[1] > expected[2]

@@ -25,7 +25,7 @@ from PIL import Image
 from tiny_fits import CLASSES, batches, labelled, softmax_model, two_layer_model, weights
 
 from simpsons.tracking.predictions import from_csv
-from simpsons.training.callbacks import LR_METRIC, early_stopping
+from simpsons.training.callbacks import EPOCH_METRICS, LOG10_LR_METRIC, early_stopping
 from simpsons.training.phases import balanced_class_weights, fit, loss_and_targets
 from simpsons.training.recipe import JobContext, train
 
@@ -130,8 +130,8 @@ def test_fit_trains_on_the_weighted_and_smoothed_loss(class_weight, label_smooth
             class_weight=class_weight,
         )
     logged = MlflowClient(tracking_uri).get_run(run.info.run_id).data.metrics
-    assert logged["loss"] == pytest.approx(np.mean(weights * per_example), rel=1e-5)
-    assert {"accuracy", "val_loss", "val_accuracy", LR_METRIC} <= logged.keys()  # named as without the knobs
+    assert logged["epoch/loss"] == pytest.approx(np.mean(weights * per_example), rel=1e-5)
+    assert set(EPOCH_METRICS) - {LOG10_LR_METRIC} <= logged.keys()  # named as without the knobs (lr 0: no log10)
 
 
 # Jobs
@@ -166,7 +166,10 @@ def test_balanced_class_weights_come_from_the_training_split_and_are_logged(imag
     assert client.get_run(balanced).data.params["class_weight"] == "balanced"
     assert "class_weights.json" not in {a.path for a in client.list_artifacts(unweighted)}
     # The weights reached fit: a config otherwise the same trains the same (deterministic=auto: on without a GPU)
-    curves = [[m.value for key in ("loss", "val_loss") for m in client.get_metric_history(run, key)] for run in runs]
+    curves = [
+        [m.value for key in ("epoch/loss", "epoch/val_loss") for m in client.get_metric_history(run, key)]
+        for run in runs
+    ]
     assert curves[0] != curves[1]
 
 

@@ -14,7 +14,7 @@ from conftest import TINY_MODEL, folder_data, run_cli, train_settings
 from mlflow.tracking import MlflowClient
 
 from simpsons.training import schedules
-from simpsons.training.callbacks import LR_METRIC
+from simpsons.training.callbacks import LOG10_LR_METRIC
 from simpsons.training.recipe import JobContext, train
 
 LR = 1e-3  # TINY_MODEL's
@@ -80,9 +80,10 @@ def test_a_resumed_plateau_counts_the_epochs_its_phase_ran_before():
 
 
 def lr_curve(uri: str, run_id: str) -> list[float]:
-    history = MlflowClient(uri).get_metric_history(run_id, LR_METRIC)
+    """The learning rate each epoch started with, from its logged log10."""
+    history = MlflowClient(uri).get_metric_history(run_id, LOG10_LR_METRIC)
     assert [m.step for m in history] == list(range(1, len(history) + 1))  # epochs counted from 1
-    return [m.value for m in history]
+    return [10**m.value for m in history]
 
 
 def steps_per_epoch(uri: str, run_id: str) -> int:

@@ -21,10 +21,18 @@ MEMBERS = "members"
 VAL_FILES = "simpsons.val_files"  # digest of the validation files (and data) an ensemble was scored on
 REGISTERED_VERSION = "simpsons.registered_version"  # "<registered model>/<version>" of an ensemble's model
 CHAMPION_DECISION = "simpsons.champion"  # what the ensemble did to the champion alias, and why
-# A training run's headline metrics are its kept epoch's, named best_* (simpsons/training/recipe.py);
-# its latest val_accuracy is its last epoch's.
+# A training run's headline metrics are its kept epoch's, named best_* (simpsons/training/recipe.py).
+# Its per-epoch curves are logged under CURVE_PREFIX, Keras's names after it (epoch/val_accuracy):
+# MLflow's Metrics tab shows a prefix as its own section, and every prefixed section before the
+# unprefixed ones, so the curves come first and the one-value headline metrics below them.
 KEPT_VAL_ACCURACY = "best_val_accuracy"
-EPOCH_CURVES = ("loss", "accuracy", "val_loss", "val_accuracy")  # logged per epoch; best_<name>: the kept epoch's
+EPOCH_CURVES = ("loss", "accuracy", "val_loss", "val_accuracy")  # Keras's names; best_<name>: the kept epoch's
+CURVE_PREFIX = "epoch/"
+
+
+def curve(name: str) -> str:
+    """The logged name of Keras's per-epoch `name`: epoch/val_loss for val_loss."""
+    return f"{CURVE_PREFIX}{name}"
 
 
 def kept(curve: str) -> str:

@@ -215,7 +215,7 @@ def epoch_step(epoch: int) -> int:
 
 
 def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-    """An epoch's metrics (loss, accuracy, ..., lr), at its step (epoch_step: counted from 1)."""
+    """An epoch's metrics (epoch/loss, ..., epoch/log10_lr), at its step (epoch_step: counted from 1)."""
     with signals.held():  # a Ctrl-C waits for the write: the run must still be ended afterwards
         mlflow.log_metrics(metrics, step=epoch_step(epoch))
 

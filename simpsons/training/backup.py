@@ -30,7 +30,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from simpsons import locks
-from simpsons.tracking import writer
+from simpsons.tracking import schema, writer
 
 EPOCHS_FILE = "epoch_metrics.json"  # beside a phase's backup: each epoch's metrics, logged or not yet
 PHASE_END = "phase_end.json"
@@ -143,7 +143,7 @@ class Backup:
         run_id = mlflow.active_run().info.run_id
         curves = {}
         for metric in metrics:
-            history = sorted(MlflowClient().get_metric_history(run_id, metric), key=lambda m: m.timestamp)
+            history = sorted(MlflowClient().get_metric_history(run_id, schema.curve(metric)), key=lambda m: m.timestamp)
             # Steps count epochs from 1 (writer.epoch_step); Keras's epochs, and these curves, from 0.
             last = {m.step - 1: m.value for m in history if m.step - 1 < before_epoch}
             curves[metric] = sorted(last.items())

@@ -17,15 +17,15 @@ import keras
 import numpy as np
 
 from simpsons.settings import MONITORS
-from simpsons.tracking import writer
+from simpsons.tracking import schema, writer
 from simpsons.training.backup import Backup
 from simpsons.trials import JobTrial
 
-LR_METRIC = "lr"  # the learning rate an epoch starts with
-# Its log10, the curve to read: MLflow plots `lr` (1e-3 falling to 1e-5) on a linear axis whose
-# labels round it to 0, a flat line at 0; log10_lr is -3 falling to -5.
-LOG10_LR_METRIC = "log10_lr"
-EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", LR_METRIC, LOG10_LR_METRIC)
+# The learning rate an epoch starts with, as its log10: MLflow plots a learning rate (1e-3 falling to
+# 1e-5) on a linear axis whose labels round it to 0, a flat line at 0; log10_lr is -3 falling to -5.
+LOG10_LR_METRIC = schema.curve("log10_lr")
+# The logged names of each epoch's metrics: Keras's, under schema.CURVE_PREFIX (epoch/val_accuracy).
+EPOCH_METRICS = (*map(schema.curve, schema.EPOCH_CURVES), LOG10_LR_METRIC)
 
 
 def learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
@@ -34,9 +34,10 @@ def learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
 
 
 class MlflowEpochMetrics(keras.callbacks.Callback):
-    """Logs loss, accuracy, val_loss, val_accuracy, lr and log10_lr to the active MLflow run, one step per epoch.
+    """Logs loss, accuracy, val_loss, val_accuracy and log10_lr (EPOCH_METRICS: under epoch/) to the
+    active MLflow run, one step per epoch.
 
-    lr is the learning rate of the epoch's first step, read when the epoch begins: a plateau
+    log10_lr is that of the learning rate of the epoch's first step, read when the epoch begins: a plateau
     scheduler lowers it at an epoch's end, for the next epoch, and a cosine one at every step.
     """
 
@@ -74,9 +75,8 @@ class BackupThenLog(keras.callbacks.BackupAndRestore):
 
 
 def _epoch_metrics(logs: dict | None, learning_rate: float) -> dict[str, float]:
-    metrics = {name: float(value) for name, value in (logs or {}).items() if name in EPOCH_METRICS}
-    readable = {LOG10_LR_METRIC: math.log10(learning_rate)} if learning_rate > 0 else {}  # no log of 0
-    return metrics | {LR_METRIC: learning_rate} | readable
+    metrics = {schema.curve(name): float(value) for name, value in (logs or {}).items() if name in schema.EPOCH_CURVES}
+    return metrics | ({LOG10_LR_METRIC: math.log10(learning_rate)} if learning_rate > 0 else {})  # no log of 0
 
 
 class BestEpoch(keras.callbacks.Callback):

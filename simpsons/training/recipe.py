@@ -125,7 +125,7 @@ def kept_epoch_metrics(epoch: int) -> dict[str, float]:
     kept: dict[str, float] = {"best_epoch": step}
     for name in KEPT_CURVES:
         # An epoch logged twice (by a version that logged before its backup) counts with its last value.
-        history = client.get_metric_history(run_id, name)
+        history = client.get_metric_history(run_id, schema.curve(name))
         values = sorted((m for m in history if m.step == step), key=lambda m: m.timestamp)
         if values:
             kept[schema.kept(name)] = values[-1].value
