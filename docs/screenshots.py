@@ -195,11 +195,13 @@ def shoot_pages(base: str, experiment: str, sweep: str, uri: str, out: Path, wor
             browser.add_init_script(ui_settings(experiment, sweep))
             page = browser.new_page()
             runs = f"{base}/#/experiments/{experiment}/runs"
+            page.set_viewport_size({**VIEWPORT, "height": 1400})  # the epoch/ curves, and the best_* below them
             page.goto(f"{runs}/{best.info.run_id}/model-metrics")
-            for chart in ("accuracy", "val_loss", "best_val_accuracy"):  # the epoch/ curves, then the headline values
+            for chart in ("accuracy", "log10_lr", "val_loss"):  # the epoch/ section's (the UI draws what is in view)
                 page.get_by_text(chart, exact=True).first.wait_for(timeout=UI_DEADLINE * 1000)
             page.wait_for_timeout(8000)  # each chart fetches its history
             save(page, out / "run-metrics.png")
+            page.set_viewport_size({**VIEWPORT, "height": 1000})
 
             page.goto(f"{runs}/{ensemble.info.run_id}")
             page.get_by_text(ensemble.info.run_name, exact=True).first.wait_for(timeout=UI_DEADLINE * 1000)

@@ -51,6 +51,7 @@ def test_the_ensemble_averages_the_recorded_outputs_of_the_top_n(store, capsys):
         accuracy - max(c["test_accuracy"] for c in candidate_table(run_id))
     )
     assert metrics["best_val_accuracy"] == metrics["val_accuracy"]  # ensembles rank with training runs
+    assert metrics["best_val_loss"] == metrics["val_loss"]  # and fill the runs table's best_* columns
     assert {"val_macro_f1", "test_macro_f1", "val_loss"} <= metrics.keys()
     assert (run.data.params["num_candidates"], run.data.params["num_members"]) == ("3", "3")
     member_lines = [run.data.params[f"member_{i}"] for i in range(3)]

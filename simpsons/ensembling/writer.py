@@ -78,14 +78,15 @@ def _scored_on(key: str) -> str:
 def log_results(ensemble: Ensemble, class_names: list[str], chart_title: str) -> dict[str, float]:
     """Per split: outputs, report, confusion matrix; the candidates table and the members-vs-ensemble
     chart. Returns the metrics, for log_metrics once the model is logged: per split, the scores and
-    the gain over the best candidate; best_val_accuracy (= val_accuracy: an ensemble has no epochs),
-    so that ensembles rank with training runs; the calibration errors (and temperature)."""
+    the gain over the best candidate; best_val_accuracy and best_val_loss (= val_accuracy, val_loss: an
+    ensemble has no epochs), so that ensembles rank and show in the runs table's best_* columns with
+    training runs; the calibration errors (and temperature)."""
     metrics: dict[str, float] = {}
     figures: dict[str, plots.Drawing] = {}
     for split, evaluation in ensemble.evaluations.items():
         writer.log_evaluation(evaluation, class_names, figures, with_metrics=False)
         metrics |= evaluation.metrics() | {f"{split}_accuracy_gain": ensemble.gain(split)}
-    metrics["best_val_accuracy"] = metrics["val_accuracy"]
+    metrics |= {schema.kept(name): metrics[name] for name in ("val_accuracy", "val_loss") if name in metrics}
     metrics |= ensemble.calibration.metrics()
     mlflow.log_dict(candidate_table(ensemble), schema.CANDIDATES_JSON)
     mlflow.log_figure(members_chart(ensemble, chart_title), schema.MEMBERS_CHART)
