@@ -94,7 +94,7 @@ def test_keep_models_2_keeps_the_two_best_models_and_everything_else_then_gc_lis
         with pytest.raises(ConfigError, match="model files were deleted"):  # predict --run says so, in one line
             reader.model_uri(run)
         assert set(KEPT_ARTIFACTS) <= artifacts(client, run.info.run_id)  # outputs, figures, config stay
-        assert {"best_val_accuracy", "test_accuracy", "val_loss"} <= run.data.metrics.keys()
+        assert {"best_val_accuracy", "test_accuracy", "epoch/val_loss"} <= run.data.metrics.keys()
         assert len(client.get_metric_history(run.info.run_id, "epoch/val_loss")) == 2  # the curves stay
 
     # An ensemble chooses among the runs that still have a model, saying why the others are out.

@@ -82,9 +82,9 @@ def test_a_demo_run_reproduces_every_metric_and_changed_code_or_data_are_refused
     same = command("reproduce", [run_id[:8], "--tracking-uri", uri])
     assert same.returncode == 0, same.stderr[-3000:]
     rows = metric_rows(same.stdout)
-    assert {"best_val_accuracy", "test_accuracy", "val_loss", "val_macro_f1"} <= rows.keys()
+    assert {"best_val_accuracy", "test_accuracy", "epoch/val_loss", "val_macro_f1"} <= rows.keys()
     assert set(rows.values()) == {"equal"}, same.stdout
-    assert "loss (2 steps, last)" in same.stdout  # a curve, compared at every epoch
+    assert "epoch/loss (2 steps, last)" in same.stdout  # a curve, compared at every epoch
     assert f"reproduces run {run_id}: every metric equal" in same.stdout
     runs = client.search_runs([experiment], order_by=["attributes.start_time DESC"])
     assert len(runs) == 2 and runs[0].data.tags[schema.REPRODUCES] == run_id
