@@ -43,7 +43,7 @@ CHROMIUM_FLAGS = [  # headless in a container: no sandbox, no GPU, nothing fetch
     "--disable-sync",
 ]
 VIEWPORT = {"width": 1920, "height": 600}
-# The headline metrics, the kept epoch's (a curve's column, e.g. val_accuracy, is its last epoch's value)
+# The headline metrics, the kept epoch's (a curve's column, e.g. epoch/val_accuracy, is its last epoch's value)
 METRIC_COLUMNS = ["best_val_accuracy", "best_val_loss", "test_accuracy", "test_macro_f1"]
 RUN_NAME = "attributes.`Run Name`"  # the runs grid's column ids (MLflow 3.17.2)
 UI_DEADLINE = 180  # seconds for `mlflow ui` to answer, and for a page to show its runs

@@ -44,3 +44,22 @@ def test_each_config_counts_once_by_its_latest_finished_run_and_reused_runs_stan
     assert stub.data.tags[schema.RUN_TYPE] == schema.REUSED and stub.data.metrics == {"best_val_accuracy": 0.5}
     counted, superseded = reader.training_runs(client, [stub])
     assert [run.info.run_id for run in counted] == [finished_b] and superseded == []
+
+
+def test_a_training_run_s_curve_reads_at_its_kept_epoch_by_either_name_and_an_ensemble_s_as_logged(tracking_uri):
+    uri = configure(tracking_uri)
+    experiment = ensure_experiment(uri, "reading")
+    client = MlflowClient(uri)
+    trained = client.create_run(experiment, tags={schema.RUN_TYPE: schema.TRAIN}).info.run_id
+    for step, value in enumerate([0.9, 0.5, 0.7], start=1):  # kept epoch 2; the last is 0.7
+        client.log_metric(trained, schema.curve("val_loss"), value, step=step)
+        client.log_metric(trained, schema.curve("log10_lr"), -3.0 - step, step=step)
+    client.log_metric(trained, schema.kept("val_loss"), 0.5)
+    ensemble = client.create_run(experiment, tags={schema.RUN_TYPE: schema.ENSEMBLE}).info.run_id
+    client.log_metric(ensemble, "val_loss", 0.4)
+
+    run, combined = client.get_run(trained), client.get_run(ensemble)
+    assert reader.metric(run, "val_loss") == reader.metric(run, "epoch/val_loss") == 0.5  # not the last epoch's
+    assert reader.metric(run, "epoch/log10_lr") == -6.0  # a curve with no kept value: its latest
+    assert reader.metric(combined, "val_loss") == reader.metric(combined, "epoch/val_loss") == 0.4
+    assert reader.metric(run, "test_accuracy") is None

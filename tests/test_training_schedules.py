@@ -1,7 +1,7 @@
-"""Learning-rate schedulers (simpsons/training/schedules.py): what each does to a phase, and the logged lr curve.
+"""Learning-rate schedulers (simpsons/training/schedules.py): what each does to a phase, and the logged curve.
 
-The jobs train the tiny MobileNet on the demo images, in a private SQLite store; the lr metric is
-the learning rate each epoch starts with.
+The jobs train the tiny MobileNet on the demo images, in a private SQLite store; the epoch/log10_lr
+curve is the log10 of the learning rate each epoch starts with.
 """
 
 from __future__ import annotations

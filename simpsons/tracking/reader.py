@@ -99,12 +99,14 @@ def metric(run: Run, name: str) -> float | None:
     """The run's `name` as a person reads it: a training run's epoch curve (val_loss, val_accuracy,
     loss, accuracy) at the epoch it kept, `best_<name>`, not its latest value, the last epoch's; any
     other metric (and an ensemble's: it has no epochs) as logged. A run logged before best_<name>
-    existed (issue 18) falls back to its latest value."""
-    if name in schema.EPOCH_CURVES and run_type(run) != schema.ENSEMBLE:
-        kept = run.data.metrics.get(schema.kept(name))
+    existed (issue 18) falls back to its latest value. A curve named as logged (epoch/val_loss, as
+    the UI shows it) is the same curve."""
+    curve = name.removeprefix(schema.CURVE_PREFIX)
+    if curve in schema.EPOCH_CURVES and run_type(run) != schema.ENSEMBLE:
+        kept = run.data.metrics.get(schema.kept(curve))
         if kept is not None:
             return kept
-    return run.data.metrics.get(name)
+    return run.data.metrics.get(name) if name in run.data.metrics else run.data.metrics.get(curve)
 
 
 def class_names(run: Run) -> list[str]:

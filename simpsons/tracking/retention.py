@@ -26,9 +26,9 @@ from simpsons.tracking import races, reader, schema
 
 log = logging.getLogger(__name__)
 
-# A run's monitor (its `monitor` param) -> the metric that ranks it, and which way is better. A
-# run's best_val_accuracy is its kept epoch's; for val_loss the kept epoch's value is read from the curve.
-RANKED_BY = {"val_accuracy": ("best_val_accuracy", "max"), "val_loss": ("val_loss", "min")}
+# A run's monitor (its `monitor` param) -> the metric that ranks it, and which way is better: its kept
+# epoch's best_*, or for a run logged before best_val_loss existed, its val_loss curve at best_epoch.
+RANKED_BY = {"val_accuracy": ("best_val_accuracy", "max"), "val_loss": ("best_val_loss", "min")}
 FALLBACK_MONITOR = "val_accuracy"  # runs of several monitors are ranked by what every run logs
 
 

@@ -3,7 +3,7 @@
 A phase (the head's epochs, then fine-tuning's) has its own optimizer, starting learning rate and
 epochs, and the scheduler applies to each on its own: cosine decays a phase's learning rate over
 that phase's steps; plateau watches that phase's epochs. The learning rate each epoch starts with
-is logged by the callbacks (callbacks.py, metric `lr`).
+is logged by the callbacks (callbacks.py), as its log10: the `epoch/log10_lr` curve.
 """
 
 from __future__ import annotations
