@@ -146,6 +146,7 @@ def store_lock(uri: str):
 def test_the_comparison_metric_is_the_ensembles_own_when_it_logs_it():
     logged = {"val_loss": 1.0, "best_val_accuracy": 0.5}
     assert registry.comparison_metric("val_loss", "min", logged) == ("val_loss", "min")
+    assert registry.comparison_metric("epoch/val_loss", "min", logged) == ("val_loss", "min")  # as runs log it
     assert registry.comparison_metric("rank_score", "max", logged) == ("best_val_accuracy", "max")
 
 

@@ -105,7 +105,9 @@ class Registration:
 
 def comparison_metric(metric: str, direction: str, logged: dict[str, float]) -> tuple[str, str]:
     """The ensemble's own ranking metric if the ensemble logs it (val_loss, best_val_accuracy, ...);
-    a metric that only the training runs log (a custom score) falls back to best_val_accuracy."""
+    a metric that only the training runs log (a custom score) falls back to best_val_accuracy. A
+    curve named as training runs log it (epoch/val_loss) is the ensemble's val_loss."""
+    metric = metric if metric in logged else metric.removeprefix(schema.CURVE_PREFIX)
     return (metric, direction) if metric in logged else FALLBACK_METRIC
 
 
