@@ -179,3 +179,17 @@ def test_a_sweep_whose_driver_was_killed_waits_for_its_running_jobs_and_the_last
     )
     assert run.data.metrics["jobs_finished"] == (2 if last_job == "FINISHED" else 1)
     assert lifecycle.end_dead_runs(client, [experiment]) == []  # nothing left to end
+
+
+def test_pruned_trials_are_marked_in_the_table_and_counted_among_the_finished(tracking_uri):
+    """A search's trial that its pruner stopped ends FINISHED (it logs as any run) but says so."""
+    client, parent, ids = sweep_with_jobs(configure(tracking_uri))
+    client.set_tag(ids["drop=0.1"], schema.PRUNED, "2")
+
+    outcome = sweep_outcome.outcome(client, client.get_run(parent))
+    lines = sweep_outcome.summary(outcome, tracking_uri).splitlines()
+    assert lines[0].endswith("4 jobs: 3 finished (1 reused, 1 pruned), 1 failed")
+    assert lines[4].split() == ["drop=0.1", "0.8000", "0.7500", "0.7000", "pruned", ids["drop=0.1"][:8]]
+    note = sweep_outcome.markdown(outcome, tracking_uri)
+    assert "**Outcome:** 3 finished (1 reused, 1 pruned), 1 failed, 0 killed." in note
+    assert f"| drop=0.1 | 0.8000 | 0.7500 | 0.7000 | pruned | {ids['drop=0.1']} |" in note

@@ -34,6 +34,7 @@ class Job:
     status: str
     reused_run_id: str | None  # the earlier run this job reused, which holds its model
     metrics: dict[str, float]
+    pruned: bool = False  # a search's trial its pruner stopped early (FINISHED, on fewer epochs)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ def outcome(client: MlflowClient, parent: Run) -> Outcome:
             run.info.status,
             run.data.tags.get(schema.REUSED_RUN) if run.data.tags.get(schema.RUN_TYPE) == schema.REUSED else None,
             dict(run.data.metrics),
+            schema.PRUNED in run.data.tags,
         )
         for run in children
     ]
@@ -121,7 +123,16 @@ def _columns(result: Outcome, wanted: tuple[str, ...]) -> list[str]:
 
 
 def _status(job: Job) -> str:
-    return "reused" if job.reused_run_id else job.status.lower()
+    if job.reused_run_id:
+        return "reused"
+    return "pruned" if job.pruned and job.status == "FINISHED" else job.status.lower()
+
+
+def _finished(result: Outcome) -> str:
+    """How many jobs finished, and of them how many were reused or pruned: "16 finished (5 pruned)"."""
+    metrics, pruned = result.metrics(), sum(job.pruned and job.status == "FINISHED" for job in result.finished)
+    parts = [f"{metrics['jobs_reused']} reused"] * bool(metrics["jobs_reused"]) + [f"{pruned} pruned"] * bool(pruned)
+    return f"{metrics['jobs_finished']} finished" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def table(result: Outcome) -> str:
@@ -165,9 +176,7 @@ def next_commands(result: Outcome, uri: str) -> list[str]:
 def summary(result: Outcome, uri: str) -> str:
     """What the terminal shows at the end of a sweep."""
     metrics = result.metrics()
-    counts = f"{len(result.jobs)} jobs: {metrics['jobs_finished']} finished"
-    counts += f" ({metrics['jobs_reused']} reused)" if metrics["jobs_reused"] else ""
-    counts += f", {metrics['jobs_failed']} failed"
+    counts = f"{len(result.jobs)} jobs: {_finished(result)}, {metrics['jobs_failed']} failed"
     counts += f", {metrics['jobs_killed']} killed" if metrics["jobs_killed"] else ""
     lines = [f"sweep {result.parent_name!r} (run {result.parent_run_id}): {counts}", table(result)]
     best = result.best
@@ -189,8 +198,7 @@ def markdown(result: Outcome, uri: str) -> str:
     rule = "|" + "---|" * (len(columns) + 3)
     metrics = result.metrics()
     lines = [
-        f"{OUTCOME_HEADING} {metrics['jobs_finished']} finished ({metrics['jobs_reused']} reused), "
-        f"{metrics['jobs_failed']} failed, {metrics['jobs_killed']} killed.",
+        f"{OUTCOME_HEADING} {_finished(result)}, {metrics['jobs_failed']} failed, {metrics['jobs_killed']} killed.",
         "",
         header,
         rule,
