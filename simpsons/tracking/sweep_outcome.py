@@ -130,7 +130,7 @@ def _status(job: Job) -> str:
 
 def _finished(result: Outcome) -> str:
     """How many jobs finished, and of them how many were reused or pruned: "16 finished (5 pruned)"."""
-    metrics, pruned = result.metrics(), sum(job.pruned and job.status == "FINISHED" for job in result.finished)
+    metrics, pruned = result.metrics(), sum(job.pruned for job in result.finished)
     parts = [f"{metrics['jobs_reused']} reused"] * bool(metrics["jobs_reused"]) + [f"{pruned} pruned"] * bool(pruned)
     return f"{metrics['jobs_finished']} finished" + (f" ({', '.join(parts)})" if parts else "")
 
