@@ -246,6 +246,8 @@ def end_dead_runs(
     every job had finished ends FINISHED.
     """
     running = client.search_runs(experiment_ids, "attributes.status = 'RUNNING'", max_results=SEARCH_LIMIT)
+    # Sweeps last: a sweep killed -9 counts its dead jobs in its outcome once they are ended.
+    running.sort(key=_is_sweep)
     ended = {}
     for run in running:
         if why_dead(run, stale_after) is None:
@@ -259,15 +261,10 @@ def end_dead_runs(
     if killed:
         listed = ", ".join(f"{run.info.run_id[:8]} ({run.info.run_name})" for run in killed)
         log.warning("ended %d run(s) KILLED whose process is gone: %s", len(killed), listed)
-    for run, status in ended.values():  # once its dead jobs are ended too: a sweep killed -9 still gets its outcome
-        if _is_sweep(run):
-            if status == "FINISHED":
-                log.warning(
-                    "ended sweep run %s FINISHED: its driver is gone, and every job had finished", run.info.run_id
-                )
-            _record_sweep_outcome(client, run.info.run_id)
-            if status == "FINISHED":  # as its driver would have at its end; a KILLED sweep is run again
-                retention.delete_sweep_models(client, run.info.run_id)
+    for run, status in ended.values():
+        if _is_sweep(run) and status == "FINISHED":
+            log.warning("ended sweep run %s FINISHED: its driver is gone, and every job had finished", run.info.run_id)
+            retention.delete_sweep_models(client, run.info.run_id)  # as its driver would have at its end
     return [run for run, _ in ended.values()]
 
 
@@ -278,7 +275,6 @@ def end_orphaned_sweep(client: MlflowClient, sweep_run_id: str, stale_after: flo
         end = functools.partial(_end_if_dead, client, client.get_run(sweep_run_id), stale_after, ending_job=True)
         status = races.shared_write(client.tracking_uri, end, f"end orphaned sweep run {sweep_run_id}")
         if status is not None:
-            _record_sweep_outcome(client, sweep_run_id)
             log.warning("ended sweep run %s %s: its driver is gone, and this was its last job", sweep_run_id, status)
             if status == "FINISHED":  # its keep_models, as its driver would have applied it
                 retention.delete_sweep_models(client, sweep_run_id)
@@ -302,6 +298,8 @@ def _end_if_dead(client: MlflowClient, run: Run, stale_after: float, ending_job:
             return None
         status = _orphaned_sweep_status(client, fresh)
     client.set_tag(run.info.run_id, schema.ENDED_BY, reason)
+    if _is_sweep(fresh):  # before its status: whoever sees the sweep ended sees its counts too
+        _record_sweep_outcome(client, run.info.run_id)
     client.set_terminated(run.info.run_id, status)
     return status
 
