@@ -12,7 +12,9 @@ That is a ResNet50V2 with random weights on the demo images (generated from thei
 head on cached features, 3 epochs; then the same, and 2 epochs with its top 10 layers unfrozen,
 keeping the epoch with the lowest val_loss, a fine-tuned one, so that the test metrics are the
 fine-tuned model's. On the CPU with op determinism, each run gives the same numbers every time;
-a GPU (even with determinism) or XLA gives others, hence no GPU and no XLA here.
+a GPU (even with determinism) or XLA gives others, hence no GPU and no XLA here. So, from the
+fine-tuning phase on, does another kind of CPU: the same commit's numbers on each CPU seen so far are
+pinned (PINNED_ON_OTHER_CPUS), and a run must match one of them to 1e-6.
 
 The test compares every metric the runs log (the timings are in timings.json, not metrics):
 the per-epoch curves and the run's final values.
@@ -98,6 +100,25 @@ PINNED = {
 }
 
 
+# The same commit and command on another CPU: an AMD EPYC with AVX2 and no AVX-512 (2026-12-03).
+# oneDNN picks its kernels by the CPU it finds, and the fine-tuning phase (the gradients of the
+# backbone's convolutions) then rounds otherwise: each CPU gives its numbers every time, but not the
+# other's, from the 4th epoch on. The head phase (a Dense layer on cached features) gives the same on
+# both. Values not listed here are as above.
+PINNED_ON_OTHER_CPUS = {
+    "finetune": [
+        PINNED["finetune"]
+        | {
+            "epoch/loss": [*PINNED["finetune"]["epoch/loss"][:3], 1.1727513074874878, 1.0627321004867554],
+            "epoch/val_loss": [*PINNED["finetune"]["epoch/val_loss"][:3], 1.1154587268829346, 1.0159084796905518],
+            "best_val_loss": 1.0159084796905518,
+            "best_loss": 1.0627321004867554,
+            "test_loss": 1.0257723331451416,
+        }
+    ],
+}
+
+
 def by_step(metrics: dict[str, float | list[float]]) -> dict[str, float]:
     """{"epoch/loss": [a, b]} as {"epoch/loss[0]": a, "epoch/loss[1]": b}: pytest.approx compares no nested lists."""
     flat = {}
@@ -140,6 +161,8 @@ def test_a_fixed_config_logs_the_metrics_it_logged_before_the_redesign(name, ove
     assert done.returncode == 0, done.stderr[-3000:]
 
     logged = logged_metrics(uri)
-    pinned = by_step(PINNED[name])
-    assert by_step({key: logged[key] for key in PINNED[name] if key in logged}) == pytest.approx(pinned, abs=1e-6)
+    found = by_step({key: logged[key] for key in PINNED[name] if key in logged})
+    on_other_cpus = [by_step(pinned) for pinned in PINNED_ON_OTHER_CPUS.get(name, [])]
+    if not any(found == pytest.approx(pinned, abs=1e-6) for pinned in on_other_cpus):
+        assert found == pytest.approx(by_step(PINNED[name]), abs=1e-6)  # the diff, against the first machine's
     assert not {key for key in logged if not key.startswith("system/")} - PINNED[name].keys()  # nothing new unpinned
