@@ -56,6 +56,11 @@ DEFAULT_PORT = 5000
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
 DEFAULT_PERMISSION = "READ"  # read everything, write only what one created or was granted
+# How long a worker trusts a user's password once checked. MLflow checks it on every request with
+# scrypt, 0.2 s of CPU here, twice (our gate, then MLflow's): a job's few hundred requests cost a
+# minute of the server's CPU. Its own cache (off by default) keeps the check for this long, at the
+# price of a removed user or a changed password taking up to this long to reach every worker.
+DEFAULT_AUTH_CACHE_SECONDS = 60
 MIN_PASSWORD_LENGTH = 12  # MLflow refuses shorter passwords
 BACKEND_SCHEMES = ("postgresql", "postgresql+psycopg")
 APP_NAME = "simpsons"  # the mlflow.app entry point (pyproject.toml): simpsons/server_app.py
@@ -120,7 +125,20 @@ def start_parser() -> argparse.ArgumentParser:
         help=f"what every user may do with experiments and models others created ({DEFAULT_PERMISSION}: read "
         "them; EDIT: also write into them, which lets anyone change anyone's runs, models and aliases)",
     )
+    parser.add_argument(
+        "--auth-cache-seconds",
+        type=_seconds,
+        default=DEFAULT_AUTH_CACHE_SECONDS,
+        help=f"how long a worker trusts a checked password ({DEFAULT_AUTH_CACHE_SECONDS}; 0: check it on every "
+        "request, at 0.2 s of CPU each); a changed password or removed user reaches every worker within this",
+    )
     return parser
+
+
+def _seconds(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds (0 or more)")
+    return int(text)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -135,7 +153,7 @@ def serve(args: argparse.Namespace) -> int:
     if auth_database != backend:
         _check_database("--auth-database-uri", auth_database)
     artifacts = _artifacts_destination(args.artifacts_destination)
-    env = server_environment(auth_config_text(auth_database, args.default_permission))
+    env = server_environment(auth_config_text(auth_database, args.default_permission, args.auth_cache_seconds))
     _bootstrap(env)
     command = mlflow_server_command(args, backend, artifacts)
     url = f"http://{_connectable(args.host)}:{args.port}"
@@ -247,7 +265,9 @@ def _check_database(name: str, uri: str) -> None:
         raise ServerError(str(error).replace("tracking.uri=", f"{name}=", 1)) from error
 
 
-def auth_config_text(database_uri: str, default_permission: str) -> str:
+def auth_config_text(
+    database_uri: str, default_permission: str, auth_cache_seconds: int = DEFAULT_AUTH_CACHE_SECONDS
+) -> str:
     """MLflow's basic_auth.ini for this server. It holds no secret: the database URI has no
     password (refused), and MLflow reads the admin's from MLFLOW_AUTH_ADMIN_PASSWORD."""
     values = {
@@ -255,6 +275,7 @@ def auth_config_text(database_uri: str, default_permission: str) -> str:
         "database_uri": database_uri,
         "admin_username": os.environ.get(ADMIN_USERNAME_VARIABLE) or DEFAULT_ADMIN,
         "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+        "auth_cache_ttl_seconds": str(auth_cache_seconds),
     }
     config = configparser.ConfigParser(interpolation=None)
     # MLflow reads the file with interpolation: a URI's %-escapes (%40 for @) are written as %%.

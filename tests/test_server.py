@@ -184,12 +184,13 @@ def test_the_auth_config_holds_no_secret_and_keeps_percent_escapes():
     text = team_server.auth_config_text("postgresql://mlflow@db/mlflow", "READ")
     assert "database_uri = postgresql://mlflow@db/mlflow" in text
     assert "default_permission = READ" in text
+    assert "auth_cache_ttl_seconds = 60" in text  # a password is checked (scrypt) once a minute, not per request
     assert "password" not in text  # MLflow reads the admin's from MLFLOW_AUTH_ADMIN_PASSWORD
     parser = configparser.ConfigParser()  # as MLflow reads it, with interpolation
     parser.read_string(team_server.auth_config_text("postgresql://ml%40flow@db/mlflow", "READ"))
     assert parser["mlflow"]["database_uri"] == "postgresql://ml%40flow@db/mlflow"
     defaults = team_server.start_parser().parse_args(["--backend-store-uri", "u", "--artifacts-destination", "a"])
-    assert defaults.default_permission == "READ"
+    assert (defaults.default_permission, defaults.auth_cache_seconds) == ("READ", 60)
 
 
 # The running server.
