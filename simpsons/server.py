@@ -56,10 +56,11 @@ DEFAULT_PORT = 5000
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
 DEFAULT_PERMISSION = "READ"  # read everything, write only what one created or was granted
-# How long a worker trusts a user's password once checked. MLflow checks it on every request with
-# scrypt, 0.2 s of CPU here, twice (our gate, then MLflow's): a job's few hundred requests cost a
-# minute of the server's CPU. Its own cache (off by default) keeps the check for this long, at the
-# price of a removed user or a changed password taking up to this long to reach every worker.
+# How long a worker trusts a user's password once checked. MLflow checks it with scrypt, 0.2 s of CPU
+# here, several times a request (before it, then as it looks up the user's admin flag and
+# permissions): a job's few hundred requests cost minutes of the server's CPU. Its own cache (off in
+# MLflow by default) keeps a check for this long, at the price of a removed user, a changed password
+# or a removed admin flag taking up to this long to reach every worker.
 DEFAULT_AUTH_CACHE_SECONDS = 60
 MIN_PASSWORD_LENGTH = 12  # MLflow refuses shorter passwords
 BACKEND_SCHEMES = ("postgresql", "postgresql+psycopg")
@@ -136,9 +137,13 @@ def start_parser() -> argparse.ArgumentParser:
 
 
 def _seconds(text: str) -> int:
-    if not text.isdigit():
+    try:
+        seconds = int(text)
+    except ValueError:
+        seconds = -1
+    if seconds < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds (0 or more)")
-    return int(text)
+    return seconds
 
 
 def serve(args: argparse.Namespace) -> int:

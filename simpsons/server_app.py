@@ -122,7 +122,7 @@ def _kill_server() -> None:
 class LoginEverywhere:
     """ASGI middleware: the routes MLflow answers without a login (server-info, static files)
     need one too; only ANONYMOUS_PATHS do not. Every other route MLflow authenticates itself, so
-    a request is checked once, not twice (a password hash costs tens of milliseconds)."""
+    a request is checked once more at most (a password hash costs 0.2 s of CPU, less its cache)."""
 
     def __init__(self, app: Any, auth: Any) -> None:
         self.app = app

@@ -103,8 +103,8 @@ PINNED = {
 # The same commit and command on another CPU: an AMD EPYC with AVX2 and no AVX-512 (2026-12-03).
 # oneDNN picks its kernels by the CPU it finds, and the fine-tuning phase (the gradients of the
 # backbone's convolutions) then rounds otherwise: each CPU gives its numbers every time, but not the
-# other's, from the 4th epoch on. The head phase (a Dense layer on cached features) gives the same on
-# both. Values not listed here are as above.
+# other's, from the 5th epoch on (the 4th differs by 1e-7). The head phase (a Dense layer on cached
+# features) gives the same on both. Values not listed here are as above.
 PINNED_ON_OTHER_CPUS = {
     "finetune": [
         PINNED["finetune"]

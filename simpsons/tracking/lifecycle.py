@@ -346,7 +346,7 @@ def _orphaned_sweep_status(client: MlflowClient, sweep: Run) -> str:
 def _record_sweep_outcome(client: MlflowClient, run_id: str) -> None:
     try:
         sweep_outcome.record(client, client.get_run(run_id), client.tracking_uri)
-    except Exception as error:  # best effort: the run is ended already
+    except Exception as error:  # best effort: the run must still be ended
         log.warning("could not log the outcome of sweep run %s: %s", run_id, error)
 
 
