@@ -34,6 +34,7 @@ import psutil
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from simpsons import signals
 from simpsons.tracking import connection, races, retention, schema, sweep_outcome
 
 log = logging.getLogger(__name__)
@@ -144,11 +145,15 @@ def tracked_run(
             _record_error(f"{type(error).__name__}: {error}", error)
             raise
         finally:
-            system_metrics.stop()  # its last samples are logged before the run ends
-            if mlflow.active_run() is not None:
-                _end_active_run(RunStatus.to_string(status))
-            if parent_run_id:
-                end_orphaned_sweep(client, parent_run_id)
+            # A signal waits until the run is ended: a Slurm job that submitit ends (SystemExit) on
+            # SIGUSR2 gets SIGTERM from srun next; raised here, it skipped the end, and MLflow's exit
+            # hook then ended the run FINISHED.
+            with signals.held():
+                system_metrics.stop()  # its last samples are logged before the run ends
+                if mlflow.active_run() is not None:
+                    _end_active_run(RunStatus.to_string(status))
+                if parent_run_id:
+                    end_orphaned_sweep(client, parent_run_id)
 
 
 class SystemMetrics:
