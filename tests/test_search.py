@@ -164,8 +164,9 @@ def trial_runs(tmp_path: Path) -> list:
 
 
 def study(tmp_path: Path) -> optuna.Study:
-    [summary] = optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'optuna.db'}")
-    return optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    storage = trials.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")  # a reader: creates no tables
+    [summary] = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage)
 
 
 @pytest.mark.slow
@@ -223,10 +224,12 @@ def test_a_search_killed_halfway_is_continued_by_the_same_command(image_folders,
 
 
 def _ended_and_running(tmp_path: Path) -> bool:
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     if not (tmp_path / "optuna.db").exists():
         return False
     try:
+        # Opened as a reader, without creating tables: a storage opened from a URI string creates
+        # them, and racing the driver's creation made the driver fail on alembic_version (soak).
+        storage = trials.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
         summaries = optuna.get_all_study_summaries(storage)
         if not summaries:
             return False
