@@ -30,7 +30,7 @@ from hydra.errors import HydraException
 from simpsons import credentials
 from simpsons.settings import MONITORS
 from simpsons.tracking import schema
-from simpsons.tracking.sqlite import SQLITE_PREFIX, absolute_sqlite_uri, sqlite_path
+from simpsons.tracking.sqlite import SQLITE_PREFIX, absolute_sqlite_uri, sqlite_path, store_lock
 
 SWEEPER = "hydra_plugins.simpsons_sweepers.optuna.OptunaSweeper"  # conf/hydra/sweeper/optuna.yaml's _target_
 POSTGRES_SCHEMA = "optuna"
@@ -191,7 +191,8 @@ def _scheme(uri: str) -> str:
 def open_storage(uri: str, create: bool = False) -> Any:
     """Optuna's RDBStorage on `uri`; `create`: its tables too (the driver, before any job starts).
 
-    SQLite: a job waits up to SQLITE_TIMEOUT s for another's write. PostgreSQL: Optuna's tables
+    SQLite: a job waits up to SQLITE_TIMEOUT s for another's write, and the opening itself holds the
+    store's lock. PostgreSQL: Optuna's tables
     in their own schema, created here once."""
     import sqlalchemy
     from optuna.storages import RDBStorage
@@ -209,7 +210,11 @@ def open_storage(uri: str, create: bool = False) -> Any:
             finally:
                 engine.dispose()
         engine_kwargs["connect_args"] = {"options": f"-csearch_path={POSTGRES_SCHEMA}"}
-    return RDBStorage(uri, engine_kwargs=engine_kwargs, skip_table_creation=not create)
+    # Under the store's lock even for a reader: Optuna stamps its schema version into a store that
+    # has none yet whether or not it creates tables, so a reader opening the store while the driver
+    # creates it made the driver fail on alembic_version's UNIQUE key (soak pass 3).
+    with store_lock(uri):
+        return RDBStorage(uri, engine_kwargs=engine_kwargs, skip_table_creation=not create)
 
 
 def make_pruner(spec: Mapping[str, Any]) -> Any:

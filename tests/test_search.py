@@ -164,7 +164,7 @@ def trial_runs(tmp_path: Path) -> list:
 
 
 def study(tmp_path: Path) -> optuna.Study:
-    storage = trials.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")  # a reader: creates no tables
+    storage = trials.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")  # as our readers open it
     [summary] = optuna.get_all_study_summaries(storage)
     return optuna.load_study(study_name=summary.study_name, storage=storage)
 
@@ -223,18 +223,57 @@ def test_a_search_killed_halfway_is_continued_by_the_same_command(image_folders,
     assert len({run.data.tags[schema.PARENT_RUN] for run in finished}) == 2  # one sweep run per command
 
 
+_OPEN_STUDY = """
+import sys, time
+import optuna
+from simpsons import trials
+from simpsons.tracking.sqlite import store_lock
+uri, role = sys.argv[1], sys.argv[2]
+sys.stdin.read()  # released with the others when the test closes the pipe
+if role == "driver":  # as search._study creates it
+    with store_lock(uri):
+        optuna.create_study(study_name="s", storage=trials.open_storage(uri, create=True), load_if_exists=True)
+else:  # a reader (a job, a test's poll): tries until the driver has made the study
+    for _ in range(30000):
+        try:
+            optuna.load_study(study_name="s", storage=trials.open_storage(uri))
+            break
+        except Exception:
+            trials.open_storage.cache_clear()
+            time.sleep(0.001)
+    else:
+        sys.exit("the study never appeared")
+"""
+
+
+def test_readers_opening_a_fresh_study_store_while_the_driver_creates_it_fail_nothing(tmp_path):
+    """One driver creates the study store while seven readers open it, all released at one instant:
+    Optuna stamps its schema version on opening, so an unlocked reader failed the driver (soak)."""
+    uri = f"sqlite:///{tmp_path / 'optuna.db'}"
+    roles = ["driver"] + ["reader"] * 7
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPEN_STUDY, uri, role],
+            stdin=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for role in roles
+    ]
+    for process in processes:
+        process.stdin.close()
+    failed = [(role, p.stderr.read()[-2000:]) for role, p in zip(roles, processes, strict=True) if p.wait()]
+    assert not failed, failed
+
+
 def _ended_and_running(tmp_path: Path) -> bool:
     if not (tmp_path / "optuna.db").exists():
         return False
     try:
-        # Opened as a reader, without creating tables: a storage opened from a URI string creates
-        # them, and racing the driver's creation made the driver fail on alembic_version (soak).
-        storage = trials.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
-        summaries = optuna.get_all_study_summaries(storage)
-        if not summaries:
-            return False
-        found = optuna.load_study(study_name=summaries[0].study_name, storage=storage).trials
-    except Exception:  # the driver is creating the tables
+        # study() opens the store as our processes do, under its lock: opened from a URI string,
+        # Optuna stamps the schema version as the driver creates it, which failed the driver (soak).
+        found = study(tmp_path).trials
+    except Exception:  # the driver is creating the tables, or the study
         return False
     ended = [t for t in found if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     return len(ended) >= 2 and any(t.state == TrialState.RUNNING and trials.RUN_ATTR in t.user_attrs for t in found)
