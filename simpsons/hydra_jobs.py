@@ -126,6 +126,8 @@ def job_errors(hydra_config: DictConfig) -> list[str]:
         search = trials.SearchPlan.of(hydra_config)
         if search.errors:
             return search.errors
+        if errors := preflight.study_storage_errors(str(search.storage), str(hydra_config.tracking.uri)):
+            return errors  # its jobs would all fail on it
         jobs = search.corner_jobs()  # each category and range end: every trial's values lie within them
     else:
         log.info("sweeper %s: each job is checked when it starts", hydra_config.hydra.sweeper.get("_target_"))

@@ -1,12 +1,14 @@
-"""Exclusive flocks on lock files: held for as long as the handle is open, freed by any exit, kill -9 too."""
+"""Exclusive locks between processes, freed by any exit, kill -9 too: flocks on lock files (held for as
+long as the handle is open), and PostgreSQL advisory locks (held for as long as the connection is)."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 @contextlib.contextmanager
@@ -28,3 +30,25 @@ def try_lock(path: Path) -> IO[str] | None:
         handle.close()
         return None
     return handle
+
+
+@contextlib.contextmanager
+def postgres_advisory(uri: str, name: str, connect_args: Mapping[str, Any] | None = None) -> Iterator[None]:
+    """Wait for the PostgreSQL advisory lock called `name` in the database of `uri`, and hold it
+    inside the block. It belongs to the database, so it holds for processes on any machine, and
+    PostgreSQL drops it with the connection of a process that dies."""
+    import sqlalchemy  # only where a PostgreSQL store is used
+
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    engine = sqlalchemy.create_engine(uri, connect_args=dict(connect_args or {}))
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            connection.rollback()  # no transaction left open while the block works on other connections
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                connection.rollback()
+    finally:
+        engine.dispose()

@@ -17,6 +17,7 @@ from simpsons import data
 from simpsons.errors import ConfigError
 from simpsons.settings import TrainSettings
 from simpsons.settings.rules import backend_errors
+from simpsons.tracking.sqlite import SQLITE_PREFIX, absolute_sqlite_uri
 
 Probe = Callable[[Any], list[str]]  # a check of the world (files, servers); its argument is hashable
 Probed = dict[tuple[Probe, Hashable], list[str]]
@@ -102,6 +103,21 @@ def _cache_dir_errors(cache_dir: str) -> list[str]:
     if problem is None:
         return []
     return [f"cache_dir={cache_dir!r} cannot be written ({problem}); use a writable folder (or SIMPSONS_CACHE_DIR)"]
+
+
+def study_storage_errors(storage: str, tracking_uri: str) -> list[str]:
+    """Why a search's study database (hydra.sweeper.storage) cannot be used now: it does not answer,
+    refuses this process, or its driver is missing. A SQLite file is made when the search starts;
+    the tracking store's own database is checked with each job's store."""
+    from simpsons.tracking import store  # MLflow: loaded only when a config is checked
+
+    if storage.startswith(SQLITE_PREFIX) or storage == absolute_sqlite_uri(tracking_uri):
+        return []
+    try:
+        store.check_database(storage, "hydra.sweeper.storage")
+    except ConfigError as error:
+        return [str(error)]
+    return []
 
 
 def _store_errors(uri: str) -> list[str]:

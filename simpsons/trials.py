@@ -13,6 +13,7 @@ sweeper's `storage` names one.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -27,13 +28,14 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.errors import HydraException
 
-from simpsons import credentials
+from simpsons import credentials, locks
 from simpsons.settings import MONITORS
 from simpsons.tracking import schema
 from simpsons.tracking.sqlite import SQLITE_PREFIX, absolute_sqlite_uri, sqlite_path, store_lock
 
 SWEEPER = "hydra_plugins.simpsons_sweepers.optuna.OptunaSweeper"  # conf/hydra/sweeper/optuna.yaml's _target_
 POSTGRES_SCHEMA = "optuna"
+SCHEMA_LOCK = "simpsons: the Optuna schema"  # the name of its PostgreSQL advisory lock
 PRUNERS = ("median", "halving", "none")
 SAMPLERS = ("tpe", "random")
 SPACE_FORMS = "interval(a, b), tag(log, interval(a, b)), int(interval(a, b)), choice(a, b, ...) or a,b,..."
@@ -191,10 +193,8 @@ def _scheme(uri: str) -> str:
 def open_storage(uri: str, create: bool = False) -> Any:
     """Optuna's RDBStorage on `uri`; `create`: its tables too (the driver, before any job starts).
 
-    SQLite: a job waits up to SQLITE_TIMEOUT s for another's write, and the opening itself holds the
-    store's lock. PostgreSQL: Optuna's tables
-    in their own schema, created here once."""
-    import sqlalchemy
+    SQLite: a job waits up to SQLITE_TIMEOUT s for another's write. PostgreSQL: Optuna's tables in
+    their own schema. Either way the opening holds the store's schema lock (below)."""
     from optuna.storages import RDBStorage
 
     engine_kwargs: dict[str, Any] = {}
@@ -202,19 +202,34 @@ def open_storage(uri: str, create: bool = False) -> Any:
         Path(sqlite_path(uri)).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT}
     elif _scheme(uri) == "postgresql":
-        if create:
-            engine = sqlalchemy.create_engine(uri)
-            try:
-                with engine.begin() as connection:
-                    connection.execute(sqlalchemy.text(f"CREATE SCHEMA IF NOT EXISTS {POSTGRES_SCHEMA}"))
-            finally:
-                engine.dispose()
         engine_kwargs["connect_args"] = {"options": f"-csearch_path={POSTGRES_SCHEMA}"}
-    # Under the store's lock even for a reader: Optuna stamps its schema version into a store that
-    # has none yet whether or not it creates tables, so a reader opening the store while the driver
-    # creates it made the driver fail on alembic_version's UNIQUE key (soak pass 3).
-    with store_lock(uri):
+    # Under the lock even for a reader: Optuna stamps its schema version into a store that has none
+    # yet whether or not it creates tables, so a reader opening the store while the driver created
+    # it made the driver fail on alembic_version's UNIQUE key (soak pass 3). On PostgreSQL two
+    # drivers creating the schema at once failed the same way.
+    with _schema_lock(uri):
+        if create and _scheme(uri) == "postgresql":
+            _create_postgres_schema(uri)
         return RDBStorage(uri, engine_kwargs=engine_kwargs, skip_table_creation=not create)
+
+
+def _schema_lock(uri: str) -> contextlib.AbstractContextManager[None]:
+    """The lock under which a study store is opened: PostgreSQL's advisory lock, held by the
+    database for processes on any machine; else the store's lock file (a no-op for other databases)."""
+    if _scheme(uri) == "postgresql":
+        return locks.postgres_advisory(uri, SCHEMA_LOCK)
+    return store_lock(uri)
+
+
+def _create_postgres_schema(uri: str) -> None:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text(f"CREATE SCHEMA IF NOT EXISTS {POSTGRES_SCHEMA}"))
+    finally:
+        engine.dispose()
 
 
 def make_pruner(spec: Mapping[str, Any]) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -233,27 +234,41 @@ sys.stdin.read()  # released with the others when the test closes the pipe
 if role == "driver":  # as search._study creates it
     with store_lock(uri):
         optuna.create_study(study_name="s", storage=trials.open_storage(uri, create=True), load_if_exists=True)
-else:  # a reader (a job, a test's poll): tries until the driver has made the study
-    for _ in range(30000):
+else:  # a reader (a job, a test's poll): tries until a driver has made the study
+    deadline = time.monotonic() + float(sys.argv[3])
+    while True:
         try:
             optuna.load_study(study_name="s", storage=trials.open_storage(uri))
             break
         except Exception:
+            if time.monotonic() > deadline:
+                raise
             trials.open_storage.cache_clear()
             time.sleep(0.001)
-    else:
-        sys.exit("the study never appeared")
 """
+READER_SECONDS = 300  # for a driver to make the study, with eight processes starting on a loaded machine
 
 
-def test_readers_opening_a_fresh_study_store_while_the_driver_creates_it_fail_nothing(tmp_path):
-    """One driver creates the study store while seven readers open it, all released at one instant:
-    Optuna stamps its schema version on opening, so an unlocked reader failed the driver (soak)."""
-    uri = f"sqlite:///{tmp_path / 'optuna.db'}"
-    roles = ["driver"] + ["reader"] * 7
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def fresh_study_store(request, tmp_path, monkeypatch) -> str:
+    """A study store that does not exist yet: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'optuna.db'}"
+    from services.postgres import DATABASE_PASSWORD
+
+    monkeypatch.setenv("PGPASSWORD", DATABASE_PASSWORD)  # from the environment, never in the URI
+    cluster = request.getfixturevalue("postgres_cluster")
+    return cluster.database(f"study_{secrets.token_hex(4)}")
+
+
+def test_searches_and_readers_opening_a_fresh_study_store_at_once_fail_nothing(fresh_study_store):
+    """Two drivers create the study store while six readers open it, all released at one instant.
+    Optuna stamps its schema version on opening, so an unlocked reader failed the driver (soak);
+    on PostgreSQL two drivers creating Optuna's tables at once failed the same way."""
+    roles = ["driver"] * 2 + ["reader"] * 6
     processes = [
         subprocess.Popen(
-            [sys.executable, "-c", _OPEN_STUDY, uri, role],
+            [sys.executable, "-c", _OPEN_STUDY, fresh_study_store, role, str(READER_SECONDS)],
             stdin=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -264,6 +279,8 @@ def test_readers_opening_a_fresh_study_store_while_the_driver_creates_it_fail_no
         process.stdin.close()
     failed = [(role, p.stderr.read()[-2000:]) for role, p in zip(roles, processes, strict=True) if p.wait()]
     assert not failed, failed
+    [study] = optuna.get_all_study_summaries(trials.open_storage(fresh_study_store))
+    assert study.study_name == "s"
 
 
 def _ended_and_running(tmp_path: Path) -> bool:
@@ -317,6 +334,14 @@ def test_loky_workers_report_to_the_study_and_are_pruned(image_folders, tmp_path
             "error: dropout=1.5 is invalid; expected a number in [0, 1)",
         ),
         ("optimizer=choice(adam, nadam)", "error: unknown optimizer 'nadam'; choose one of: adam, adamw"),
+        (  # port 1: nothing listens there, so the connection is refused at once
+            "hydra.sweeper.storage=postgresql://optuna@127.0.0.1:1/studies",
+            "error: hydra.sweeper.storage=postgresql://optuna@127.0.0.1:1/studies: cannot connect (",
+        ),
+        (
+            "hydra.sweeper.storage=mysql://optuna@127.0.0.1:1/studies",
+            "error: hydra.sweeper.storage=mysql://optuna@127.0.0.1:1/studies: its driver is not installed (MySQLdb)",
+        ),
     ],
 )
 def test_a_bad_sweeper_value_is_one_line_exit_2_and_creates_nothing(override, message, image_folders, tmp_path):

@@ -297,14 +297,15 @@ def _end_if_dead(client: MlflowClient, run: Run, stale_after: float, ending_job:
     reason = why_dead(fresh, stale_after) if fresh.info.status == "RUNNING" else None
     if reason is None:
         return None
-    status = "KILLED"
+    status, result = "KILLED", None
     if _is_sweep(fresh):
         if _jobs_alive(client, fresh, stale_after) or _slurm_tasks_left(fresh, ending_job):  # they will end it
             return None
-        status = _orphaned_sweep_status(client, fresh)
+        result = sweep_outcome.outcome(client, fresh)  # read once: the status and the counts logged agree
+        status = _orphaned_sweep_status(result, fresh)
     client.set_tag(run.info.run_id, schema.ENDED_BY, reason)
-    if _is_sweep(fresh):  # before its status: whoever sees the sweep ended sees its counts too
-        _record_sweep_outcome(client, run.info.run_id)
+    if result is not None:  # before its status: whoever sees the sweep ended sees its counts too
+        _record_sweep_outcome(client, fresh, result)
     client.set_terminated(run.info.run_id, status)
     return status
 
@@ -340,19 +341,19 @@ def _slurm_tasks_left(sweep: Run, ending_job: bool) -> bool:
     return listed.returncode == 0 and bool(set(listed.stdout.split()) - {own})
 
 
-def _orphaned_sweep_status(client: MlflowClient, sweep: Run) -> str:
+def _orphaned_sweep_status(result: sweep_outcome.Outcome, sweep: Run) -> str:
     """FINISHED when every job the sweep planned (its `num_jobs` param) has a FINISHED run, as if its
     driver had waited for them; else KILLED, its driver having been killed."""
-    jobs = sweep_outcome.outcome(client, sweep).jobs
+    jobs = result.jobs
     planned = int(sweep.data.params.get("num_jobs", "0"))
     return "FINISHED" if planned and len(jobs) >= planned and all(j.status == "FINISHED" for j in jobs) else "KILLED"
 
 
-def _record_sweep_outcome(client: MlflowClient, run_id: str) -> None:
+def _record_sweep_outcome(client: MlflowClient, sweep: Run, result: sweep_outcome.Outcome) -> None:
     try:
-        sweep_outcome.record(client, client.get_run(run_id), client.tracking_uri)
+        sweep_outcome.record(client, sweep, client.tracking_uri, result)
     except Exception as error:  # best effort: the run must still be ended
-        log.warning("could not log the outcome of sweep run %s: %s", run_id, error)
+        log.warning("could not log the outcome of sweep run %s: %s", sweep.info.run_id, error)
 
 
 def why_dead(run: Run, stale_after: float, now: float | None = None) -> str | None:

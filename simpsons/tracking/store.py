@@ -15,7 +15,6 @@ import base64
 import contextlib
 import fcntl
 import functools
-import hashlib
 import json
 import os
 import re
@@ -34,7 +33,7 @@ import sqlalchemy
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from simpsons import credentials
+from simpsons import credentials, locks
 from simpsons.errors import ConfigError
 from simpsons.tracking import connection
 from simpsons.tracking.sqlite import SQLITE_PREFIX, absolute_sqlite_uri, lock_file, sqlite_path
@@ -52,7 +51,7 @@ PERMISSION_PROBE = "/api/3.0/mlflow/users/permissions/get"  # MLflow's auth app:
 WRITING_PERMISSIONS = ("EDIT", "MANAGE")
 LOGIN_PROBE_SECONDS = 30  # a server that answered /health: its first search may wait for the store
 # PostgreSQL's advisory lock on setting up MLflow's schema: any fixed 64-bit number, ours alone.
-SCHEMA_LOCK_KEY = int.from_bytes(hashlib.sha256(b"simpsons: the MLflow schema").digest()[:8], "big", signed=True)
+SCHEMA_LOCK = "simpsons: the MLflow schema"  # the name of its PostgreSQL advisory lock
 
 
 def configure(uri: str, retry_seconds: int | None = None) -> str:
@@ -188,8 +187,18 @@ def _check_remote(uri: str) -> None:
         raise ConfigError(f"tracking.uri={redact_uri(uri)!r} is not a supported store; use {ACCEPTED_URIS}")
 
 
+def check_database(uri: str, key: str) -> None:
+    """Raise ConfigError (one line naming `key`) unless the database at `uri` (postgresql://,
+    mysql://, ...) lets this process connect, within PROBE_SECONDS + 1 s; creates nothing."""
+    _within_deadline(uri, functools.partial(_probe_database, key=key), key=key)
+
+
 def _within_deadline(
-    uri: str, probe: Callable[[str], None], seconds: float | None = None, unanswered: type[ConfigError] = ConfigError
+    uri: str,
+    probe: Callable[[str], None],
+    seconds: float | None = None,
+    unanswered: type[ConfigError] = ConfigError,
+    key: str = "tracking.uri",
 ) -> None:
     """Run `probe(uri)`, but answer within `seconds` (PROBE_SECONDS) + 1 s whatever it does.
 
@@ -211,7 +220,7 @@ def _within_deadline(
     limit = (PROBE_SECONDS if seconds is None else seconds) + 1
     thread.join(limit)
     if not outcome:
-        raise unanswered(f"tracking.uri={redact_uri(uri)}: no answer within {limit:g} s")
+        raise unanswered(f"{key}={redact_uri(uri)}: no answer within {limit:g} s")
     if outcome[0] is not None:
         raise outcome[0]
 
@@ -283,7 +292,7 @@ def _refused(uri: str) -> str:
     return f"tracking.uri={redact_uri(uri)} refuses anonymous access (HTTP 401); {fix}"
 
 
-def _probe_database(uri: str) -> None:
+def _probe_database(uri: str, key: str = "tracking.uri") -> None:
     import sqlalchemy  # MLflow's own dependency; only these stores need it here
 
     scheme = urlsplit(uri).scheme
@@ -293,10 +302,10 @@ def _probe_database(uri: str) -> None:
         with engine.connect():
             pass
     except ModuleNotFoundError as error:
-        raise ConfigError(f"tracking.uri={redact_uri(uri)}: its driver is not installed ({error.name})") from error
+        raise ConfigError(f"{key}={redact_uri(uri)}: its driver is not installed ({error.name})") from error
     except Exception as error:  # sqlalchemy wraps every driver's own errors differently
         reason = str(error).strip().splitlines()[0]
-        raise ConfigError(f"tracking.uri={redact_uri(uri)}: cannot connect ({reason})") from error
+        raise ConfigError(f"{key}={redact_uri(uri)}: cannot connect ({reason})") from error
 
 
 @functools.cache
@@ -308,18 +317,11 @@ def _prepare_postgres(uri: str) -> None:
     "pg_type_typname_nsp_index"`). An advisory lock belongs to the database, so it holds for
     processes on any machine, and PostgreSQL drops it with the connection of a process that dies.
     """
-    engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": PROBE_SECONDS})
     try:
-        with engine.connect() as connection:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
-            try:
-                MlflowClient(uri).search_experiments(max_results=1)  # creates or checks the schema
-            finally:
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        with locks.postgres_advisory(uri, SCHEMA_LOCK, {"connect_timeout": PROBE_SECONDS}):
+            MlflowClient(uri).search_experiments(max_results=1)  # creates or checks the schema
     except MlflowException as error:
         raise ConfigError(f"tracking.uri={redact_uri(uri)}: {str(error).splitlines()[0]}") from error
-    finally:
-        engine.dispose()
 
 
 def experiment_description(data_name: str | None) -> str:

@@ -94,10 +94,11 @@ def outcome(client: MlflowClient, parent: Run) -> Outcome:
     return Outcome(parent.info.run_id, parent.info.run_name, jobs, experiment)
 
 
-def record(client: MlflowClient, parent: Run, uri: str) -> Outcome:
+def record(client: MlflowClient, parent: Run, uri: str, result: Outcome | None = None) -> Outcome:
     """Log the sweep's outcome on its parent run: metrics, the best run's id, and a description
-    that adds the jobs' table and the next commands to the one the parent was created with."""
-    result = outcome(client, parent)
+    that adds the jobs' table and the next commands to the one the parent was created with.
+    `result`: the outcome already read, so that what is logged is what the caller decided on."""
+    result = outcome(client, parent) if result is None else result
     now = int(time.time() * 1000)
     plan = parent.data.tags.get(schema.NOTE, "").split(OUTCOME_HEADING)[0].rstrip()
     tags = [RunTag(schema.NOTE, f"{plan}\n\n{markdown(result, uri)}".strip())]
