@@ -6,9 +6,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
+
+ADVISORY_WAIT_SECONDS = 300  # a schema created or upgraded by another process, on a loaded machine
+ADVISORY_POLL_SECONDS = 0.1
 
 
 @contextlib.contextmanager
@@ -33,22 +37,34 @@ def try_lock(path: Path) -> IO[str] | None:
 
 
 @contextlib.contextmanager
-def postgres_advisory(uri: str, name: str, connect_args: Mapping[str, Any] | None = None) -> Iterator[None]:
-    """Wait for the PostgreSQL advisory lock called `name` in the database of `uri`, and hold it
-    inside the block. It belongs to the database, so it holds for processes on any machine, and
-    PostgreSQL drops it with the connection of a process that dies."""
+def postgres_advisory(
+    uri: str, name: str, connect_args: Mapping[str, Any] | None = None, wait_seconds: float = ADVISORY_WAIT_SECONDS
+) -> Iterator[None]:
+    """Wait up to `wait_seconds` for the PostgreSQL advisory lock called `name` in the database of
+    `uri`, and hold it inside the block; TimeoutError if another process holds it all that time.
+
+    It belongs to the database, so it holds for processes on any machine, and PostgreSQL drops it
+    with the connection of a process that dies. A holder that is stopped (Ctrl-Z, a suspended Slurm
+    job) keeps it: hence the deadline rather than PostgreSQL's wait without one.
+    """
     import sqlalchemy  # only where a PostgreSQL store is used
 
     key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-    engine = sqlalchemy.create_engine(uri, connect_args=dict(connect_args or {}))
+    # AUTOCOMMIT: the lock's connection holds no transaction while the block works on others.
+    engine = sqlalchemy.create_engine(uri, connect_args=dict(connect_args or {}), isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as connection:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
-            connection.rollback()  # no transaction left open while the block works on other connections
+            deadline = time.monotonic() + wait_seconds
+            try_lock = sqlalchemy.text("SELECT pg_try_advisory_lock(:key)")
+            while not connection.execute(try_lock, {"key": key}).scalar():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"another process held the database's lock {name!r} for {wait_seconds:g} s")
+                time.sleep(ADVISORY_POLL_SECONDS)
             try:
                 yield
             finally:
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-                connection.rollback()
+                # A connection that dropped has freed the lock already: keep the block's own error.
+                with contextlib.suppress(Exception):
+                    connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
     finally:
         engine.dispose()

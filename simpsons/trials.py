@@ -36,6 +36,7 @@ from simpsons.tracking.sqlite import SQLITE_PREFIX, absolute_sqlite_uri, sqlite_
 SWEEPER = "hydra_plugins.simpsons_sweepers.optuna.OptunaSweeper"  # conf/hydra/sweeper/optuna.yaml's _target_
 POSTGRES_SCHEMA = "optuna"
 SCHEMA_LOCK = "simpsons: the Optuna schema"  # the name of its PostgreSQL advisory lock
+CONNECT_SECONDS = 10  # a PostgreSQL study database that does not answer fails the opening after this
 PRUNERS = ("median", "halving", "none")
 SAMPLERS = ("tpe", "random")
 SPACE_FORMS = "interval(a, b), tag(log, interval(a, b)), int(interval(a, b)), choice(a, b, ...) or a,b,..."
@@ -217,7 +218,7 @@ def _schema_lock(uri: str) -> contextlib.AbstractContextManager[None]:
     """The lock under which a study store is opened: PostgreSQL's advisory lock, held by the
     database for processes on any machine; else the store's lock file (a no-op for other databases)."""
     if _scheme(uri) == "postgresql":
-        return locks.postgres_advisory(uri, SCHEMA_LOCK)
+        return locks.postgres_advisory(uri, SCHEMA_LOCK, {"connect_timeout": CONNECT_SECONDS})
     return store_lock(uri)
 
 

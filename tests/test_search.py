@@ -4,6 +4,7 @@ SQLite MLflow store and Optuna study: trials under one parent, pruning, and a ki
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
@@ -22,6 +23,7 @@ from optuna.trial import TrialState
 from simpsons import trials
 from simpsons.tracking import schema
 
+MYSQL_DRIVER = importlib.util.find_spec("MySQLdb") is not None
 PRESET = {
     "optimizer.lr": "tag(log, interval(1e-5, 1e-2))",
     "dropout": "interval(0.0, 0.6)",
@@ -280,6 +282,7 @@ def test_searches_and_readers_opening_a_fresh_study_store_at_once_fail_nothing(f
     failed = [(role, p.stderr.read()[-2000:]) for role, p in zip(roles, processes, strict=True) if p.wait()]
     assert not failed, failed
     [study] = optuna.get_all_study_summaries(trials.open_storage(fresh_study_store))
+    trials.open_storage.cache_clear()  # no pool of connections to a database the test is done with
     assert study.study_name == "s"
 
 
@@ -338,9 +341,10 @@ def test_loky_workers_report_to_the_study_and_are_pruned(image_folders, tmp_path
             "hydra.sweeper.storage=postgresql://optuna@127.0.0.1:1/studies",
             "error: hydra.sweeper.storage=postgresql://optuna@127.0.0.1:1/studies: cannot connect (",
         ),
-        (
+        pytest.param(
             "hydra.sweeper.storage=mysql://optuna@127.0.0.1:1/studies",
             "error: hydra.sweeper.storage=mysql://optuna@127.0.0.1:1/studies: its driver is not installed (MySQLdb)",
+            marks=pytest.mark.skipif(MYSQL_DRIVER, reason="mysqlclient is installed"),
         ),
     ],
 )

@@ -50,8 +50,7 @@ SEARCH_PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
 PERMISSION_PROBE = "/api/3.0/mlflow/users/permissions/get"  # MLflow's auth app: a user may ask about themselves
 WRITING_PERMISSIONS = ("EDIT", "MANAGE")
 LOGIN_PROBE_SECONDS = 30  # a server that answered /health: its first search may wait for the store
-# PostgreSQL's advisory lock on setting up MLflow's schema: any fixed 64-bit number, ours alone.
-SCHEMA_LOCK = "simpsons: the MLflow schema"  # the name of its PostgreSQL advisory lock
+SCHEMA_LOCK = "simpsons: the MLflow schema"  # the name of the PostgreSQL advisory lock held to set it up
 
 
 def configure(uri: str, retry_seconds: int | None = None) -> str:
@@ -320,7 +319,7 @@ def _prepare_postgres(uri: str) -> None:
     try:
         with locks.postgres_advisory(uri, SCHEMA_LOCK, {"connect_timeout": PROBE_SECONDS}):
             MlflowClient(uri).search_experiments(max_results=1)  # creates or checks the schema
-    except MlflowException as error:
+    except (MlflowException, TimeoutError) as error:
         raise ConfigError(f"tracking.uri={redact_uri(uri)}: {str(error).splitlines()[0]}") from error
 
 
