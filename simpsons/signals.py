@@ -100,6 +100,11 @@ def received() -> signal.Signals | None:
     return _received
 
 
+def interruption() -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt raised for the signal that interrupted this process, if one was."""
+    return _raised
+
+
 def interrupted_run_id() -> str | None:
     """The MLflow run active in this process when the signal came: a single run's, or a job's of the
     default launcher, which runs jobs in the driver."""
@@ -130,7 +135,7 @@ def job_process() -> Iterator[None]:
     _watch_driver()
     try:
         yield
-    except KeyboardInterrupt:
+    except BaseException:  # the interrupt, or an error it turned into on its way up (tracked_run)
         if _received is None:
             raise
         _die_of(_received)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import mlflow
 import psutil
 import pytest
 from conftest import IMAGE_SENSITIVE_MODEL, TINY_MODEL, folder_data, run_cli
@@ -101,6 +102,42 @@ def test_runs_whose_process_is_gone_are_ended_killed_and_live_ones_are_left_alon
     assert statuses["dead process here"].data.tags[schema.ENDED_BY] == f"its process {gone.pid} on {here} is gone"
     assert statuses["silent other host"].data.tags[schema.ENDED_BY].startswith("no heartbeat from node-7 for 36")
     assert lifecycle.end_dead_runs(client, [experiment], stale_after=600) == []
+
+
+INTERRUPT_TURNED_INTO_AN_ERROR = """
+import os, signal, sys
+import mlflow
+from simpsons import signals
+from simpsons.tracking import lifecycle
+mlflow.set_tracking_uri(sys.argv[1])
+with signals.job_process(), lifecycle.tracked_run(sys.argv[2], "job", None, {}) as run:
+    print(run.info.run_id, flush=True)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)  # scancel's; handled at once: KeyboardInterrupt
+        signal.pause()
+    finally:
+        raise RuntimeError("a library's cleanup, cut short by the interrupt")
+"""
+
+
+def test_a_signal_whose_interrupt_turns_into_another_error_still_ends_the_run_killed(tracking_uri):
+    """Some library's cleanup, cut short by the KeyboardInterrupt, raises its own error instead: the
+    run was still killed by the signal (KILLED, not FAILED), that error is logged, and the job process
+    dies of the signal as any interrupted job does."""
+    uri = configure(tracking_uri)
+    experiment = ensure_experiment(uri, "signals")
+    job = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_TURNED_INTO_AN_ERROR, uri, experiment],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert job.returncode == -signal.SIGTERM, job.stderr[-3000:]
+    run = MlflowClient(uri).get_run(job.stdout.split()[0])
+    assert (run.info.status, run.data.tags[schema.ERROR]) == ("KILLED", "interrupted (SIGTERM)")
+    logged = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/{schema.ERROR_TXT}")
+    assert "RuntimeError: a library's cleanup, cut short by the interrupt" in logged
+    assert "KeyboardInterrupt: SIGTERM" in logged  # what it replaced
 
 
 def test_a_pid_reused_by_another_process_does_not_keep_a_run_alive(tracking_uri):

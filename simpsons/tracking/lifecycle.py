@@ -129,12 +129,12 @@ def tracked_run(
     with Heartbeat(client, run.info.run_id, heartbeat_seconds), system_metrics:
         try:
             yield run
-        except KeyboardInterrupt as interrupt:
-            status = RunStatus.KILLED
-            _record_error(f"interrupted{f' ({interrupt})' if str(interrupt) else ''}", None)
-            raise
         except BaseException as error:
-            status = RunStatus.FAILED
+            # The signal's KeyboardInterrupt can reach here as another error: a library whose cleanup
+            # it cut short raises its own on the way up (seen once under load: a scancelled Slurm
+            # job's run ended FAILED). The run was killed all the same; what came up is logged.
+            interrupt = error if isinstance(error, KeyboardInterrupt) else signals.interruption()
+            status = RunStatus.FAILED if interrupt is None else RunStatus.KILLED
             if connection.lost(error):  # one quick try each to say so and end the run: the server is gone
                 connection.give_up()
                 system_metrics.abandon()
@@ -142,7 +142,12 @@ def tracked_run(
                 quietly(lambda: mlflow.set_tag(schema.ERROR, str(lost)))
                 quietly(lambda: mlflow.end_run(RunStatus.to_string(status)))
                 raise
-            _record_error(f"{type(error).__name__}: {error}", error)
+            if interrupt is None:
+                _record_error(f"{type(error).__name__}: {error}", error)
+            else:
+                _record_error(
+                    f"interrupted{f' ({interrupt})' if str(interrupt) else ''}", None if error is interrupt else error
+                )
             raise
         finally:
             # A signal waits until the run is ended: a Slurm job that submitit ends (SystemExit) on
