@@ -129,16 +129,27 @@ def job_process() -> Iterator[None]:
     """Around the task function. In a job process of a launcher (not the driver), install the handler,
     watch the driver, and once an interrupted job has ended its run, end the process by the signal."""
     if os.getpid() == _driver_pid:
-        yield  # the default launcher runs jobs in the driver: main() ends the sweep and exits
+        # The default launcher runs jobs in the driver: main() ends the sweep and exits. An interrupt
+        # that turned into another error on its way up (tracked_run) is an interrupt again here:
+        # Hydra would catch that error and start the next job.
+        try:
+            yield
+        except Exception as error:
+            if _raised is None:
+                raise
+            raise KeyboardInterrupt(*_raised.args) from error
         return
     install()
     _watch_driver()
     try:
         yield
-    except BaseException:  # the interrupt, or an error it turned into on its way up (tracked_run)
-        if _received is None:
-            raise
-        _die_of(_received)
+    finally:
+        # Once interrupted, the process dies of the signal however its job came out: by the interrupt,
+        # by an error that the interrupt turned into, or returned (the interrupt swallowed after the
+        # job's last store write; a sweep's job that ends on a lost server). A worker that lived on
+        # would take the next job with the signal already received (loky and Ray reuse workers).
+        if _received is not None:
+            _die_of(_received)
 
 
 def end_descendants(grace: float = GRACE_SECONDS) -> None:
@@ -183,8 +194,11 @@ def held() -> Iterator[None]:
         yield
     finally:
         _holding = False
-    if _pending is not None:
-        _on_signal(_pending, None)
+        # Even when the block raised: a store write that failed with the signal pending (the other
+        # jobs that scancel ended write at the same moment) raises the interrupt, which carries that
+        # error as its __context__, and the run ends KILLED, not FAILED.
+        if _pending is not None:
+            _on_signal(_pending, None)
     _raise_again_if_swallowed()
 
 

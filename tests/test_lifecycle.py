@@ -104,40 +104,49 @@ def test_runs_whose_process_is_gone_are_ended_killed_and_live_ones_are_left_alon
     assert lifecycle.end_dead_runs(client, [experiment], stale_after=600) == []
 
 
-INTERRUPT_TURNED_INTO_AN_ERROR = """
-import os, signal, sys
+INTERRUPTED_JOB = """
+import os, signal, sqlite3, sys
 import mlflow
 from simpsons import signals
 from simpsons.tracking import lifecycle
 mlflow.set_tracking_uri(sys.argv[1])
 with signals.job_process(), lifecycle.tracked_run(sys.argv[2], "job", None, {}) as run:
     print(run.info.run_id, flush=True)
-    try:
-        os.kill(os.getpid(), signal.SIGTERM)  # scancel's; handled at once: KeyboardInterrupt
-        signal.pause()
-    finally:
-        raise RuntimeError("a library's cleanup, cut short by the interrupt")
+    if sys.argv[3] == "cleanup":
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # scancel's; handled at once: KeyboardInterrupt
+            signal.pause()
+        finally:
+            raise RuntimeError("a library's cleanup, cut short by the interrupt")
+    else:
+        with signals.held():  # the epoch's metrics write
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-write: held until the write ends
+            raise sqlite3.OperationalError("database is locked")  # the other jobs end at this moment too
 """
+CAME_UP_INSTEAD = {
+    "cleanup": "RuntimeError: a library's cleanup, cut short by the interrupt",
+    "write": "sqlite3.OperationalError: database is locked",
+}
 
 
-def test_a_signal_whose_interrupt_turns_into_another_error_still_ends_the_run_killed(tracking_uri):
-    """Some library's cleanup, cut short by the KeyboardInterrupt, raises its own error instead: the
-    run was still killed by the signal (KILLED, not FAILED), that error is logged, and the job process
-    dies of the signal as any interrupted job does."""
+@pytest.mark.parametrize("where", CAME_UP_INSTEAD.keys())
+def test_a_signal_ends_the_run_killed_whatever_error_comes_up_with_it(tracking_uri, where):
+    """The signal's interrupt can reach the run as another error: some library's cleanup, cut short,
+    raises its own instead ("cleanup"); or the store write the signal waited for fails ("write"),
+    as it may when every job of a scancelled array ends at once. Either way the signal killed the run:
+    KILLED, not FAILED, the error that came up logged in error.txt, and the job process dies of the
+    signal as any interrupted job does."""
     uri = configure(tracking_uri)
     experiment = ensure_experiment(uri, "signals")
     job = subprocess.run(
-        [sys.executable, "-c", INTERRUPT_TURNED_INTO_AN_ERROR, uri, experiment],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, "-c", INTERRUPTED_JOB, uri, experiment, where], capture_output=True, text=True, timeout=120
     )
     assert job.returncode == -signal.SIGTERM, job.stderr[-3000:]
     run = MlflowClient(uri).get_run(job.stdout.split()[0])
     assert (run.info.status, run.data.tags[schema.ERROR]) == ("KILLED", "interrupted (SIGTERM)")
     logged = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/{schema.ERROR_TXT}")
-    assert "RuntimeError: a library's cleanup, cut short by the interrupt" in logged
-    assert "KeyboardInterrupt: SIGTERM" in logged  # what it replaced
+    assert CAME_UP_INSTEAD[where] in logged
+    assert "KeyboardInterrupt: SIGTERM" in logged
 
 
 def test_a_pid_reused_by_another_process_does_not_keep_a_run_alive(tracking_uri):

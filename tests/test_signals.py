@@ -433,6 +433,48 @@ def test_an_interrupt_that_some_code_swallowed_is_raised_again_at_the_next_epoch
     assert result.stdout.strip() == "interrupted again: SIGTERM", result.stderr[-2000:]
 
 
+JOB_OUT_AFTER_A_SIGNAL = """
+import os, signal, sys
+from simpsons import signals
+if sys.argv[1] == "in-the-driver":
+    signals.install(driver=True)  # the default launcher runs its jobs here
+try:
+    with signals.job_process():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled at once: KeyboardInterrupt
+            signal.pause()
+        except KeyboardInterrupt:
+            if sys.argv[2] == "raised":
+                raise RuntimeError("a library's cleanup, cut short by the interrupt")
+            # "returned": swallowed after the job's last store write
+    print("returned", flush=True)
+except KeyboardInterrupt as interrupt:
+    print(f"interrupted ({interrupt}) by {type(interrupt.__cause__).__name__}", flush=True)
+except Exception as error:
+    print(f"error: {error}", flush=True)  # Hydra would catch it and start the next job
+"""
+
+
+@pytest.mark.parametrize(
+    "where,how,returncode,printed",
+    [
+        ("in-a-worker", "raised", -signal.SIGTERM, ""),
+        ("in-a-worker", "returned", -signal.SIGTERM, ""),
+        ("in-the-driver", "raised", 0, "interrupted (SIGTERM) by RuntimeError"),
+    ],
+)
+def test_a_job_that_comes_out_of_a_signal_any_way_is_interrupted(where, how, returncode, printed):
+    """Once a signal came, a job ends as an interrupted one however it comes out of job_process: a
+    launcher's worker dies of the signal, also when its job raised another error or returned (a loky
+    or Ray worker kept alive would take its next job with the signal already received); in the driver
+    (the default launcher) the job raises KeyboardInterrupt, which Hydra does not catch, so that no
+    next job starts."""
+    result = subprocess.run(
+        [sys.executable, "-c", JOB_OUT_AFTER_A_SIGNAL, where, how], capture_output=True, text=True, timeout=60
+    )
+    assert (result.returncode, result.stdout.strip()) == (returncode, printed), result.stderr[-2000:]
+
+
 WATCHED_JOB = """
 import os, signal, socket, subprocess, sys, threading, time
 import psutil

@@ -124,17 +124,15 @@ def tracked_run(
         run = mlflow.start_run(
             experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id, tags=tags | owner
         )
-    status = RunStatus.FINISHED
+    status: int | None = None  # a RunStatus, decided once the job came out of the block
     system_metrics = SystemMetrics(run.info.run_id, system_metrics_seconds, resumed=bool(resume_run_id))
     with Heartbeat(client, run.info.run_id, heartbeat_seconds), system_metrics:
         try:
             yield run
+            status = RunStatus.FINISHED
         except BaseException as error:
-            # The signal's KeyboardInterrupt can reach here as another error: a library whose cleanup
-            # it cut short raises its own on the way up (seen once under load: a scancelled Slurm
-            # job's run ended FAILED). The run was killed all the same; what came up is logged.
-            interrupt = error if isinstance(error, KeyboardInterrupt) else signals.interruption()
-            status = RunStatus.FAILED if interrupt is None else RunStatus.KILLED
+            interrupted = _interruption(error)
+            status = RunStatus.FAILED if interrupted is None else RunStatus.KILLED
             if connection.lost(error):  # one quick try each to say so and end the run: the server is gone
                 connection.give_up()
                 system_metrics.abandon()
@@ -142,12 +140,11 @@ def tracked_run(
                 quietly(lambda: mlflow.set_tag(schema.ERROR, str(lost)))
                 quietly(lambda: mlflow.end_run(RunStatus.to_string(status)))
                 raise
-            if interrupt is None:
+            if interrupted is None:
                 _record_error(f"{type(error).__name__}: {error}", error)
-            else:
-                _record_error(
-                    f"interrupted{f' ({interrupt})' if str(interrupt) else ''}", None if error is interrupt else error
-                )
+            else:  # the traceback too when another error came with the interrupt
+                bare = isinstance(error, KeyboardInterrupt) and error.__context__ is None
+                _record_error(interrupted, None if bare else error)
             raise
         finally:
             # A signal waits until the run is ended: a Slurm job that submitit ends (SystemExit) on
@@ -155,6 +152,8 @@ def tracked_run(
             # hook then ended the run FINISHED.
             with signals.held():
                 system_metrics.stop()  # its last samples are logged before the run ends
+                if status is None:  # a signal that landed in the except clause before it decided
+                    status = RunStatus.FAILED if signals.received() is None else RunStatus.KILLED
                 if mlflow.active_run() is not None:
                     _end_active_run(RunStatus.to_string(status))
                 if parent_run_id:
@@ -233,6 +232,19 @@ def _end_active_run(status: str, attempts: int = 3) -> None:
             return
         except Exception as error:
             log.warning("could not end run %s %s (attempt %d of %d): %s", run_id, status, attempt, attempts, error)
+
+
+def _interruption(error: BaseException) -> str | None:
+    """How a run was interrupted, if it was: "interrupted (SIGTERM)" for a Ctrl-C or a signal.
+
+    The signal's KeyboardInterrupt can reach the run as another error: a library whose cleanup it
+    cut short raises its own on the way up. Seen once under load, a scancelled Slurm job's run ended
+    FAILED; once this process has received the signal, whatever comes up killed the run."""
+    if isinstance(error, KeyboardInterrupt):
+        return f"interrupted ({error})" if str(error) else "interrupted"
+    if (signum := signals.received()) is not None:
+        return f"interrupted ({signals.interruption() or signum.name})"
+    return None
 
 
 def _record_error(message: str, error: BaseException | None) -> None:
