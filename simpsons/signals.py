@@ -126,30 +126,39 @@ def summary(signum: signal.Signals, runs: dict[str, str], sweep: tuple[str, str]
 
 @contextlib.contextmanager
 def job_process() -> Iterator[None]:
-    """Around the task function. In a job process of a launcher (not the driver), install the handler,
-    watch the driver, and once an interrupted job has ended its run, end the process by the signal."""
+    """Around the task function. Once a signal came, the job ends as an interrupted one however it
+    comes out: by the interrupt, by another error that the interrupt turned into on its way up
+    (tracked_run), or returned (the interrupt swallowed after the job's last store write; a sweep's
+    job that ends on a lost server).
+
+    In a job process of a launcher, install the handler and watch the driver; once interrupted, the
+    process dies of the signal. A worker that lived on would take its next job with the signal already
+    received (loky and Ray reuse workers). Its driver then counts the job killed, even if its run had
+    just ended FINISHED: the run's status stays what the store says.
+
+    In the driver (the default launcher runs jobs there), the job raises KeyboardInterrupt, which
+    Hydra does not catch (it would start the next job), and main() ends the sweep and exits."""
     if os.getpid() == _driver_pid:
-        # The default launcher runs jobs in the driver: main() ends the sweep and exits. An interrupt
-        # that turned into another error on its way up (tracked_run) is an interrupt again here:
-        # Hydra would catch that error and start the next job.
         try:
             yield
-        except Exception as error:
-            if _raised is None:
+        except BaseException as error:
+            if _received is None or isinstance(error, KeyboardInterrupt):
                 raise
-            raise KeyboardInterrupt(*_raised.args) from error
+            raise _interrupt_again() from error  # SystemExit too: a single run's one-line exits
+        if _received is not None:
+            raise _interrupt_again()
         return
     install()
     _watch_driver()
     try:
         yield
     finally:
-        # Once interrupted, the process dies of the signal however its job came out: by the interrupt,
-        # by an error that the interrupt turned into, or returned (the interrupt swallowed after the
-        # job's last store write; a sweep's job that ends on a lost server). A worker that lived on
-        # would take the next job with the signal already received (loky and Ray reuse workers).
         if _received is not None:
             _die_of(_received)
+
+
+def _interrupt_again() -> KeyboardInterrupt:
+    return KeyboardInterrupt(str(_raised) if _raised is not None else _received.name)
 
 
 def end_descendants(grace: float = GRACE_SECONDS) -> None:
@@ -181,24 +190,25 @@ def _end(grace: float, which: Callable[[psutil.Process], bool] = lambda process:
 
 @contextlib.contextmanager
 def held() -> Iterator[None]:
-    """A SIGINT or SIGTERM that arrives inside the block is acted on when the block ends.
+    """A SIGINT or SIGTERM that arrives inside the block is acted on when the block ends, also when
+    the block raised: the KeyboardInterrupt then comes out, with the block's error as its __context__.
 
     For writes to the store: an interrupt raised inside one (between the SQL statements of an
     SQLite write transaction) was seen to leave the transaction's lock with the process, so that
     ending the run then failed with "database is locked". Python runs signal handlers in the main
     thread, whichever thread the OS delivered the signal to, so a flag checked here suffices.
     """
-    global _holding
+    global _holding, _pending
     _holding = True
     try:
         yield
     finally:
         _holding = False
-        # Even when the block raised: a store write that failed with the signal pending (the other
-        # jobs that scancel ended write at the same moment) raises the interrupt, which carries that
-        # error as its __context__, and the run ends KILLED, not FAILED.
+        # Even when the block raised: a store write that failed with the signal pending (scancel ends
+        # every task of an array at once, and they all write) must end its run KILLED, not FAILED.
         if _pending is not None:
-            _on_signal(_pending, None)
+            signum, _pending = _pending, None
+            _on_signal(signum, None)
     _raise_again_if_swallowed()
 
 

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from simpsons import config, credentials, hydra_jobs, settings, signals, startup
 from simpsons.errors import ServerLost, SimpsonsError
 from simpsons.settings import TrainSettings
+from simpsons.tracking import connection
 
 log = logging.getLogger("simpsons.train")
 settings.register()
@@ -90,11 +91,14 @@ def _exit_interrupted() -> NoReturn:
     the runs ended, exit 130 or 143."""
     received = signals.received() or signal.SIGINT  # a KeyboardInterrupt that no signal of ours raised
     sweep = sys.modules.get("simpsons.sweep_callback")  # loaded by Hydra, as a callback, once the app has started
-    ended = sweep.end_interrupted(received.name) if sweep is not None else None
-    if ended is not None:
-        line = signals.summary(received, ended.killed_jobs, (ended.run_id, ended.status))
-    else:
-        line = signals.summary(received, _interrupted_run(), None)
+    try:
+        ended = sweep.end_interrupted(received.name) if sweep is not None else None
+        if ended is not None:
+            line = signals.summary(received, ended.killed_jobs, (ended.run_id, ended.status))
+        else:
+            line = signals.summary(received, _interrupted_run(), None)
+    except ServerLost as lost:  # the server went away too: the line says so instead
+        line = f"interrupted ({received.name}): {lost}"
     ray = sys.modules.get("ray")  # a Ray sweep's: it forwards its workers' output late, after our line
     if ray is not None and ray.is_initialized():
         ray.shutdown()  # what its exit hook would do next; the jobs have ended already
@@ -109,7 +113,8 @@ def _interrupted_run() -> dict[str, str]:
         return {}
     from mlflow.tracking import MlflowClient
 
-    return {run_id: MlflowClient().get_run(run_id).info.status}
+    with connection.lost_server():
+        return {run_id: MlflowClient().get_run(run_id).info.status}
 
 
 if __name__ == "__main__":

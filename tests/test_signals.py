@@ -446,7 +446,9 @@ try:
         except KeyboardInterrupt:
             if sys.argv[2] == "raised":
                 raise RuntimeError("a library's cleanup, cut short by the interrupt")
-            # "returned": swallowed after the job's last store write
+            if sys.argv[2] == "exited":
+                sys.exit(1)  # a single run's one-line exit on a lost server
+            # "returned": swallowed after the job's last store write, or a sweep's job on a lost server
     print("returned", flush=True)
 except KeyboardInterrupt as interrupt:
     print(f"interrupted ({interrupt}) by {type(interrupt.__cause__).__name__}", flush=True)
@@ -460,7 +462,10 @@ except Exception as error:
     [
         ("in-a-worker", "raised", -signal.SIGTERM, ""),
         ("in-a-worker", "returned", -signal.SIGTERM, ""),
+        ("in-a-worker", "exited", -signal.SIGTERM, ""),
         ("in-the-driver", "raised", 0, "interrupted (SIGTERM) by RuntimeError"),
+        ("in-the-driver", "returned", 0, "interrupted (SIGTERM) by NoneType"),
+        ("in-the-driver", "exited", 0, "interrupted (SIGTERM) by SystemExit"),
     ],
 )
 def test_a_job_that_comes_out_of_a_signal_any_way_is_interrupted(where, how, returncode, printed):

@@ -131,8 +131,8 @@ def tracked_run(
             yield run
             status = RunStatus.FINISHED
         except BaseException as error:
-            interrupted = _interruption(error)
-            status = RunStatus.FAILED if interrupted is None else RunStatus.KILLED
+            how = _how_interrupted(error)
+            status = RunStatus.FAILED if how is None else RunStatus.KILLED
             if connection.lost(error):  # one quick try each to say so and end the run: the server is gone
                 connection.give_up()
                 system_metrics.abandon()
@@ -140,11 +140,11 @@ def tracked_run(
                 quietly(lambda: mlflow.set_tag(schema.ERROR, str(lost)))
                 quietly(lambda: mlflow.end_run(RunStatus.to_string(status)))
                 raise
-            if interrupted is None:
+            if how is None:
                 _record_error(f"{type(error).__name__}: {error}", error)
-            else:  # the traceback too when another error came with the interrupt
+            else:  # with the traceback when another error came with the interrupt (its context)
                 bare = isinstance(error, KeyboardInterrupt) and error.__context__ is None
-                _record_error(interrupted, None if bare else error)
+                _record_error(how, None if bare else error)
             raise
         finally:
             # A signal waits until the run is ended: a Slurm job that submitit ends (SystemExit) on
@@ -152,8 +152,10 @@ def tracked_run(
             # hook then ended the run FINISHED.
             with signals.held():
                 system_metrics.stop()  # its last samples are logged before the run ends
-                if status is None:  # a signal that landed in the except clause before it decided
-                    status = RunStatus.FAILED if signals.received() is None else RunStatus.KILLED
+                if status != RunStatus.FINISHED and signals.received() is not None:
+                    status = RunStatus.KILLED  # also when the signal came while the error was recorded
+                elif status is None:  # the except clause itself raised before it decided
+                    status = RunStatus.FAILED
                 if mlflow.active_run() is not None:
                     _end_active_run(RunStatus.to_string(status))
                 if parent_run_id:
@@ -234,7 +236,7 @@ def _end_active_run(status: str, attempts: int = 3) -> None:
             log.warning("could not end run %s %s (attempt %d of %d): %s", run_id, status, attempt, attempts, error)
 
 
-def _interruption(error: BaseException) -> str | None:
+def _how_interrupted(error: BaseException) -> str | None:
     """How a run was interrupted, if it was: "interrupted (SIGTERM)" for a Ctrl-C or a signal.
 
     The signal's KeyboardInterrupt can reach the run as another error: a library whose cleanup it
